@@ -6,3 +6,12 @@
 
 pub mod config;
 pub mod tls;
+pub mod accept;
+pub mod close;
+pub mod connect;
+pub mod handshake;
+pub mod ktls;
+pub mod relay;
+pub mod runtime;
+pub mod trigger;
+pub mod quickstart;

@@ -33,6 +33,7 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// File this config was read from; `None` when built from flags.
     pub source: Option<PathBuf>,
+    pub warnings: Vec<ConfigError>,
 }
 
 /// One listening service: addresses, TLS identity and policy, backends.
@@ -172,3 +173,8 @@ impl fmt::Display for ConfigErrors {
         Ok(())
     }
 }
+// STUB
+#[derive(Debug, Clone, Default)]
+pub struct Flags { pub listen: Vec<String>, pub cert: Option<PathBuf>, pub key: Option<PathBuf>, pub client_ca: Option<PathBuf>, pub client_auth: Option<String>, pub backends: Vec<String>, pub workers: Option<usize>, pub alpn: Vec<String>, pub handshake_timeout: Option<String>, pub idle_timeout: Option<String>, pub connect_timeout: Option<String>, pub drain_timeout: Option<String>, pub max_connections: Option<usize> }
+pub fn load_file(_p: &std::path::Path) -> Result<Config, ConfigErrors> { todo!() }
+pub fn from_flags(_f: &Flags) -> Result<Config, ConfigErrors> { todo!() }
