@@ -5,4 +5,5 @@
 //! [`config`] and [`tls`] hold what they are built from.
 
 pub mod config;
+pub mod quickstart;
 pub mod tls;
