@@ -60,7 +60,10 @@ mod tests {
     #[test]
     fn ephemeral_port_is_shared_by_all_sockets() {
         let socks = bind_reuseport("127.0.0.1:0".parse().unwrap(), 3, 16).unwrap();
-        let ports: Vec<u16> = socks.iter().map(|s| s.local_addr().unwrap().port()).collect();
+        let ports: Vec<u16> = socks
+            .iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect();
         assert_eq!(ports.len(), 3);
         assert!(ports.iter().all(|p| *p == ports[0] && *p != 0));
     }

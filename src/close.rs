@@ -92,6 +92,8 @@ pub struct AccessRecord {
     pub backend: Option<String>,
     /// Data path: `userspace` (rustls records) or `ktls`.
     pub path: &'static str,
+    /// Why a connection that could have used kernel TLS did not.
+    pub ktls_fallback: Option<String>,
     /// Plaintext bytes client -> backend.
     pub bytes_up: u64,
     /// Plaintext bytes backend -> client.
@@ -115,6 +117,7 @@ impl AccessRecord {
             subject: None,
             backend: None,
             path: "userspace",
+            ktls_fallback: None,
             bytes_up: 0,
             bytes_down: 0,
             handshake: None,
@@ -131,13 +134,14 @@ impl AccessRecord {
             target: "access",
             client = %self.client,
             listener = %self.listener,
-            sni = opt(&self.sni),
-            subject = opt(&self.subject),
-            alpn = opt(&self.alpn),
-            version = opt(&self.version),
-            suite = opt(&self.suite),
-            backend = opt(&self.backend),
-            path = self.path,
+            sni = %opt(&self.sni),
+            subject = %opt(&self.subject),
+            alpn = %opt(&self.alpn),
+            version = %opt(&self.version),
+            suite = %opt(&self.suite),
+            backend = %opt(&self.backend),
+            path = %self.path,
+            ktls_fallback = %opt(&self.ktls_fallback),
             bytes_up = self.bytes_up,
             bytes_down = self.bytes_down,
             handshake_ms = self.handshake.map(|d| d.as_millis() as u64).unwrap_or(0),

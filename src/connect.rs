@@ -75,23 +75,23 @@ impl fmt::Display for ConnectError {
 
 /// Connects to the first backend that answers within `timeout`, trying each
 /// backend of the pool at most once.
-pub async fn connect<'p>(
-    pool: &'p BackendPool,
+pub async fn connect(
+    pool: &BackendPool,
     timeout: Duration,
-) -> Result<(TcpStream, &'p Backend), ConnectError> {
+) -> Result<(TcpStream, &Backend), ConnectError> {
     let mut attempts = Vec::new();
     for backend in pool.attempt_order() {
-        let error = match monoio::time::timeout(timeout, TcpStream::connect_addr(backend.addr)).await
-        {
-            Ok(Ok(stream)) => {
-                // Small writes (request heads, handshakes of nested protocols)
-                // must not wait for Nagle.
-                let _ = stream.set_nodelay(true);
-                return Ok((stream, backend));
-            }
-            Ok(Err(e)) => e,
-            Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
-        };
+        let error =
+            match monoio::time::timeout(timeout, TcpStream::connect_addr(backend.addr)).await {
+                Ok(Ok(stream)) => {
+                    // Small writes (request heads, handshakes of nested protocols)
+                    // must not wait for Nagle.
+                    let _ = stream.set_nodelay(true);
+                    return Ok((stream, backend));
+                }
+                Ok(Err(e)) => e,
+                Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+            };
         attempts.push(Attempt {
             backend: backend.name.clone(),
             error,
@@ -148,6 +148,9 @@ mod tests {
             ],
         };
         let s = err.to_string();
-        assert!(s.contains("a:1 (") && s.contains("b:2 (connect timed out)"), "{s}");
+        assert!(
+            s.contains("a:1 (") && s.contains("b:2 (connect timed out)"),
+            "{s}"
+        );
     }
 }

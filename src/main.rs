@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Terminate TLS on the configured listeners and relay to the backends.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate a configuration file and print every problem found.
     Check {
         /// The TOML configuration file.
@@ -83,6 +83,9 @@ struct ServeArgs {
     /// Maximum concurrent connections per worker.
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Kernel TLS offload: auto (when the kernel can), require, or off.
+    #[arg(long)]
+    ktls: Option<String>,
 }
 
 impl ServeArgs {
@@ -101,6 +104,7 @@ impl ServeArgs {
             connect_timeout: self.connect_timeout.clone(),
             drain_timeout: self.drain_timeout.clone(),
             max_connections: self.max_connections,
+            ktls: self.ktls.clone(),
         }
     }
 }
@@ -109,7 +113,7 @@ fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Check { config } => return check(&config),
         Command::Quickstart { dir, port } => quickstart(&dir, port),
     };
@@ -128,6 +132,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

@@ -21,10 +21,12 @@ use monoio::net::{TcpListener, TcpStream};
 use rustls::ServerConfig;
 
 use crate::close::{AccessRecord, CloseReason};
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, KtlsMode};
 use crate::connect::{self, BackendPool};
 use crate::handshake::{self, HandshakeError};
-use crate::relay;
+use crate::ktls::handover::{handover, Handover};
+use crate::ktls::probe::{self, Capabilities};
+use crate::relay::{splice, userspace};
 use crate::tls::{certs, server_config};
 use crate::trigger::Trigger;
 
@@ -43,6 +45,7 @@ struct Limits {
     connect_timeout: Duration,
     drain_timeout: Duration,
     max_connections: usize,
+    ktls: KtlsMode,
 }
 
 /// One listener as a worker sees it.
@@ -65,14 +68,24 @@ pub fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resu
         connect_timeout: config.connect_timeout,
         drain_timeout: config.drain_timeout,
         max_connections: config.max_connections_per_worker,
+        ktls: config.ktls,
     };
+    let caps = Arc::new(match config.ktls {
+        KtlsMode::Off => Capabilities::none("ktls = off"),
+        KtlsMode::Auto | KtlsMode::Require => probe::probe(),
+    });
+    tracing::info!("kernel TLS: {caps}");
+    if config.ktls == KtlsMode::Require && !caps.any() {
+        anyhow::bail!("ktls = require, but kernel TLS is {caps}");
+    }
 
     let mut plans = Vec::new();
     let mut bound = Vec::new();
     for listener in &config.listeners {
         let tls = server_config::build(&listener.tls)
             .with_context(|| format!("listener {}", listener.name))?;
-        let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut sockets: Vec<Vec<std::net::TcpListener>> =
+            (0..workers).map(|_| Vec::new()).collect();
         for addr in &listener.listen {
             let per_worker = crate::accept::bind_reuseport(*addr, workers, listener.backlog)?;
             let local = per_worker[0].local_addr()?;
@@ -110,10 +123,12 @@ pub fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resu
             })
             .collect();
         let done_tx = done_tx.clone();
+        let caps = caps.clone();
         let handle = thread::Builder::new()
             .name(format!("tlsplice-w{id}"))
             .spawn(move || {
-                let result = worker_thread(id, id % cores, listeners, limits, stop_rx, force_rx);
+                let result =
+                    worker_thread(id, id % cores, listeners, limits, caps, stop_rx, force_rx);
                 if let Err(e) = result {
                     tracing::error!(worker = id, "worker failed: {e:#}");
                 }
@@ -165,8 +180,8 @@ pub fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resu
 /// Forwards SIGTERM/SIGINT to a channel the main thread polls.
 fn spawn_signal_forwarder() -> anyhow::Result<mpsc::Receiver<i32>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("cannot install signal handlers")?;
     let (tx, rx) = mpsc::channel();
     thread::Builder::new()
         .name("tlsplice-signals".into())
@@ -199,6 +214,7 @@ struct ListenerState {
 /// Per-worker state shared by its tasks.
 struct Worker {
     limits: Limits,
+    ktls: Arc<Capabilities>,
     active: Cell<usize>,
     stop_accepting: Trigger,
     drain_expired: Trigger,
@@ -209,6 +225,7 @@ fn worker_thread(
     core: usize,
     listeners: Vec<WorkerListener>,
     limits: Limits,
+    ktls: Arc<Capabilities>,
     stop: oneshot::Receiver<()>,
     force: oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
@@ -220,18 +237,20 @@ fn worker_thread(
         .with_entries(RING_ENTRIES)
         .build()
         .context("cannot start the worker runtime")?;
-    rt.block_on(worker(id, listeners, limits, stop, force))
+    rt.block_on(worker(id, listeners, limits, ktls, stop, force))
 }
 
 async fn worker(
     id: usize,
     listeners: Vec<WorkerListener>,
     limits: Limits,
+    ktls: Arc<Capabilities>,
     stop: oneshot::Receiver<()>,
     force: oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
     let worker = Rc::new(Worker {
         limits,
+        ktls,
         active: Cell::new(0),
         stop_accepting: Trigger::new(),
         drain_expired: Trigger::new(),
@@ -268,7 +287,11 @@ async fn worker(
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     if worker.active.get() > 0 {
-        tracing::warn!(worker = id, open = worker.active.get(), "connections still open at exit");
+        tracing::warn!(
+            worker = id,
+            open = worker.active.get(),
+            "connections still open at exit"
+        );
     }
     Ok(())
 }
@@ -282,18 +305,27 @@ async fn accept_loop(worker: Rc<Worker>, listener_state: Rc<ListenerState>, list
         match accepted {
             Ok((stream, peer)) => {
                 if worker.active.get() >= worker.limits.max_connections {
-                    AccessRecord::new(peer, &listener_state.name).emit(&CloseReason::MaxConnections);
+                    AccessRecord::new(peer, &listener_state.name)
+                        .emit(&CloseReason::MaxConnections);
                     drop(stream);
                     continue;
                 }
                 worker.active.set(worker.active.get() + 1);
-                monoio::spawn(connection(worker.clone(), listener_state.clone(), stream, peer));
+                monoio::spawn(connection(
+                    worker.clone(),
+                    listener_state.clone(),
+                    stream,
+                    peer,
+                ));
             }
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning;
                 // anything else is per-connection and already gone.
                 tracing::warn!(listener = %listener_state.name, "accept failed: {e}");
-                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) {
                     monoio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             }
@@ -302,7 +334,12 @@ async fn accept_loop(worker: Rc<Worker>, listener_state: Rc<ListenerState>, list
 }
 
 /// One client connection, from accept to its access-log line.
-async fn connection(worker: Rc<Worker>, listener: Rc<ListenerState>, stream: TcpStream, peer: SocketAddr) {
+async fn connection(
+    worker: Rc<Worker>,
+    listener: Rc<ListenerState>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
     let mut record = AccessRecord::new(peer, &listener.name);
     let reason = serve(&worker, &listener, stream, &mut record).await;
     record.emit(&reason);
@@ -332,9 +369,13 @@ async fn serve(
     record.handshake = Some(record.started.elapsed());
     record.sni = established.hello.server_name.clone();
     let conn = &established.conn;
-    record.alpn = conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+    record.alpn = conn
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
     record.version = conn.protocol_version().map(|v| format!("{v:?}"));
-    record.suite = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()));
+    record.suite = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()));
     record.subject = conn
         .peer_certificates()
         .and_then(|chain| chain.first())
@@ -346,14 +387,25 @@ async fn serve(
     };
     record.backend = Some(chosen.name.clone());
 
-    let outcome = relay::userspace::run(
-        established,
-        stream,
-        backend,
-        limits.idle_timeout,
-        &worker.drain_expired,
-    )
-    .await;
+    let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
+    let outcome = if limits.ktls == KtlsMode::Off || !worker.ktls.any() {
+        userspace::run(established, stream, backend, idle, drain).await
+    } else {
+        match handover(established, &mut stream, &worker.ktls).await {
+            Ok(Handover::Kernel(session)) => {
+                record.path = "ktls";
+                splice::run(*session, stream, backend, idle, drain).await
+            }
+            Ok(Handover::Userspace(_, why)) if limits.ktls == KtlsMode::Require => {
+                return CloseReason::ClientError(format!("ktls = require, but {why}"));
+            }
+            Ok(Handover::Userspace(established, why)) => {
+                record.ktls_fallback = Some(why);
+                userspace::run(*established, stream, backend, idle, drain).await
+            }
+            Err(e) => return CloseReason::ClientError(e.to_string()),
+        }
+    };
     record.bytes_up = outcome.bytes_up;
     record.bytes_down = outcome.bytes_down;
     outcome.reason

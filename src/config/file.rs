@@ -9,6 +9,7 @@
 //! connect_timeout = "5s"      # default 5s
 //! drain_timeout = "30s"       # default 30s (0 allowed)
 //! max_connections = 10000     # per worker, default 10000
+//! ktls = "auto"               # kernel TLS offload: auto | require | off
 //!
 //! [[listener]]                # at least one
 //! name = "main"               # default "listener<N>"
@@ -59,6 +60,8 @@ struct FileConfig {
     drain_timeout: Option<Spanned<RawDuration>>,
     /// Concurrent connections per worker; default 10000.
     max_connections: Option<Spanned<i64>>,
+    /// Kernel TLS offload: "auto", "require" or "off"; default "auto".
+    ktls: Option<Spanned<String>>,
     /// `[[listener]]` tables; at least one.
     #[serde(default)]
     listener: Vec<Spanned<FileListener>>,
@@ -292,6 +295,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
             .max_connections
             .as_ref()
             .map(|v| loc.at(v, f("max_connections"))),
+        ktls: file.ktls.as_ref().map(|v| loc.at(v, f("ktls"))),
         listeners,
     })
 }

@@ -39,6 +39,8 @@ pub struct Flags {
     pub drain_timeout: Option<String>,
     /// `--max-connections N` (per worker).
     pub max_connections: Option<usize>,
+    /// `--ktls auto|require|off`.
+    pub ktls: Option<String>,
 }
 
 fn at<T>(key: &str, value: T) -> At<T> {
@@ -100,6 +102,7 @@ impl Flags {
             connect_timeout: duration("connect_timeout", &self.connect_timeout),
             drain_timeout: duration("drain_timeout", &self.drain_timeout),
             max_connections: count("max_connections", self.max_connections),
+            ktls: self.ktls.as_ref().map(|v| at("ktls", v.clone())),
             listeners: vec![listener],
         }
     }

@@ -101,6 +101,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Maximum concurrent client connections per worker.
     pub max_connections_per_worker: usize,
+    /// Kernel TLS offload policy.
+    pub ktls: KtlsMode,
     /// The listeners.
     pub listeners: Vec<ListenerConfig>,
     /// File this config was read from; `None` when built from flags.
@@ -149,6 +151,19 @@ pub struct TlsSettings {
     pub key_path: PathBuf,
     /// Path of the client CA bundle, if any.
     pub client_ca_path: Option<PathBuf>,
+}
+
+/// Whether connections move to kernel TLS after the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KtlsMode {
+    /// Offload when the kernel supports the negotiated version and cipher;
+    /// otherwise continue in userspace.
+    Auto,
+    /// Refuse to start without kernel TLS; a connection that cannot be
+    /// offloaded is closed rather than served in userspace.
+    Require,
+    /// Always relay in userspace.
+    Off,
 }
 
 /// Client certificate policy of a listener.

@@ -15,8 +15,8 @@ use rustls::pki_types::CertificateDer;
 
 use super::duration::{format_duration, parse_duration};
 use super::{
-    Backend, CipherSuite, ClientAuth, Config, ConfigError, ConfigErrors, ListenerConfig, Location,
-    TlsSettings, TlsVersion,
+    Backend, CipherSuite, ClientAuth, Config, ConfigError, ConfigErrors, KtlsMode, ListenerConfig,
+    Location, TlsSettings, TlsVersion,
 };
 use crate::tls::certs;
 
@@ -131,6 +131,8 @@ pub(crate) struct RawConfig {
     pub drain_timeout: Option<At<RawDuration>>,
     /// `max_connections`.
     pub max_connections: Option<At<i64>>,
+    /// `ktls`.
+    pub ktls: Option<At<String>>,
     /// The listeners, in order.
     pub listeners: Vec<RawListener>,
 }
@@ -201,6 +203,21 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         None => defaults::MAX_CONNECTIONS,
     };
 
+    let ktls = match &raw.ktls {
+        None => KtlsMode::Auto,
+        Some(v) => match v.value.as_str() {
+            "auto" => KtlsMode::Auto,
+            "require" => KtlsMode::Require,
+            "off" => KtlsMode::Off,
+            other => {
+                c.errors.push(v.site.error(format!(
+                    "must be \"auto\", \"require\" or \"off\", not {other:?}"
+                )));
+                KtlsMode::Auto
+            }
+        },
+    };
+
     if raw.listeners.is_empty() {
         let field = match raw.source {
             Source::File => "listener",
@@ -240,6 +257,7 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         connect_timeout,
         drain_timeout,
         max_connections_per_worker,
+        ktls,
         listeners,
         source: raw.path,
         warnings: c.warnings,

@@ -200,7 +200,10 @@ mod tests {
 
     #[test]
     fn chacha_layout() {
-        let s = ConnectionTrafficSecrets::Chacha20Poly1305 { key: key(), iv: iv() };
+        let s = ConnectionTrafficSecrets::Chacha20Poly1305 {
+            key: key(),
+            iv: iv(),
+        };
         let info = build(ProtocolVersion::TLSv1_3, 2, &s, Direction::Tx).unwrap();
         let b = info.as_bytes();
         assert_eq!(b.len(), 56);
@@ -213,7 +216,10 @@ mod tests {
 
     #[test]
     fn aes256_layout_and_tls13_iv_unchanged() {
-        let s = ConnectionTrafficSecrets::Aes256Gcm { key: key(), iv: iv() };
+        let s = ConnectionTrafficSecrets::Aes256Gcm {
+            key: key(),
+            iv: iv(),
+        };
         let info = build(ProtocolVersion::TLSv1_3, 7, &s, Direction::Tx).unwrap();
         let b = info.as_bytes();
         assert_eq!(b.len(), 56);
@@ -226,7 +232,10 @@ mod tests {
 
     #[test]
     fn tls12_gcm_tx_nonce_starts_past_every_rustls_nonce() {
-        let s = ConnectionTrafficSecrets::Aes256Gcm { key: key(), iv: iv() };
+        let s = ConnectionTrafficSecrets::Aes256Gcm {
+            key: key(),
+            iv: iv(),
+        };
         let tx = build(ProtocolVersion::TLSv1_2, 1, &s, Direction::Tx).unwrap();
         let rx = build(ProtocolVersion::TLSv1_2, 1, &s, Direction::Rx).unwrap();
         let base = u64::from_be_bytes(iv().as_ref()[4..12].try_into().unwrap());
@@ -248,7 +257,10 @@ mod tests {
 
     #[test]
     fn unsupported_version_is_refused() {
-        let s = ConnectionTrafficSecrets::Chacha20Poly1305 { key: key(), iv: iv() };
+        let s = ConnectionTrafficSecrets::Chacha20Poly1305 {
+            key: key(),
+            iv: iv(),
+        };
         assert!(matches!(
             build(ProtocolVersion::TLSv1_1, 0, &s, Direction::Tx),
             Err(CryptoInfoError::Version(_))

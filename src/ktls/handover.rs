@@ -18,7 +18,9 @@ use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::{CipherSuite, ProtocolVersion};
 
-use super::crypto_info::{self, Direction, CIPHER_AES_GCM_128, CIPHER_AES_GCM_256, CIPHER_CHACHA20_POLY1305};
+use super::crypto_info::{
+    self, Direction, CIPHER_AES_GCM_128, CIPHER_AES_GCM_256, CIPHER_CHACHA20_POLY1305,
+};
 use super::probe::Capabilities;
 use super::socket::{enable_ulp, set_crypto, Way};
 use crate::handshake::{drive, write_out, Established, Progress};
@@ -39,7 +41,7 @@ pub struct KernelSession {
 /// Outcome of an attempted handover.
 pub enum Handover {
     /// The kernel has the session.
-    Kernel(KernelSession),
+    Kernel(Box<KernelSession>),
     /// The session stays in userspace, for the reason given.
     Userspace(Box<Established>, String),
 }
@@ -107,19 +109,31 @@ pub async fn handover(
     let conn = &established.conn;
     let (Some(version), Some(suite)) = (conn.protocol_version(), conn.negotiated_cipher_suite())
     else {
-        return Ok(Handover::Userspace(Box::new(established), "handshake incomplete".into()));
+        return Ok(Handover::Userspace(
+            Box::new(established),
+            "handshake incomplete".into(),
+        ));
     };
     let Some(cipher) = kernel_cipher(suite.suite()).filter(|c| caps.supports(version, *c)) else {
         return Ok(Handover::Userspace(
             Box::new(established),
-            format!("kernel has no TLS offload for {version:?} {:?}", suite.suite()),
+            format!(
+                "kernel has no TLS offload for {version:?} {:?}",
+                suite.suite()
+            ),
         ));
     };
     if established.client_closed {
-        return Ok(Handover::Userspace(Box::new(established), "client already closed".into()));
+        return Ok(Handover::Userspace(
+            Box::new(established),
+            "client already closed".into(),
+        ));
     }
     if let Err(e) = enable_ulp(stream.as_raw_fd()) {
-        return Ok(Handover::Userspace(Box::new(established), format!("TCP_ULP tls: {e}")));
+        return Ok(Handover::Userspace(
+            Box::new(established),
+            format!("TCP_ULP tls: {e}"),
+        ));
     }
 
     // Finish the partial record rustls holds, reading exactly to its end so
@@ -166,14 +180,20 @@ pub async fn handover(
     let tx = crypto_info::build(version, secrets.tx.0, &secrets.tx.1, Direction::Tx)?;
     let rx = crypto_info::build(version, secrets.rx.0, &secrets.rx.1, Direction::Rx)?;
     drop(secrets);
-    set_crypto(fd, Way::Tx, &tx).map_err(|source| HandoverError::Kernel { way: Way::Tx, source })?;
-    set_crypto(fd, Way::Rx, &rx).map_err(|source| HandoverError::Kernel { way: Way::Rx, source })?;
-    Ok(Handover::Kernel(KernelSession {
+    set_crypto(fd, Way::Tx, &tx).map_err(|source| HandoverError::Kernel {
+        way: Way::Tx,
+        source,
+    })?;
+    set_crypto(fd, Way::Rx, &rx).map_err(|source| HandoverError::Kernel {
+        way: Way::Rx,
+        source,
+    })?;
+    Ok(Handover::Kernel(Box::new(KernelSession {
         kernel,
         early_plaintext,
         version,
         cipher,
-    }))
+    })))
 }
 
 #[cfg(test)]
@@ -192,7 +212,11 @@ mod tests {
     #[test]
     fn every_offered_suite_has_a_kernel_cipher() {
         for suite in rustls::crypto::aws_lc_rs::default_provider().cipher_suites {
-            assert!(kernel_cipher(suite.suite()).is_some(), "{:?}", suite.suite());
+            assert!(
+                kernel_cipher(suite.suite()).is_some(),
+                "{:?}",
+                suite.suite()
+            );
         }
     }
 }

@@ -17,7 +17,11 @@ use super::crypto_info::{
 use super::socket::{enable_ulp, set_crypto, Way};
 
 const VERSIONS: [ProtocolVersion; 2] = [ProtocolVersion::TLSv1_2, ProtocolVersion::TLSv1_3];
-const CIPHERS: [u16; 3] = [CIPHER_AES_GCM_128, CIPHER_AES_GCM_256, CIPHER_CHACHA20_POLY1305];
+const CIPHERS: [u16; 3] = [
+    CIPHER_AES_GCM_128,
+    CIPHER_AES_GCM_256,
+    CIPHER_CHACHA20_POLY1305,
+];
 
 /// The kernel TLS capabilities of this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +69,11 @@ impl fmt::Display for Capabilities {
                     CIPHER_AES_GCM_256 => "AES-256-GCM",
                     _ => "CHACHA20-POLY1305",
                 };
-                let version = if *v == ProtocolVersion::TLSv1_3 { "1.3" } else { "1.2" };
+                let version = if *v == ProtocolVersion::TLSv1_3 {
+                    "1.3"
+                } else {
+                    "1.2"
+                };
                 format!("TLS{version}/{cipher}")
             })
             .collect();
@@ -73,7 +81,11 @@ impl fmt::Display for Capabilities {
             f,
             "{}; TLS 1.3 rekey {}",
             names.join(" "),
-            if self.rekey { "yes" } else { "no (KeyUpdate closes)" }
+            if self.rekey {
+                "yes"
+            } else {
+                "no (KeyUpdate closes)"
+            }
         )
     }
 }
@@ -101,14 +113,14 @@ pub fn probe() -> Capabilities {
             let fd = sock.as_raw_fd();
             if let Err(e) = enable_ulp(fd) {
                 let why = match e.raw_os_error() {
-                    Some(libc::ENOENT) => {
-                        "the tls module is not loaded (modprobe tls)".to_string()
-                    }
+                    Some(libc::ENOENT) => "the tls module is not loaded (modprobe tls)".to_string(),
                     _ => format!("TCP_ULP tls: {e}"),
                 };
                 return Capabilities::none(why);
             }
-            let Ok(info) = probe_info(version, cipher) else { continue };
+            let Ok(info) = probe_info(version, cipher) else {
+                continue;
+            };
             if set_crypto(fd, Way::Tx, &info).is_ok() && set_crypto(fd, Way::Rx, &info).is_ok() {
                 caps.supported.push((version, cipher));
                 if version == ProtocolVersion::TLSv1_3 && cipher == CIPHER_AES_GCM_128 {

@@ -24,7 +24,9 @@ use super::{watchdog, RelayOutcome};
 use crate::close::CloseReason;
 use crate::ktls::crypto_info::CIPHER_CHACHA20_POLY1305;
 use crate::ktls::handover::KernelSession;
-use crate::ktls::socket::{recv_record, send_record, RECORD_ALERT, RECORD_APPLICATION_DATA, RECORD_HANDSHAKE};
+use crate::ktls::socket::{
+    recv_record, send_record, RECORD_ALERT, RECORD_APPLICATION_DATA, RECORD_HANDSHAKE,
+};
 use crate::trigger::Trigger;
 
 /// Bytes asked of one splice; a pipe holds 64 KiB.
@@ -98,13 +100,27 @@ pub async fn run(
         let finished = Trigger::new();
         let both = async {
             monoio::join!(
-                client_to_backend(&shared, client_fd, &mut client_rd, &mut backend_wr, record_limit),
-                backend_to_client(&shared, client_fd, &mut backend_rd, &mut client_wr, record_limit),
+                client_to_backend(
+                    &shared,
+                    client_fd,
+                    &mut client_rd,
+                    &mut backend_wr,
+                    record_limit
+                ),
+                backend_to_client(
+                    &shared,
+                    client_fd,
+                    &mut backend_rd,
+                    &mut client_wr,
+                    record_limit
+                ),
             );
             finished.fire();
         };
         let watch = async {
-            if let Some(reason) = watchdog(&shared.activity, idle_timeout, drain_expired, &finished).await {
+            if let Some(reason) =
+                watchdog(&shared.activity, idle_timeout, drain_expired, &finished).await
+            {
                 shared.fail(reason);
             }
         };
@@ -117,8 +133,14 @@ pub async fn run(
         _ = shared.stop.wait() => {}
     }
 
-    let reason = shared.failure.borrow_mut().take().unwrap_or(CloseReason::Done);
-    if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown) && !shared.close_notify_sent.get() {
+    let reason = shared
+        .failure
+        .borrow_mut()
+        .take()
+        .unwrap_or(CloseReason::Done);
+    if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown)
+        && !shared.close_notify_sent.get()
+    {
         let _ = send_close_notify(client_fd).await;
     }
     RelayOutcome {
@@ -192,7 +214,10 @@ async fn client_to_backend(
                             break;
                         }
                     }
-                    Err(e) => return shared.fail(CloseReason::ClientError(format!("control record: {e}"))),
+                    Err(e) => {
+                        return shared
+                            .fail(CloseReason::ClientError(format!("control record: {e}")))
+                    }
                 }
             }
             Err(e) => return shared.fail(CloseReason::ClientError(format!("read: {e}"))),
@@ -247,7 +272,12 @@ async fn forward(shared: &Shared, backend: &mut OwnedWriteHalf<TcpStream>, data:
 }
 
 /// Moves `n` bytes from the pipe to `dest`.
-async fn drain_pipe<D: SpliceDestination>(shared: &Shared, pipe: &mut Pipe, dest: &mut D, mut n: u32) -> bool {
+async fn drain_pipe<D: SpliceDestination>(
+    shared: &Shared,
+    pipe: &mut Pipe,
+    dest: &mut D,
+    mut n: u32,
+) -> bool {
     while n > 0 {
         match dest.splice_from_pipe(pipe, n).await {
             Ok(0) => {
@@ -284,14 +314,18 @@ async fn backend_to_client(
                 shared.touch();
                 while n > 0 {
                     match client.splice_from_pipe(&mut pipe_rd, n).await {
-                        Ok(0) => return shared.fail(CloseReason::ClientError("write: closed".into())),
+                        Ok(0) => {
+                            return shared.fail(CloseReason::ClientError("write: closed".into()))
+                        }
                         Ok(m) => {
                             // Each splice into a kTLS socket closes its last record.
                             records += u64::from(m).div_ceil(MAX_RECORD);
                             shared.down.set(shared.down.get() + u64::from(m));
                             n -= m;
                         }
-                        Err(e) => return shared.fail(CloseReason::ClientError(format!("write: {e}"))),
+                        Err(e) => {
+                            return shared.fail(CloseReason::ClientError(format!("write: {e}")))
+                        }
                     }
                 }
                 if records >= record_limit {

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{
-    CancelHandle, CancelableAsyncReadRent, CancelableAsyncWriteRentExt, Canceller,
-    OwnedReadHalf, OwnedWriteHalf, Splitable,
+    CancelHandle, CancelableAsyncReadRent, CancelableAsyncWriteRentExt, Canceller, OwnedReadHalf,
+    OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
 use rustls::server::UnbufferedServerConnection;
@@ -118,13 +118,24 @@ pub async fn run(
         r
     };
     let watch = async {
-        if let Some(reason) = watchdog(&shared.activity, idle_timeout, drain_expired, &shared.finished).await {
+        if let Some(reason) = watchdog(
+            &shared.activity,
+            idle_timeout,
+            drain_expired,
+            &shared.finished,
+        )
+        .await
+        {
             shared.fail(reason);
         }
     };
     let (((bytes_up, _), (bytes_down, _)), ()) = monoio::join!(both, watch);
 
-    let reason = shared.failure.borrow_mut().take().unwrap_or(CloseReason::Done);
+    let reason = shared
+        .failure
+        .borrow_mut()
+        .take()
+        .unwrap_or(CloseReason::Done);
     // Whatever the client is still owed: a fatal alert rustls queued, or a
     // close_notify when we end the connection ourselves.
     let mut out = TlsOut::with_capacity(256);
@@ -146,7 +157,8 @@ pub async fn run(
     }
     if !out.is_empty() {
         let _ = monoio::time::timeout(FINAL_WRITE_TIMEOUT, async {
-            let (res, _) = monoio::io::AsyncWriteRentExt::write_all(&mut client_wr, out.take()).await;
+            let (res, _) =
+                monoio::io::AsyncWriteRentExt::write_all(&mut client_wr, out.take()).await;
             res
         })
         .await;
@@ -198,7 +210,9 @@ async fn client_to_backend(
             plain = buf;
             plain.clear();
             if let Err(e) = res {
-                shared.fail(stopped_or(&e, || CloseReason::BackendError(format!("write: {e}"))));
+                shared.fail(stopped_or(&e, || {
+                    CloseReason::BackendError(format!("write: {e}"))
+                }));
                 return (total, PumpEnd::Stopped);
             }
             total += n;
@@ -209,7 +223,9 @@ async fn client_to_backend(
             return (total, PumpEnd::Closed);
         }
         if incoming.len() == incoming.capacity() {
-            shared.fail(CloseReason::ClientError("record larger than the input buffer".into()));
+            shared.fail(CloseReason::ClientError(
+                "record larger than the input buffer".into(),
+            ));
             return (total, PumpEnd::Stopped);
         }
         let len = incoming.len();
@@ -226,7 +242,9 @@ async fn client_to_backend(
             }
             Ok(_) => shared.touch(),
             Err(e) => {
-                shared.fail(stopped_or(&e, || CloseReason::ClientError(format!("read: {e}"))));
+                shared.fail(stopped_or(&e, || {
+                    CloseReason::ClientError(format!("read: {e}"))
+                }));
                 return (total, PumpEnd::Stopped);
             }
         }
@@ -235,7 +253,11 @@ async fn client_to_backend(
 
 /// Decrypts every complete record in `incoming` into `plain`. Returns whether
 /// the client sent close_notify.
-fn decrypt(shared: &Shared, incoming: &mut Vec<u8>, plain: &mut Vec<u8>) -> Result<bool, rustls::Error> {
+fn decrypt(
+    shared: &Shared,
+    incoming: &mut Vec<u8>,
+    plain: &mut Vec<u8>,
+) -> Result<bool, rustls::Error> {
     let mut s = shared.session.borrow_mut();
     let Session { conn, control, .. } = &mut *s;
     let mut peer_closed = false;
@@ -289,7 +311,9 @@ async fn backend_to_client(
         let n = match res {
             Ok(n) => n,
             Err(e) => {
-                shared.fail(stopped_or(&e, || CloseReason::BackendError(format!("read: {e}"))));
+                shared.fail(stopped_or(&e, || {
+                    CloseReason::BackendError(format!("read: {e}"))
+                }));
                 return (total, PumpEnd::Stopped);
             }
         };
@@ -303,13 +327,17 @@ async fn backend_to_client(
         let (res, buf) = client.write_all(out.take(), cancel.clone()).await;
         out.restore(buf);
         if let Err(e) = res {
-            shared.fail(stopped_or(&e, || CloseReason::ClientError(format!("write: {e}"))));
+            shared.fail(stopped_or(&e, || {
+                CloseReason::ClientError(format!("write: {e}"))
+            }));
             return (total, PumpEnd::Stopped);
         }
         if n == 0 {
             // The backend finished: close_notify went out above; half-close
             // TCP too so clients waiting for EOF see it.
-            let _ = monoio::io::CancelableAsyncWriteRent::cancelable_shutdown(client, cancel.clone()).await;
+            let _ =
+                monoio::io::CancelableAsyncWriteRent::cancelable_shutdown(client, cancel.clone())
+                    .await;
             return (total, PumpEnd::Closed);
         }
         total += n as u64;
