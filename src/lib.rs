@@ -4,5 +4,14 @@
 //! [`connect`], [`relay`], [`close`]; [`runtime`] runs the workers and
 //! [`config`] and [`tls`] hold what they are built from.
 
+pub mod accept;
+pub mod close;
 pub mod config;
+pub mod connect;
+pub mod handshake;
+pub mod ktls;
+pub mod quickstart;
+pub mod relay;
+pub mod runtime;
 pub mod tls;
+pub mod trigger;

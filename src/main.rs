@@ -1,1 +1,207 @@
-fn main(){}
+//! The `tlsplice` command line: parse, load the configuration, start.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tlsplice::config::{self, Config, Flags};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Mutual-TLS terminator: rustls handshake, kernel TLS when it can, splice to the backend.
+#[derive(Parser)]
+#[command(name = "tlsplice", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Terminate TLS on the configured listeners and relay to the backends.
+    Serve(Box<ServeArgs>),
+    /// Validate a configuration file and print every problem found.
+    Check {
+        /// The TOML configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Generate a dev PKI, start a built-in echo backend and serve it with mTLS on 127.0.0.1.
+    Quickstart {
+        /// Where the dev CA, server and client certificates live (created if absent).
+        #[arg(long, default_value = "tlsplice-quickstart")]
+        dir: PathBuf,
+        /// Port to listen on (0 picks a free one).
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The TOML configuration file (instead of the flags below).
+    #[arg(short, long, conflicts_with_all = ["listen", "cert", "key", "backend"])]
+    config: Option<PathBuf>,
+    /// Address to listen on (repeatable), e.g. 0.0.0.0:8443 or [::]:8443.
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Server certificate chain (PEM or DER).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Server private key (PEM or DER).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// CA bundle that client certificates must chain to.
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// Client certificate policy: required, optional or off (default required).
+    #[arg(long)]
+    client_auth: Option<String>,
+    /// Backend host:port (repeatable; round-robin).
+    #[arg(long)]
+    backend: Vec<String>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// ALPN protocol to offer (repeatable, in preference order).
+    #[arg(long)]
+    alpn: Vec<String>,
+    /// Handshake timeout, e.g. 10s.
+    #[arg(long)]
+    handshake_timeout: Option<String>,
+    /// Idle timeout, e.g. 5m.
+    #[arg(long)]
+    idle_timeout: Option<String>,
+    /// Backend connect timeout, e.g. 5s.
+    #[arg(long)]
+    connect_timeout: Option<String>,
+    /// How long open connections may finish after SIGTERM, e.g. 30s.
+    #[arg(long)]
+    drain_timeout: Option<String>,
+    /// Maximum concurrent connections per worker.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Kernel TLS offload: auto (when the kernel can), require, or off.
+    #[arg(long)]
+    ktls: Option<String>,
+}
+
+impl ServeArgs {
+    fn flags(&self) -> Flags {
+        Flags {
+            listen: self.listen.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            client_ca: self.client_ca.clone(),
+            client_auth: self.client_auth.clone(),
+            backends: self.backend.clone(),
+            workers: self.workers,
+            alpn: self.alpn.clone(),
+            handshake_timeout: self.handshake_timeout.clone(),
+            idle_timeout: self.idle_timeout.clone(),
+            connect_timeout: self.connect_timeout.clone(),
+            drain_timeout: self.drain_timeout.clone(),
+            max_connections: self.max_connections,
+            ktls: self.ktls.clone(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(*args),
+        Command::Check { config } => return check(&config),
+        Command::Quickstart { dir, port } => quickstart(&dir, port),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tlsplice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => config::load_file(path),
+        None => config::from_flags(&args.flags()),
+    };
+    let config = validated(config)?;
+    tlsplice::runtime::run(config, |_| {})
+}
+
+/// Logs warnings and turns configuration errors into one error listing all.
+fn validated(config: Result<Config, config::ConfigErrors>) -> anyhow::Result<Config> {
+    match config {
+        Ok(config) => {
+            for w in &config.warnings {
+                tracing::warn!("{w}");
+            }
+            Ok(config)
+        }
+        Err(errors) => Err(anyhow::anyhow!("invalid configuration:\n{errors}")),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load_file(path) {
+        Ok(config) => {
+            for w in &config.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: {} problem(s)", path.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn quickstart(dir: &std::path::Path, port: u16) -> anyhow::Result<()> {
+    use tlsplice::quickstart;
+    let pki = quickstart::ensure_dev_pki(dir)
+        .with_context(|| format!("cannot prepare the dev PKI in {}", dir.display()))?;
+    let backend = quickstart::start_echo_backend(0).context("cannot start the echo backend")?;
+    tracing::info!(%backend, "built-in echo backend");
+    let flags = Flags {
+        listen: vec![format!("127.0.0.1:{port}")],
+        cert: Some(pki.server_cert.clone()),
+        key: Some(pki.server_key.clone()),
+        client_ca: Some(pki.ca_cert.clone()),
+        client_auth: Some("required".into()),
+        backends: vec![backend.to_string()],
+        workers: Some(1),
+        drain_timeout: Some("2s".into()),
+        ..Flags::default()
+    };
+    let config = validated(config::from_flags(&flags))?;
+    tlsplice::runtime::run(config, |addrs| {
+        let port = addrs.first().map_or(port, |a| a.port());
+        println!("tlsplice is serving mutual TLS on 127.0.0.1:{port} in front of an echo backend.");
+        println!("Connect with the client certificate:");
+        for cmd in quickstart::connect_commands(&pki, port) {
+            println!("{cmd}");
+        }
+        println!("Press Ctrl-C to stop.");
+    })
+}

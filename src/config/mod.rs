@@ -5,14 +5,86 @@
 //! and validation collects all problems instead of stopping at the first.
 //! Certificate, key and CA files are loaded here (through [`crate::tls::certs`])
 //! so that a broken file is reported against the field that named it.
+//!
+//! - [`load_file`] reads a TOML file (schema: [`mod@file`], user reference:
+//!   `docs/config.md`);
+//! - [`from_flags`] builds the same from the drop-in [`Flags`];
+//! - both go through one validator (`validate.rs`), so the same rules
+//!   and messages apply to both.
 
 use std::fmt;
+use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+pub mod duration;
+pub mod file;
+mod flags;
+mod validate;
+
+pub use duration::{format_duration, parse_duration, DurationError};
+pub use flags::Flags;
+
+/// Largest config file read; real ones are a few KiB.
+const MAX_CONFIG_SIZE: u64 = 4 * 1024 * 1024;
+
+/// Loads and validates a TOML config file.
+///
+/// Relative certificate paths in it resolve against the file's directory.
+/// On failure every problem found is returned, each with its
+/// `file:line:column` and dotted field.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = read_config(path)?;
+    let raw = file::parse(path, &text).map_err(|e| ConfigErrors(vec![e]))?;
+    validate::validate(raw, SystemTime::now())
+}
+
+/// Validates the drop-in flags as a configuration with one listener.
+pub fn from_flags(flags: &Flags) -> Result<Config, ConfigErrors> {
+    validate::validate(flags.to_raw(), SystemTime::now())
+}
+
+/// Reads the config file as UTF-8 text; problems are reported at the
+/// file's start (or at the first invalid byte).
+fn read_config(path: &Path) -> Result<String, ConfigErrors> {
+    let fail = |line, column, message: String| {
+        ConfigErrors(vec![ConfigError {
+            location: Location::File {
+                path: path.to_path_buf(),
+                line,
+                column,
+            },
+            field: "(file)".to_string(),
+            message,
+        }])
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_SIZE + 1).read_to_end(&mut bytes))
+        .map_err(|e| {
+            let text = e.to_string();
+            // Drop the "(os error N)" suffix, as certificate errors do.
+            let reason = text.split(" (os error ").next().unwrap_or(&text);
+            fail(1, 1, format!("cannot read {}: {reason}", path.display()))
+        })?;
+    if bytes.len() as u64 > MAX_CONFIG_SIZE {
+        return Err(fail(
+            1,
+            1,
+            format!("file is larger than {} MiB", MAX_CONFIG_SIZE >> 20),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let text = String::from_utf8_lossy(&e.as_bytes()[..valid]);
+        let (line, column) = file::line_column(&text, valid);
+        fail(line, column, "file is not valid UTF-8".to_string())
+    })
+}
 
 /// A fully validated configuration, ready to start workers from.
 #[derive(Debug)]
@@ -29,10 +101,16 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Maximum concurrent client connections per worker.
     pub max_connections_per_worker: usize,
+    /// Kernel TLS offload policy.
+    pub ktls: KtlsMode,
     /// The listeners.
     pub listeners: Vec<ListenerConfig>,
     /// File this config was read from; `None` when built from flags.
     pub source: Option<PathBuf>,
+    /// Non-fatal problems, such as an expired server certificate or a
+    /// client CA given while client authentication is off. The caller logs
+    /// them; they do not stop the configuration from being used.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// One listening service: addresses, TLS identity and policy, backends.
@@ -73,6 +151,19 @@ pub struct TlsSettings {
     pub key_path: PathBuf,
     /// Path of the client CA bundle, if any.
     pub client_ca_path: Option<PathBuf>,
+}
+
+/// Whether connections move to kernel TLS after the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KtlsMode {
+    /// Offload when the kernel supports the negotiated version and cipher;
+    /// otherwise continue in userspace.
+    Auto,
+    /// Refuse to start without kernel TLS; a connection that cannot be
+    /// offloaded is closed rather than served in userspace.
+    Require,
+    /// Always relay in userspace.
+    Off,
 }
 
 /// Client certificate policy of a listener.
@@ -172,3 +263,6 @@ impl fmt::Display for ConfigErrors {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

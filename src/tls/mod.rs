@@ -1,5 +1,8 @@
 //! TLS material and policy: certificate loading, ClientHello inspection,
-//! and the rustls server configuration built from a listener's settings.
+//! the rustls server configuration built from a listener's settings, and
+//! the outgoing record buffer.
 
 pub mod certs;
 pub mod client_hello;
+pub mod records;
+pub mod server_config;

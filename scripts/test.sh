@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The project's test command (README): lint, unit and integration tests with
+# real clients, then the kernel TLS checks inside a VM.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-test-deps.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets
+if [ "${TLSPLICE_SKIP_VM:-0}" != 1 ]; then
+  bash scripts/ktls-vm-test.sh
+fi

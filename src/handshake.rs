@@ -1,0 +1,216 @@
+//! The TLS handshake, driven over rustls' unbuffered API.
+//!
+//! The first bytes are inspected with the sans-IO ClientHello parser so the
+//! listener can pick the `ServerConfig` (and with it the client-auth policy)
+//! by SNI before rustls sees anything; rustls' verifier cannot see SNI. The
+//! same bytes then go to a new `UnbufferedServerConnection`, which stays the
+//! connection's state afterwards: the userspace relay continues with it, and
+//! the kernel TLS handover can take its secrets from exactly this point.
+
+use std::io;
+use std::sync::Arc;
+
+use monoio::buf::IoBufMut;
+use monoio::io::AsyncReadRent;
+use monoio::net::TcpStream;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
+use rustls::ServerConfig;
+
+use crate::tls::client_hello::{self, ClientHello, ClientHelloError};
+use crate::tls::records::TlsOut;
+
+/// Room for a ClientHello and, later, for one maximal TLS record plus a
+/// partial next one.
+pub const INCOMING_CAPACITY: usize = client_hello::MAX_CLIENT_HELLO_BYTES + 5;
+
+/// Room for the server's first flight (certificate chains can be large).
+const OUTGOING_CAPACITY: usize = 16 * 1024;
+
+/// A completed handshake and everything the relay needs to continue it.
+pub struct Established {
+    /// The rustls connection, past the handshake.
+    pub conn: UnbufferedServerConnection,
+    /// What the client offered.
+    pub hello: ClientHello,
+    /// Ciphertext read but not yet processed (at most a partial record).
+    pub incoming: Vec<u8>,
+    /// Application data that arrived with the client's last handshake flight,
+    /// already decrypted; it goes to the backend before anything else.
+    pub early_plaintext: Vec<u8>,
+    /// The client already sent close_notify.
+    pub client_closed: bool,
+}
+
+/// Why a handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The first bytes were not a TLS ClientHello.
+    #[error("{0}")]
+    NotTls(#[from] ClientHelloError),
+    /// rustls refused the handshake (the matching alert was sent).
+    #[error("{0}")]
+    Tls(#[from] rustls::Error),
+    /// The client closed the connection before the handshake completed.
+    #[error("client closed the connection during the handshake")]
+    ClientGone,
+    /// Reading from or writing to the client failed.
+    #[error("client I/O: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Runs the server side of the handshake on `stream`.
+///
+/// `select` picks the configuration for the offered ClientHello (by SNI).
+/// The caller bounds the whole call with the handshake timeout.
+pub async fn accept(
+    stream: &mut TcpStream,
+    select: impl FnOnce(&ClientHello) -> Arc<ServerConfig>,
+) -> Result<Established, HandshakeError> {
+    let mut incoming = Vec::with_capacity(INCOMING_CAPACITY);
+    let hello = loop {
+        let parsed = client_hello::parse(&incoming);
+        match parsed {
+            Ok(Some(hello)) => break Ok(hello),
+            Ok(None) => {
+                if read_more(stream, &mut incoming).await? == 0 {
+                    return Err(HandshakeError::ClientGone);
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+
+    // An unparsable hello still goes to rustls with the default
+    // configuration, so the client gets the alert rustls chooses for it.
+    let config = select(hello.as_ref().unwrap_or(&ClientHello::default()));
+    let mut conn = UnbufferedServerConnection::new(config)?;
+    let mut out = TlsOut::with_capacity(OUTGOING_CAPACITY);
+    let mut early_plaintext = Vec::new();
+
+    if let Err(e) = hello {
+        let _ = drive(&mut conn, &mut incoming, &mut out, &mut early_plaintext);
+        flush_alert(&mut conn, &mut out);
+        write_out(stream, &mut out).await?;
+        return Err(e.into());
+    }
+
+    loop {
+        match drive(&mut conn, &mut incoming, &mut out, &mut early_plaintext) {
+            Ok(Progress::Transmit) => write_out(stream, &mut out).await?,
+            Ok(Progress::NeedInput) => {
+                if read_more(stream, &mut incoming).await? == 0 {
+                    return Err(HandshakeError::ClientGone);
+                }
+            }
+            Ok(Progress::Complete) => break,
+            Ok(Progress::PeerClosed) => return Err(HandshakeError::ClientGone),
+            Err(e) => {
+                flush_alert(&mut conn, &mut out);
+                let _ = write_out(stream, &mut out).await;
+                return Err(e.into());
+            }
+        }
+    }
+
+    Ok(Established {
+        conn,
+        hello: hello.unwrap_or_default(),
+        incoming,
+        early_plaintext,
+        client_closed: false,
+    })
+}
+
+/// What the connection needs next.
+pub(crate) enum Progress {
+    /// `out` holds records that must reach the client now.
+    Transmit,
+    /// More bytes from the client are needed.
+    NeedInput,
+    /// The handshake is done and nothing is left to send.
+    Complete,
+    /// The client sent close_notify.
+    PeerClosed,
+}
+
+/// Advances the connection over the buffered input without I/O.
+pub(crate) fn drive(
+    conn: &mut UnbufferedServerConnection,
+    incoming: &mut Vec<u8>,
+    out: &mut TlsOut,
+    plaintext: &mut Vec<u8>,
+) -> Result<Progress, rustls::Error> {
+    loop {
+        let UnbufferedStatus { discard, state } = conn.process_tls_records(incoming);
+        let progress = match state? {
+            ConnectionState::EncodeTlsData(mut e) => {
+                out.encode(&mut e)
+                    .map_err(|e| rustls::Error::General(e.to_string()))?;
+                None
+            }
+            ConnectionState::TransmitTlsData(t) => {
+                // The caller writes `out` before driving again.
+                t.done();
+                Some(Progress::Transmit)
+            }
+            ConnectionState::ReadTraffic(mut r) => {
+                while let Some(record) = r.next_record() {
+                    plaintext.extend_from_slice(record?.payload);
+                }
+                None
+            }
+            ConnectionState::BlockedHandshake => Some(Progress::NeedInput),
+            ConnectionState::WriteTraffic(_) => Some(Progress::Complete),
+            ConnectionState::PeerClosed | ConnectionState::Closed => Some(Progress::PeerClosed),
+            // Early data is disabled in every ServerConfig we build.
+            _ => Some(Progress::NeedInput),
+        };
+        incoming.drain(..discard);
+        if let Some(p) = progress {
+            return Ok(p);
+        }
+    }
+}
+
+/// Collects the alert rustls queued when it failed the connection.
+pub fn flush_alert(conn: &mut UnbufferedServerConnection, out: &mut TlsOut) {
+    loop {
+        let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut []);
+        match state {
+            Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                if out.encode(&mut e).is_err() {
+                    return;
+                }
+            }
+            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+            _ => return,
+        }
+    }
+}
+
+/// Appends what the client sent to `incoming`; 0 means EOF.
+async fn read_more(stream: &mut TcpStream, incoming: &mut Vec<u8>) -> io::Result<usize> {
+    let len = incoming.len();
+    if len == incoming.capacity() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "handshake message exceeds the input buffer",
+        ));
+    }
+    let buf = std::mem::take(incoming).slice_mut(len..);
+    let (res, buf) = stream.read(buf).await;
+    *incoming = buf.into_inner();
+    res
+}
+
+/// Writes everything in `out` to the client.
+pub(crate) async fn write_out(stream: &mut TcpStream, out: &mut TlsOut) -> io::Result<()> {
+    use monoio::io::AsyncWriteRentExt;
+    if out.is_empty() {
+        return Ok(());
+    }
+    let (res, buf) = stream.write_all(out.take()).await;
+    out.restore(buf);
+    res.map(|_| ())
+}

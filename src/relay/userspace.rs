@@ -1,0 +1,422 @@
+//! The userspace path: rustls records between the client and the backend.
+//!
+//! Two pumps run concurrently in the connection's task and share the rustls
+//! connection through a `RefCell`, never holding the borrow across an await:
+//! - client -> backend: read ciphertext, decrypt, write plaintext;
+//! - backend -> client: read plaintext, encrypt, write ciphertext.
+//!
+//! Records rustls produces while decrypting (a KeyUpdate answer) are queued
+//! and written by the backend -> client pump ahead of its next data, which is
+//! where TLS requires them. A watchdog ends the connection on idle timeout or
+//! when the worker's drain runs out, by cancelling the pumps' pending I/O.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{
+    CancelHandle, CancelableAsyncReadRent, CancelableAsyncWriteRentExt, Canceller, OwnedReadHalf,
+    OwnedWriteHalf, Splitable,
+};
+use monoio::net::TcpStream;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
+
+use super::{watchdog, RelayOutcome};
+use crate::close::CloseReason;
+use crate::handshake::{flush_alert, Established, INCOMING_CAPACITY};
+use crate::tls::records::TlsOut;
+use crate::trigger::Trigger;
+
+/// Largest plaintext read from the backend at once: four full TLS records.
+const BACKEND_READ: usize = 64 * 1024;
+/// Ciphertext room for one backend read (record overhead included).
+const CLIENT_WRITE: usize = BACKEND_READ + 4 * 64;
+/// How long the final close_notify or alert may take to leave.
+const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// State both pumps share.
+struct Shared {
+    session: RefCell<Session>,
+    /// Last time bytes moved in either direction.
+    activity: Cell<Instant>,
+    /// The first failure seen; it becomes the connection's close reason.
+    failure: RefCell<Option<CloseReason>>,
+    canceller: RefCell<Canceller>,
+    /// Both pumps have returned.
+    finished: Trigger,
+}
+
+struct Session {
+    conn: UnbufferedServerConnection,
+    /// Control records produced while reading, to send before more data.
+    control: TlsOut,
+    close_notify_sent: bool,
+}
+
+impl Shared {
+    /// Records `reason` (unless one is already recorded) and stops both
+    /// pumps by cancelling their pending reads and writes.
+    fn fail(&self, reason: CloseReason) {
+        self.failure.borrow_mut().get_or_insert(reason);
+        let canceller = std::mem::take(&mut *self.canceller.borrow_mut());
+        *self.canceller.borrow_mut() = canceller.cancel();
+    }
+
+    fn touch(&self) {
+        self.activity.set(Instant::now());
+    }
+}
+
+/// Relays between an established client session and a connected backend
+/// until both directions are closed, one side fails, the connection idles
+/// for `idle_timeout`, or `drain_expired` fires.
+pub async fn run(
+    established: Established,
+    client: TcpStream,
+    backend: TcpStream,
+    idle_timeout: Duration,
+    drain_expired: &Trigger,
+) -> RelayOutcome {
+    let Established {
+        conn,
+        incoming,
+        early_plaintext,
+        client_closed,
+        ..
+    } = established;
+    let (mut client_rd, mut client_wr) = client.into_split();
+    let (mut backend_rd, mut backend_wr) = backend.into_split();
+
+    let shared = Shared {
+        session: RefCell::new(Session {
+            conn,
+            control: TlsOut::with_capacity(256),
+            close_notify_sent: false,
+        }),
+        activity: Cell::new(Instant::now()),
+        failure: RefCell::new(None),
+        canceller: RefCell::new(Canceller::new()),
+        finished: Trigger::new(),
+    };
+    let cancel = shared.canceller.borrow().handle();
+
+    let up = client_to_backend(
+        &shared,
+        &mut client_rd,
+        &mut backend_wr,
+        incoming,
+        early_plaintext,
+        client_closed,
+        cancel.clone(),
+    );
+    let down = backend_to_client(&shared, &mut backend_rd, &mut client_wr, cancel.clone());
+    let both = async {
+        let r = monoio::join!(up, down);
+        shared.finished.fire();
+        r
+    };
+    let watch = async {
+        if let Some(reason) = watchdog(
+            &shared.activity,
+            idle_timeout,
+            drain_expired,
+            &shared.finished,
+        )
+        .await
+        {
+            shared.fail(reason);
+        }
+    };
+    let (((bytes_up, _), (bytes_down, _)), ()) = monoio::join!(both, watch);
+
+    let reason = shared
+        .failure
+        .borrow_mut()
+        .take()
+        .unwrap_or(CloseReason::Done);
+    // Whatever the client is still owed: a fatal alert rustls queued, or a
+    // close_notify when we end the connection ourselves.
+    let mut out = TlsOut::with_capacity(256);
+    {
+        let mut s = shared.session.borrow_mut();
+        let Session {
+            conn,
+            control,
+            close_notify_sent,
+        } = &mut *s;
+        out.append(control);
+        match &reason {
+            CloseReason::IdleTimeout | CloseReason::Shutdown if !*close_notify_sent => {
+                queue_close_notify(conn, &mut out);
+            }
+            CloseReason::ClientError(_) => flush_alert(conn, &mut out),
+            _ => {}
+        }
+    }
+    if !out.is_empty() {
+        let _ = monoio::time::timeout(FINAL_WRITE_TIMEOUT, async {
+            let (res, _) =
+                monoio::io::AsyncWriteRentExt::write_all(&mut client_wr, out.take()).await;
+            res
+        })
+        .await;
+    }
+    RelayOutcome {
+        bytes_up,
+        bytes_down,
+        reason,
+        path: "userspace",
+    }
+}
+
+/// How a pump ended.
+#[derive(Debug, PartialEq, Eq)]
+enum PumpEnd {
+    /// The source closed cleanly and the destination was half-closed.
+    Closed,
+    /// The pump was stopped (failure on either side, idle, drain).
+    Stopped,
+}
+
+/// Client ciphertext -> backend plaintext. Returns plaintext bytes written.
+async fn client_to_backend(
+    shared: &Shared,
+    client: &mut OwnedReadHalf<TcpStream>,
+    backend: &mut OwnedWriteHalf<TcpStream>,
+    mut incoming: Vec<u8>,
+    early_plaintext: Vec<u8>,
+    client_closed: bool,
+    cancel: CancelHandle,
+) -> (u64, PumpEnd) {
+    let mut plain = early_plaintext;
+    plain.reserve(INCOMING_CAPACITY);
+    if incoming.capacity() < INCOMING_CAPACITY {
+        incoming.reserve(INCOMING_CAPACITY - incoming.len());
+    }
+    let mut total = 0u64;
+    loop {
+        let peer_closed = match decrypt(shared, &mut incoming, &mut plain) {
+            Ok(closed) => closed || client_closed,
+            Err(e) => {
+                shared.fail(CloseReason::ClientError(format!("TLS: {e}")));
+                return (total, PumpEnd::Stopped);
+            }
+        };
+        if !plain.is_empty() {
+            let n = plain.len() as u64;
+            let (res, buf) = backend.write_all(plain, cancel.clone()).await;
+            plain = buf;
+            plain.clear();
+            if let Err(e) = res {
+                shared.fail(stopped_or(&e, || {
+                    CloseReason::BackendError(format!("write: {e}"))
+                }));
+                return (total, PumpEnd::Stopped);
+            }
+            total += n;
+            shared.touch();
+        }
+        if peer_closed {
+            let _ = backend_shutdown(backend, &cancel).await;
+            return (total, PumpEnd::Closed);
+        }
+        if incoming.len() == incoming.capacity() {
+            shared.fail(CloseReason::ClientError(
+                "record larger than the input buffer".into(),
+            ));
+            return (total, PumpEnd::Stopped);
+        }
+        let len = incoming.len();
+        let (res, buf) = client
+            .cancelable_read(incoming.slice_mut(len..), cancel.clone())
+            .await;
+        incoming = buf.into_inner();
+        match res {
+            Ok(0) => {
+                // FIN without close_notify: pass the half-close on; the
+                // access log still shows whether the client ended cleanly.
+                let _ = backend_shutdown(backend, &cancel).await;
+                return (total, PumpEnd::Closed);
+            }
+            Ok(_) => shared.touch(),
+            Err(e) => {
+                shared.fail(stopped_or(&e, || {
+                    CloseReason::ClientError(format!("read: {e}"))
+                }));
+                return (total, PumpEnd::Stopped);
+            }
+        }
+    }
+}
+
+/// Decrypts every complete record in `incoming` into `plain`. Returns whether
+/// the client sent close_notify.
+fn decrypt(
+    shared: &Shared,
+    incoming: &mut Vec<u8>,
+    plain: &mut Vec<u8>,
+) -> Result<bool, rustls::Error> {
+    let mut s = shared.session.borrow_mut();
+    let Session { conn, control, .. } = &mut *s;
+    let mut peer_closed = false;
+    loop {
+        let UnbufferedStatus { discard, state } = conn.process_tls_records(incoming);
+        let done = match state? {
+            ConnectionState::ReadTraffic(mut r) => {
+                while let Some(record) = r.next_record() {
+                    plain.extend_from_slice(record?.payload);
+                }
+                false
+            }
+            ConnectionState::EncodeTlsData(mut e) => {
+                control
+                    .encode(&mut e)
+                    .map_err(|e| rustls::Error::General(e.to_string()))?;
+                false
+            }
+            // Queued in `control`; the other pump sends it before its next data.
+            ConnectionState::TransmitTlsData(t) => {
+                t.done();
+                false
+            }
+            ConnectionState::PeerClosed => {
+                peer_closed = true;
+                false
+            }
+            _ => true,
+        };
+        incoming.drain(..discard);
+        if done {
+            return Ok(peer_closed);
+        }
+    }
+}
+
+/// Backend plaintext -> client ciphertext. Returns plaintext bytes relayed.
+async fn backend_to_client(
+    shared: &Shared,
+    backend: &mut OwnedReadHalf<TcpStream>,
+    client: &mut OwnedWriteHalf<TcpStream>,
+    cancel: CancelHandle,
+) -> (u64, PumpEnd) {
+    let mut plain = Vec::with_capacity(BACKEND_READ);
+    let mut out = TlsOut::with_capacity(CLIENT_WRITE);
+    let mut total = 0u64;
+    loop {
+        plain.clear();
+        let (res, buf) = backend.cancelable_read(plain, cancel.clone()).await;
+        plain = buf;
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => {
+                shared.fail(stopped_or(&e, || {
+                    CloseReason::BackendError(format!("read: {e}"))
+                }));
+                return (total, PumpEnd::Stopped);
+            }
+        };
+        if n > 0 {
+            shared.touch();
+        }
+        if let Err(e) = encrypt(shared, &plain[..n], &mut out) {
+            shared.fail(CloseReason::ClientError(format!("TLS: {e}")));
+            return (total, PumpEnd::Stopped);
+        }
+        let (res, buf) = client.write_all(out.take(), cancel.clone()).await;
+        out.restore(buf);
+        if let Err(e) = res {
+            shared.fail(stopped_or(&e, || {
+                CloseReason::ClientError(format!("write: {e}"))
+            }));
+            return (total, PumpEnd::Stopped);
+        }
+        if n == 0 {
+            // The backend finished: close_notify went out above; half-close
+            // TCP too so clients waiting for EOF see it.
+            let _ =
+                monoio::io::CancelableAsyncWriteRent::cancelable_shutdown(client, cancel.clone())
+                    .await;
+            return (total, PumpEnd::Closed);
+        }
+        total += n as u64;
+        shared.touch();
+    }
+}
+
+/// Encrypts `plain` (or, when empty, a close_notify) into `out`, after any
+/// queued control records.
+fn encrypt(shared: &Shared, plain: &[u8], out: &mut TlsOut) -> Result<(), rustls::Error> {
+    let mut s = shared.session.borrow_mut();
+    let Session {
+        conn,
+        control,
+        close_notify_sent,
+    } = &mut *s;
+    out.append(control);
+    loop {
+        let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut []);
+        match state? {
+            ConnectionState::EncodeTlsData(mut e) => out
+                .encode(&mut e)
+                .map_err(|e| rustls::Error::General(e.to_string()))?,
+            ConnectionState::TransmitTlsData(t) => t.done(),
+            ConnectionState::WriteTraffic(mut w) => {
+                if plain.is_empty() {
+                    out.close_notify(&mut w)
+                        .map_err(|e| rustls::Error::General(e.to_string()))?;
+                    *close_notify_sent = true;
+                } else {
+                    out.encrypt(&mut w, plain)
+                        .map_err(|e| rustls::Error::General(e.to_string()))?;
+                }
+                return Ok(());
+            }
+            // Both sides already closed: nothing more may be sent.
+            ConnectionState::Closed => return Ok(()),
+            other => {
+                return Err(rustls::Error::General(format!(
+                    "unexpected state while sending: {other:?}"
+                )))
+            }
+        }
+    }
+}
+
+/// Appends a close_notify to `out` if the connection can still send.
+fn queue_close_notify(conn: &mut UnbufferedServerConnection, out: &mut TlsOut) {
+    loop {
+        let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut []);
+        match state {
+            Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                if out.encode(&mut e).is_err() {
+                    return;
+                }
+            }
+            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+            Ok(ConnectionState::WriteTraffic(mut w)) => {
+                let _ = out.close_notify(&mut w);
+                return;
+            }
+            _ => return,
+        }
+    }
+}
+
+async fn backend_shutdown(
+    backend: &mut OwnedWriteHalf<TcpStream>,
+    cancel: &CancelHandle,
+) -> io::Result<()> {
+    monoio::io::CancelableAsyncWriteRent::cancelable_shutdown(backend, cancel.clone()).await
+}
+
+/// A cancelled operation means another part already recorded why; anything
+/// else is this side's failure.
+fn stopped_or(e: &io::Error, reason: impl FnOnce() -> CloseReason) -> CloseReason {
+    if e.raw_os_error() == Some(libc::ECANCELED) {
+        CloseReason::Done
+    } else {
+        reason()
+    }
+}

@@ -1,0 +1,412 @@
+//! Workers and the process lifecycle.
+//!
+//! One thread per worker, each running its own monoio runtime (io_uring, or
+//! epoll where io_uring is refused) pinned to one core, with its own
+//! SO_REUSEPORT listening sockets: nothing on the connection path is shared
+//! between workers. The main thread only waits for signals: the first
+//! SIGTERM/SIGINT stops accepting and starts the drain, a second one (or the
+//! drain timeout) closes what is left with close_notify.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures_channel::oneshot;
+use monoio::net::{TcpListener, TcpStream};
+use rustls::ServerConfig;
+
+use crate::close::{AccessRecord, CloseReason};
+use crate::config::{Backend, Config, KtlsMode};
+use crate::connect::{self, BackendPool};
+use crate::handshake::{self, HandshakeError};
+use crate::ktls::handover::{handover, Handover};
+use crate::ktls::probe::{self, Capabilities};
+use crate::relay::{splice, userspace};
+use crate::tls::{certs, server_config};
+use crate::trigger::Trigger;
+
+/// Entries in each worker's io_uring submission queue.
+const RING_ENTRIES: u32 = 4096;
+/// How long workers wait for connections to finish after the drain expired.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Pause before accepting again when the process is out of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Timeouts and limits every worker applies.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+    drain_timeout: Duration,
+    max_connections: usize,
+    ktls: KtlsMode,
+}
+
+/// One listener as a worker sees it.
+struct ListenerPlan {
+    name: Arc<str>,
+    tls: Arc<ServerConfig>,
+    backends: Arc<[Backend]>,
+    /// Per worker, that worker's sockets (one per listen address).
+    sockets: Vec<Vec<std::net::TcpListener>>,
+}
+
+/// Runs the server until SIGTERM/SIGINT and the drain that follows.
+///
+/// `on_ready` is called once every socket is bound, with their addresses.
+pub fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Result<()> {
+    let workers = config.workers.max(1);
+    let limits = Limits {
+        handshake_timeout: config.handshake_timeout,
+        idle_timeout: config.idle_timeout,
+        connect_timeout: config.connect_timeout,
+        drain_timeout: config.drain_timeout,
+        max_connections: config.max_connections_per_worker,
+        ktls: config.ktls,
+    };
+    let caps = Arc::new(match config.ktls {
+        KtlsMode::Off => Capabilities::none("ktls = off"),
+        KtlsMode::Auto | KtlsMode::Require => probe::probe(),
+    });
+    tracing::info!("kernel TLS: {caps}");
+    if config.ktls == KtlsMode::Require && !caps.any() {
+        anyhow::bail!("ktls = require, but kernel TLS is {caps}");
+    }
+
+    let mut plans = Vec::new();
+    let mut bound = Vec::new();
+    for listener in &config.listeners {
+        let tls = server_config::build(&listener.tls)
+            .with_context(|| format!("listener {}", listener.name))?;
+        let mut sockets: Vec<Vec<std::net::TcpListener>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        for addr in &listener.listen {
+            let per_worker = crate::accept::bind_reuseport(*addr, workers, listener.backlog)?;
+            let local = per_worker[0].local_addr()?;
+            tracing::info!(listener = %listener.name, "listening on {local}");
+            bound.push(local);
+            for (w, socket) in per_worker.into_iter().enumerate() {
+                sockets[w].push(socket);
+            }
+        }
+        plans.push(ListenerPlan {
+            name: listener.name.as_str().into(),
+            tls,
+            backends: listener.backends.clone().into(),
+            sockets,
+        });
+    }
+
+    if !monoio::utils::detect_uring() {
+        tracing::warn!("io_uring is not available here; workers use the epoll driver");
+    }
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    let (done_tx, done_rx) = mpsc::channel::<usize>();
+    let mut controls = Vec::new();
+    let mut handles = Vec::new();
+    for id in 0..workers {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (force_tx, force_rx) = oneshot::channel::<()>();
+        let listeners: Vec<WorkerListener> = plans
+            .iter_mut()
+            .map(|p| WorkerListener {
+                name: p.name.clone(),
+                tls: p.tls.clone(),
+                pool: p.backends.clone(),
+                sockets: std::mem::take(&mut p.sockets[id]),
+            })
+            .collect();
+        let done_tx = done_tx.clone();
+        let caps = caps.clone();
+        let handle = thread::Builder::new()
+            .name(format!("tlsplice-w{id}"))
+            .spawn(move || {
+                let result =
+                    worker_thread(id, id % cores, listeners, limits, caps, stop_rx, force_rx);
+                if let Err(e) = result {
+                    tracing::error!(worker = id, "worker failed: {e:#}");
+                }
+                let _ = done_tx.send(id);
+            })
+            .context("cannot start worker thread")?;
+        controls.push((stop_tx, force_tx));
+        handles.push(handle);
+    }
+    drop(done_tx);
+    tracing::info!(workers, "serving");
+    on_ready(&bound);
+
+    let signals = spawn_signal_forwarder()?;
+    let mut stops = Vec::new();
+    let mut forces = Vec::new();
+    for (s, f) in controls {
+        stops.push(s);
+        forces.push(f);
+    }
+    let mut remaining = workers;
+    let mut stopping = false;
+    while remaining > 0 {
+        if let Ok(sig) = signals.recv_timeout(Duration::from_millis(100)) {
+            if !stopping {
+                tracing::info!(signal = sig, drain_timeout = ?limits.drain_timeout, "stopping: no new connections, draining");
+                stopping = true;
+                for s in stops.drain(..) {
+                    let _ = s.send(());
+                }
+            } else {
+                tracing::info!(signal = sig, "second signal: closing open connections now");
+                for f in forces.drain(..) {
+                    let _ = f.send(());
+                }
+            }
+        }
+        while done_rx.try_recv().is_ok() {
+            remaining -= 1;
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Forwards SIGTERM/SIGINT to a channel the main thread polls.
+fn spawn_signal_forwarder() -> anyhow::Result<mpsc::Receiver<i32>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("cannot install signal handlers")?;
+    let (tx, rx) = mpsc::channel();
+    thread::Builder::new()
+        .name("tlsplice-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(sig).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("cannot start signal thread")?;
+    Ok(rx)
+}
+
+/// A listener's share of one worker.
+struct WorkerListener {
+    name: Arc<str>,
+    tls: Arc<ServerConfig>,
+    pool: Arc<[Backend]>,
+    sockets: Vec<std::net::TcpListener>,
+}
+
+/// Per-listener state inside one worker.
+struct ListenerState {
+    name: Arc<str>,
+    tls: Arc<ServerConfig>,
+    pool: BackendPool,
+}
+
+/// Per-worker state shared by its tasks.
+struct Worker {
+    limits: Limits,
+    ktls: Arc<Capabilities>,
+    active: Cell<usize>,
+    stop_accepting: Trigger,
+    drain_expired: Trigger,
+}
+
+fn worker_thread(
+    id: usize,
+    core: usize,
+    listeners: Vec<WorkerListener>,
+    limits: Limits,
+    ktls: Arc<Capabilities>,
+    stop: oneshot::Receiver<()>,
+    force: oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    if let Err(e) = monoio::utils::bind_to_cpu_set([core]) {
+        tracing::warn!(worker = id, core, "cannot pin worker: {e:?}");
+    }
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(RING_ENTRIES)
+        .build()
+        .context("cannot start the worker runtime")?;
+    rt.block_on(worker(id, listeners, limits, ktls, stop, force))
+}
+
+async fn worker(
+    id: usize,
+    listeners: Vec<WorkerListener>,
+    limits: Limits,
+    ktls: Arc<Capabilities>,
+    stop: oneshot::Receiver<()>,
+    force: oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    let worker = Rc::new(Worker {
+        limits,
+        ktls,
+        active: Cell::new(0),
+        stop_accepting: Trigger::new(),
+        drain_expired: Trigger::new(),
+    });
+    for l in listeners {
+        let state = Rc::new(ListenerState {
+            name: l.name,
+            tls: l.tls,
+            pool: BackendPool::new(l.pool, id),
+        });
+        for socket in l.sockets {
+            let listener = TcpListener::from_std(socket).context("cannot register listener")?;
+            monoio::spawn(accept_loop(worker.clone(), state.clone(), listener));
+        }
+    }
+
+    // A dropped sender (the main thread is gone) also means stop.
+    let _ = stop.await;
+    worker.stop_accepting.fire();
+
+    let drained = async {
+        while worker.active.get() > 0 {
+            monoio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    monoio::select! {
+        _ = drained => {}
+        _ = monoio::time::sleep(limits.drain_timeout) => {}
+        _ = force => {}
+    }
+    worker.drain_expired.fire();
+    let deadline = Instant::now() + CLOSE_GRACE;
+    while worker.active.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if worker.active.get() > 0 {
+        tracing::warn!(
+            worker = id,
+            open = worker.active.get(),
+            "connections still open at exit"
+        );
+    }
+    Ok(())
+}
+
+async fn accept_loop(worker: Rc<Worker>, listener_state: Rc<ListenerState>, listener: TcpListener) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = worker.stop_accepting.wait() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if worker.active.get() >= worker.limits.max_connections {
+                    AccessRecord::new(peer, &listener_state.name)
+                        .emit(&CloseReason::MaxConnections);
+                    drop(stream);
+                    continue;
+                }
+                worker.active.set(worker.active.get() + 1);
+                monoio::spawn(connection(
+                    worker.clone(),
+                    listener_state.clone(),
+                    stream,
+                    peer,
+                ));
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning;
+                // anything else is per-connection and already gone.
+                tracing::warn!(listener = %listener_state.name, "accept failed: {e}");
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) {
+                    monoio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+    }
+}
+
+/// One client connection, from accept to its access-log line.
+async fn connection(
+    worker: Rc<Worker>,
+    listener: Rc<ListenerState>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let mut record = AccessRecord::new(peer, &listener.name);
+    let reason = serve(&worker, &listener, stream, &mut record).await;
+    record.emit(&reason);
+    worker.active.set(worker.active.get() - 1);
+}
+
+async fn serve(
+    worker: &Worker,
+    listener: &ListenerState,
+    mut stream: TcpStream,
+    record: &mut AccessRecord,
+) -> CloseReason {
+    let _ = stream.set_nodelay(true);
+    let limits = worker.limits;
+    let handshake = monoio::time::timeout(
+        limits.handshake_timeout,
+        handshake::accept(&mut stream, |_hello| listener.tls.clone()),
+    )
+    .await;
+    let established = match handshake {
+        Err(_) => return CloseReason::HandshakeTimeout,
+        Ok(Err(HandshakeError::NotTls(e))) => return CloseReason::NotTls(e.to_string()),
+        Ok(Err(HandshakeError::ClientGone)) => return CloseReason::ClientGoneInHandshake,
+        Ok(Err(e)) => return CloseReason::HandshakeFailed(e.to_string()),
+        Ok(Ok(established)) => established,
+    };
+    record.handshake = Some(record.started.elapsed());
+    record.sni = established.hello.server_name.clone();
+    let conn = &established.conn;
+    record.alpn = conn
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    record.version = conn.protocol_version().map(|v| format!("{v:?}"));
+    record.suite = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()));
+    record.subject = conn
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(certs::subject);
+
+    let (backend, chosen) = match connect::connect(&listener.pool, limits.connect_timeout).await {
+        Ok(ok) => ok,
+        Err(e) => return CloseReason::BackendUnavailable(e.to_string()),
+    };
+    record.backend = Some(chosen.name.clone());
+
+    let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
+    let outcome = if limits.ktls == KtlsMode::Off || !worker.ktls.any() {
+        userspace::run(established, stream, backend, idle, drain).await
+    } else {
+        match handover(established, &mut stream, &worker.ktls).await {
+            Ok(Handover::Kernel(session)) => {
+                record.path = "ktls";
+                splice::run(*session, stream, backend, idle, drain).await
+            }
+            Ok(Handover::Userspace(_, why)) if limits.ktls == KtlsMode::Require => {
+                return CloseReason::ClientError(format!("ktls = require, but {why}"));
+            }
+            Ok(Handover::Userspace(established, why)) => {
+                record.ktls_fallback = Some(why);
+                userspace::run(*established, stream, backend, idle, drain).await
+            }
+            Err(e) => return CloseReason::ClientError(e.to_string()),
+        }
+    };
+    record.bytes_up = outcome.bytes_up;
+    record.bytes_down = outcome.bytes_down;
+    outcome.reason
+}

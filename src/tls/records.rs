@@ -1,0 +1,128 @@
+//! Outgoing TLS bytes: a reusable buffer that rustls' unbuffered API encodes
+//! handshake records and encrypts application data into.
+
+use rustls::server::ServerConnectionData;
+use rustls::unbuffered::{
+    EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError, WriteTraffic,
+};
+
+/// Ciphertext waiting to be written to the client.
+///
+/// The backing vector is kept fully initialised (`len == capacity`) and only
+/// `filled` bytes are meaningful, so encrypting a record never re-zeroes or
+/// reallocates once the buffer has reached its working size.
+#[derive(Debug)]
+pub struct TlsOut {
+    buf: Vec<u8>,
+    filled: usize,
+}
+
+impl TlsOut {
+    /// A buffer with room for `capacity` bytes of ciphertext.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            buf: vec![0; capacity],
+            filled: 0,
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[..self.filled]
+    }
+
+    /// Whether nothing waits to be written.
+    pub fn is_empty(&self) -> bool {
+        self.filled == 0
+    }
+
+    /// Appends a handshake or control record rustls asks to send.
+    pub fn encode(
+        &mut self,
+        state: &mut EncodeTlsData<'_, ServerConnectionData>,
+    ) -> Result<(), EncodeError> {
+        loop {
+            match state.encode(&mut self.buf[self.filled..]) {
+                Ok(n) => {
+                    self.filled += n;
+                    return Ok(());
+                }
+                Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                    self.grow(required_size)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Appends `plaintext` encrypted as application data records.
+    pub fn encrypt(
+        &mut self,
+        state: &mut WriteTraffic<'_, ServerConnectionData>,
+        plaintext: &[u8],
+    ) -> Result<(), EncryptError> {
+        loop {
+            match state.encrypt(plaintext, &mut self.buf[self.filled..]) {
+                Ok(n) => {
+                    self.filled += n;
+                    return Ok(());
+                }
+                Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                    self.grow(required_size)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Appends a close_notify alert.
+    pub fn close_notify(
+        &mut self,
+        state: &mut WriteTraffic<'_, ServerConnectionData>,
+    ) -> Result<(), EncryptError> {
+        loop {
+            match state.queue_close_notify(&mut self.buf[self.filled..]) {
+                Ok(n) => {
+                    self.filled += n;
+                    return Ok(());
+                }
+                Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                    self.grow(required_size)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Moves the bytes of `other` to the end of this buffer.
+    pub fn append(&mut self, other: &mut TlsOut) {
+        let n = other.filled;
+        if self.buf.len() - self.filled < n {
+            self.grow(n);
+        }
+        self.buf[self.filled..self.filled + n].copy_from_slice(&other.buf[..n]);
+        self.filled += n;
+        other.filled = 0;
+    }
+
+    /// Takes the buffer for an owned-buffer write; give it back with
+    /// [`TlsOut::restore`] so its allocation is reused.
+    pub fn take(&mut self) -> monoio::buf::Slice<Vec<u8>> {
+        use monoio::buf::IoBuf;
+        let filled = std::mem::replace(&mut self.filled, 0);
+        std::mem::take(&mut self.buf).slice(..filled)
+    }
+
+    /// Returns the buffer after a write; its content is discarded.
+    pub fn restore(&mut self, slice: monoio::buf::Slice<Vec<u8>>) {
+        self.buf = slice.into_inner();
+        self.filled = 0;
+    }
+
+    fn grow(&mut self, free_needed: usize) {
+        let want = self.filled + free_needed;
+        if self.buf.len() < want {
+            self.buf.resize(want.next_power_of_two(), 0);
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The rustls `ServerConfig` a listener hands every new connection.
+
+use std::sync::Arc;
+
+use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CipherSuite as Suite, RootCertStore, ServerConfig, SupportedCipherSuite};
+
+use crate::config::{CipherSuite, ClientAuth, TlsSettings, TlsVersion};
+
+/// Why a listener's TLS settings could not become a rustls configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerConfigError {
+    /// A client CA certificate was rejected as a trust anchor.
+    #[error("client CA {path}: {source}")]
+    ClientCa {
+        /// The CA bundle.
+        path: String,
+        /// What webpki said.
+        source: rustls::Error,
+    },
+    /// The client certificate verifier could not be built.
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// rustls refused the combination of versions, suites or key.
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+    /// No enabled cipher suite is usable with the enabled versions.
+    #[error("no enabled cipher suite matches the enabled TLS versions")]
+    NoSuites,
+}
+
+/// Builds the server configuration for one listener.
+///
+/// Secret extraction is enabled so the kernel TLS handover can take the
+/// session keys; early data stays off because 0-RTT data is replayable and
+/// cannot be handed to the kernel.
+pub fn build(settings: &TlsSettings) -> Result<Arc<ServerConfig>, ServerConfigError> {
+    let provider = Arc::new(provider_for(&settings.cipher_suites, &settings.versions)?);
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = settings
+        .versions
+        .iter()
+        .map(|v| match v {
+            TlsVersion::Tls12 => &rustls::version::TLS12,
+            TlsVersion::Tls13 => &rustls::version::TLS13,
+        })
+        .collect();
+
+    let verifier = match settings.client_auth {
+        ClientAuth::Off => WebPkiClientVerifier::no_client_auth(),
+        mode => {
+            let mut roots = RootCertStore::empty();
+            for ca in &settings.client_ca {
+                roots
+                    .add(ca.clone())
+                    .map_err(|source| ServerConfigError::ClientCa {
+                        path: settings
+                            .client_ca_path
+                            .as_deref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default(),
+                        source,
+                    })?;
+            }
+            let builder =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            let builder = if mode == ClientAuth::Optional {
+                builder.allow_unauthenticated()
+            } else {
+                builder
+            };
+            builder.build()?
+        }
+    };
+
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(settings.cert_chain.clone(), settings.key.clone_key())?;
+    config.alpn_protocols = settings.alpn.clone();
+    config.enable_secret_extraction = true;
+    config.max_early_data_size = 0;
+    config.ignore_client_order = true;
+    Ok(Arc::new(config))
+}
+
+/// aws-lc-rs with only the enabled suites, in the configured order.
+fn provider_for(
+    suites: &[CipherSuite],
+    versions: &[TlsVersion],
+) -> Result<CryptoProvider, ServerConfigError> {
+    let mut provider = aws_lc_rs::default_provider();
+    let all = std::mem::take(&mut provider.cipher_suites);
+    let wanted: &[CipherSuite] = if suites.is_empty() {
+        &[
+            CipherSuite::Aes128Gcm,
+            CipherSuite::Aes256Gcm,
+            CipherSuite::Chacha20Poly1305,
+        ]
+    } else {
+        suites
+    };
+    for want in wanted {
+        for suite in &all {
+            if suite_matches(*suite, *want) && version_enabled(*suite, versions) {
+                provider.cipher_suites.push(*suite);
+            }
+        }
+    }
+    if provider.cipher_suites.is_empty() {
+        return Err(ServerConfigError::NoSuites);
+    }
+    Ok(provider)
+}
+
+fn suite_matches(suite: SupportedCipherSuite, want: CipherSuite) -> bool {
+    let id = suite.suite();
+    match want {
+        CipherSuite::Aes128Gcm => matches!(
+            id,
+            Suite::TLS13_AES_128_GCM_SHA256
+                | Suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | Suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        ),
+        CipherSuite::Aes256Gcm => matches!(
+            id,
+            Suite::TLS13_AES_256_GCM_SHA384
+                | Suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+                | Suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+        ),
+        CipherSuite::Chacha20Poly1305 => matches!(
+            id,
+            Suite::TLS13_CHACHA20_POLY1305_SHA256
+                | Suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+                | Suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+        ),
+    }
+}
+
+fn version_enabled(suite: SupportedCipherSuite, versions: &[TlsVersion]) -> bool {
+    match suite {
+        SupportedCipherSuite::Tls13(_) => versions.contains(&TlsVersion::Tls13),
+        SupportedCipherSuite::Tls12(_) => versions.contains(&TlsVersion::Tls12),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suites_follow_configured_order_and_versions() {
+        let p = provider_for(&[CipherSuite::Chacha20Poly1305], &[TlsVersion::Tls13]).unwrap();
+        let ids: Vec<_> = p.cipher_suites.iter().map(|s| s.suite()).collect();
+        assert_eq!(ids, vec![Suite::TLS13_CHACHA20_POLY1305_SHA256]);
+
+        let p = provider_for(&[], &[TlsVersion::Tls12, TlsVersion::Tls13]).unwrap();
+        assert_eq!(p.cipher_suites.len(), 9);
+        assert_eq!(p.cipher_suites[0].suite(), Suite::TLS13_AES_128_GCM_SHA256);
+    }
+}
