@@ -89,8 +89,14 @@ fn check_fails(file: &Path) -> (Vec<Diag>, String) {
     );
     assert!(!out.contains(": ok"), "check printed ok: {out}");
     let mut diags = Vec::new();
+    let prefix = format!("{}:", file.display());
     for l in err.lines() {
-        if l.starts_with(&file.display().to_string()) {
+        // Lines `FILE:<digits>...` must be whole diagnostics; other lines
+        // (a summary such as `FILE: 2 problem(s)`) are not checked.
+        let numbered = l
+            .strip_prefix(&prefix)
+            .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()));
+        if numbered {
             let d = parse_diag(l, file)
                 .unwrap_or_else(|| panic!("not FILE:LINE:COL: FIELD: MESSAGE: {l:?}"));
             assert!(d.line >= 1 && d.col >= 1, "{l}");
@@ -244,6 +250,34 @@ fn all_problems_are_reported_at_once() {
             .any(|d| d.line == key_line && d.field == "listener[0].key"),
         "listener[0].key not reported:\n{err}"
     );
+}
+
+/// "Every problem": an unknown key (or a wrongly typed value) must not hide
+/// the other problems of the file.
+#[test]
+fn unknown_key_does_not_hide_other_problems() {
+    let d = Dir::new();
+    let text = format!(
+        "idle_timeout = \"forever\"\n{}",
+        minimal("127.0.0.1:9").replace(
+            "cert = \"server.crt\"\n",
+            "cert = \"missing.crt\"\ntls_versoin = \"1.3\"\n"
+        )
+    );
+    let file = d.write("unknown-and-more.toml", &text);
+    let (diags, err) = check_fails(&file);
+    let unknown = line_of(&text, "tls_versoin");
+    let cert = line_of(&text, "missing.crt");
+    for (line, what) in [
+        (unknown, "the unknown key"),
+        (1, "idle_timeout"),
+        (cert, "listener[0].cert"),
+    ] {
+        assert!(
+            diags.iter().any(|d| d.line == line),
+            "{what} (line {line}) not reported:\n{err}"
+        );
+    }
 }
 
 #[test]

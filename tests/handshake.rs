@@ -89,7 +89,7 @@ fn two_listen_addresses() {
     let pki = Pki::new();
     let backend = Backend::echo();
     let server = ServeArgs::new(&pki, backend.addr)
-        .listen("127.0.0.1:0")
+        .listen("127.0.0.2:0")
         .spawn();
     assert_eq!(server.addrs.len(), 2, "{:?}", server.addrs);
     assert_ne!(server.addrs[0], server.addrs[1]);

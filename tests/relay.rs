@@ -207,6 +207,13 @@ fn backend_connect_timeout() {
         elapsed < Duration::from_secs(4),
         "closed only after {elapsed:?} with --connect-timeout 1s"
     );
+    assert!(
+        server
+            .log
+            .wait_line(WAIT, &[&addr.port().to_string()])
+            .is_some(),
+        "no log line names the black-holed backend {addr}"
+    );
     drop(s);
 }
 

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 /// Default bound for "this should happen soon" waits.
 pub const WAIT: Duration = Duration::from_secs(10);
 /// Socket read/write timeout for test clients and backends.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tlsplice")
@@ -904,7 +904,7 @@ impl Server {
         match addrs {
             Some(a) => server.addrs = a,
             None => {
-                let status = server.child.try_wait().ok().flatten();
+                let status = wait_child(&mut server.child, Duration::from_secs(2));
                 panic!(
                     "tlsplice {args:?} did not log {listens} `listening on ADDR` line(s) within {WAIT:?} \
                      (exit status: {status:?}); stderr:\n{}",
