@@ -29,10 +29,12 @@ use crate::handshake::{flush_alert, Established, INCOMING_CAPACITY};
 use crate::tls::records::TlsOut;
 use crate::trigger::Trigger;
 
-/// Largest plaintext read from the backend at once: four full TLS records.
-const BACKEND_READ: usize = 64 * 1024;
+/// Largest plaintext read from the backend at once: two full TLS records.
+/// Buffers are per connection, so this trades per-connection memory against
+/// syscalls per byte.
+const BACKEND_READ: usize = 32 * 1024;
 /// Ciphertext room for one backend read (record overhead included).
-const CLIENT_WRITE: usize = BACKEND_READ + 4 * 64;
+const CLIENT_WRITE: usize = BACKEND_READ + 2 * 64;
 /// How long the final close_notify or alert may take to leave.
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
