@@ -17,6 +17,7 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
 use rustls::ServerConfig;
 
+use crate::pool::Buffers;
 use crate::tls::client_hello::{self, ClientHello, ClientHelloError};
 use crate::tls::records::TlsOut;
 
@@ -69,9 +70,10 @@ pub enum HandshakeError {
 /// The caller bounds the whole call with the handshake timeout.
 pub async fn accept(
     stream: &mut TcpStream,
+    buffers: &Buffers,
     select: impl FnOnce(&ClientHello) -> Arc<ServerConfig>,
 ) -> Result<Established, HandshakeError> {
-    let mut incoming = Vec::with_capacity(INCOMING_CAPACITY);
+    let mut incoming = buffers.records.take();
     let hello = loop {
         let parsed = client_hello::parse(&incoming);
         match parsed {
@@ -89,7 +91,7 @@ pub async fn accept(
     // configuration, so the client gets the alert rustls chooses for it.
     let config = select(hello.as_ref().unwrap_or(&ClientHello::default()));
     let mut conn = UnbufferedServerConnection::new(config)?;
-    let mut out = TlsOut::with_capacity(OUTGOING_CAPACITY);
+    let mut out = TlsOut::from_vec(buffers.chunks.take(), OUTGOING_CAPACITY);
     let mut early_plaintext = Vec::new();
 
     if let Err(e) = hello {
@@ -123,6 +125,7 @@ pub async fn accept(
         }
     }
 
+    buffers.chunks.give(out.into_vec());
     Ok(Established {
         conn,
         hello: hello.unwrap_or_default(),

@@ -26,6 +26,7 @@ use crate::connect::{self, BackendPool};
 use crate::handshake::{self, HandshakeError};
 use crate::ktls::handover::{handover, Handover};
 use crate::ktls::probe::{self, Capabilities};
+use crate::pool::Buffers;
 use crate::relay::{splice, userspace};
 use crate::tls::{certs, server_config};
 use crate::trigger::Trigger;
@@ -34,6 +35,8 @@ use crate::trigger::Trigger;
 const RING_ENTRIES: u32 = 4096;
 /// How long workers wait for connections to finish after the drain expired.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Idle buffers each worker keeps per size class (about 5 MiB in all).
+const BUFFERS_KEPT: usize = 64;
 /// Pause before accepting again when the process is out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -229,6 +232,7 @@ struct Worker {
     limits: Limits,
     ktls: Arc<Capabilities>,
     counters: Arc<Counters>,
+    buffers: Buffers,
     active: Cell<usize>,
     stop_accepting: Trigger,
     drain_expired: Trigger,
@@ -279,6 +283,7 @@ async fn worker(setup: WorkerSetup) -> anyhow::Result<()> {
         limits,
         ktls,
         counters,
+        buffers: Buffers::new(BUFFERS_KEPT),
         active: Cell::new(0),
         stop_accepting: Trigger::new(),
         drain_expired: Trigger::new(),
@@ -388,7 +393,7 @@ async fn serve(
     let limits = worker.limits;
     let handshake = monoio::time::timeout(
         limits.handshake_timeout,
-        handshake::accept(&mut stream, |_hello| listener.tls.clone()),
+        handshake::accept(&mut stream, &worker.buffers, |_hello| listener.tls.clone()),
     )
     .await;
     let established = match handshake {
@@ -421,7 +426,7 @@ async fn serve(
 
     let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
     let outcome = if limits.ktls == KtlsMode::Off || !worker.ktls.any() {
-        userspace::run(established, stream, backend, idle, drain).await
+        userspace::run(established, stream, backend, idle, drain, &worker.buffers).await
     } else {
         match handover(established, &mut stream, &worker.ktls).await {
             Ok(Handover::Kernel(session)) => {
@@ -433,7 +438,7 @@ async fn serve(
             }
             Ok(Handover::Userspace(established, why)) => {
                 record.ktls_fallback = Some(why);
-                userspace::run(*established, stream, backend, idle, drain).await
+                userspace::run(*established, stream, backend, idle, drain, &worker.buffers).await
             }
             Err(e) => return CloseReason::ClientError(e.to_string()),
         }

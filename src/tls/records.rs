@@ -26,6 +26,19 @@ impl TlsOut {
         }
     }
 
+    /// A buffer reusing `buf`'s allocation, with room for at least
+    /// `capacity` bytes.
+    pub fn from_vec(mut buf: Vec<u8>, capacity: usize) -> Self {
+        buf.clear();
+        buf.resize(capacity.max(buf.capacity()), 0);
+        Self { buf, filled: 0 }
+    }
+
+    /// The allocation, for a buffer pool.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.buf
+    }
+
     /// Bytes waiting to be written.
     pub fn pending(&self) -> &[u8] {
         &self.buf[..self.filled]
