@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Why a connection ended. Each connection gets exactly one.
@@ -163,5 +164,126 @@ mod tests {
             CloseReason::BackendUnavailable("b:1 (refused)".into()).to_string(),
             "backend_unavailable: b:1 (refused)"
         );
+    }
+}
+
+/// Connection counters of one worker. Each worker writes only its own (so
+/// the atomics are uncontended); readers sum all workers when they report.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections ended, by [`CloseReason::code`], in [`REASON_CODES`] order.
+    by_reason: [AtomicU64; REASON_CODES.len()],
+    /// Connections relayed on the kernel path.
+    pub ktls: AtomicU64,
+    /// Connections relayed in userspace.
+    pub userspace: AtomicU64,
+    /// Connections that could have used kTLS (auto mode) but did not.
+    pub ktls_fallback: AtomicU64,
+    /// Plaintext bytes client -> backend.
+    pub bytes_up: AtomicU64,
+    /// Plaintext bytes backend -> client.
+    pub bytes_down: AtomicU64,
+}
+
+/// Every close reason code, in counter order.
+pub const REASON_CODES: [&str; 11] = [
+    "done",
+    "max_connections",
+    "handshake_timeout",
+    "not_tls",
+    "handshake_failed",
+    "client_gone_in_handshake",
+    "backend_unavailable",
+    "idle_timeout",
+    "shutdown",
+    "client_error",
+    "backend_error",
+];
+
+impl Counters {
+    /// Counts one finished connection.
+    pub fn record(&self, record: &AccessRecord, reason: &CloseReason) {
+        let add = |c: &AtomicU64, n: u64| {
+            c.fetch_add(n, Ordering::Relaxed);
+        };
+        if let Some(i) = REASON_CODES.iter().position(|c| *c == reason.code()) {
+            add(&self.by_reason[i], 1);
+        }
+        if record.backend.is_some() {
+            match record.path {
+                "ktls" => add(&self.ktls, 1),
+                _ => add(&self.userspace, 1),
+            }
+        }
+        if record.ktls_fallback.is_some() {
+            add(&self.ktls_fallback, 1);
+        }
+        add(&self.bytes_up, record.bytes_up);
+        add(&self.bytes_down, record.bytes_down);
+    }
+
+    /// Connections ended with `code`.
+    pub fn reason(&self, code: &str) -> u64 {
+        REASON_CODES
+            .iter()
+            .position(|c| *c == code)
+            .map_or(0, |i| self.by_reason[i].load(Ordering::Relaxed))
+    }
+
+    /// One line summing several workers' counters, for the log.
+    pub fn summary<'a>(all: impl IntoIterator<Item = &'a Counters> + Clone) -> String {
+        let sum = |f: &dyn Fn(&Counters) -> u64| all.clone().into_iter().map(f).sum::<u64>();
+        let mut s = format!(
+            "ktls={} userspace={} ktls_fallback={} bytes_up={} bytes_down={}",
+            sum(&|c| c.ktls.load(Ordering::Relaxed)),
+            sum(&|c| c.userspace.load(Ordering::Relaxed)),
+            sum(&|c| c.ktls_fallback.load(Ordering::Relaxed)),
+            sum(&|c| c.bytes_up.load(Ordering::Relaxed)),
+            sum(&|c| c.bytes_down.load(Ordering::Relaxed)),
+        );
+        for code in REASON_CODES {
+            let n = sum(&|c| c.reason(code));
+            if n > 0 {
+                s.push_str(&format!(" {code}={n}"));
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod counter_tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_a_counter_and_sums_across_workers() {
+        let reasons = [
+            CloseReason::Done,
+            CloseReason::MaxConnections,
+            CloseReason::HandshakeTimeout,
+            CloseReason::NotTls(String::new()),
+            CloseReason::HandshakeFailed(String::new()),
+            CloseReason::ClientGoneInHandshake,
+            CloseReason::BackendUnavailable(String::new()),
+            CloseReason::IdleTimeout,
+            CloseReason::Shutdown,
+            CloseReason::ClientError(String::new()),
+            CloseReason::BackendError(String::new()),
+        ];
+        let (a, b) = (Counters::default(), Counters::default());
+        let mut rec = AccessRecord::new("127.0.0.1:1".parse().unwrap(), "l");
+        rec.backend = Some("b".into());
+        rec.path = "ktls";
+        rec.bytes_up = 5;
+        for r in &reasons {
+            assert!(REASON_CODES.contains(&r.code()), "{r}");
+            a.record(&rec, r);
+        }
+        b.record(&rec, &CloseReason::Done);
+        let s = Counters::summary([&a, &b]);
+        assert!(s.contains("ktls=12 "), "{s}");
+        assert!(s.contains("bytes_up=60 "), "{s}");
+        assert!(s.contains(" done=2"), "{s}");
+        assert!(s.contains(" backend_error=1"), "{s}");
     }
 }

@@ -17,12 +17,17 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
 use rustls::ServerConfig;
 
+use crate::pool::Buffers;
 use crate::tls::client_hello::{self, ClientHello, ClientHelloError};
 use crate::tls::records::TlsOut;
 
-/// Room for a ClientHello and, later, for one maximal TLS record plus a
-/// partial next one.
-pub const INCOMING_CAPACITY: usize = client_hello::MAX_CLIENT_HELLO_BYTES + 5;
+/// Room for one maximal TLS record (2^14 plaintext plus up to 256 bytes of
+/// expansion) and its header, plus the header of the next. A ClientHello
+/// larger than this grows the buffer, up to the parser's bound.
+pub const INCOMING_CAPACITY: usize = (1 << 14) + 256 + 2 * 5;
+
+/// The answer to a plain HTTP request sent to a TLS port.
+const PLAIN_HTTP_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 50\r\nConnection: close\r\n\r\nThis port speaks TLS: use https:// (mutual TLS).\r\n";
 
 /// Room for the server's first flight (certificate chains can be large).
 const OUTGOING_CAPACITY: usize = 16 * 1024;
@@ -65,9 +70,10 @@ pub enum HandshakeError {
 /// The caller bounds the whole call with the handshake timeout.
 pub async fn accept(
     stream: &mut TcpStream,
+    buffers: &Buffers,
     select: impl FnOnce(&ClientHello) -> Arc<ServerConfig>,
 ) -> Result<Established, HandshakeError> {
-    let mut incoming = Vec::with_capacity(INCOMING_CAPACITY);
+    let mut incoming = buffers.records.take();
     let hello = loop {
         let parsed = client_hello::parse(&incoming);
         match parsed {
@@ -85,10 +91,16 @@ pub async fn accept(
     // configuration, so the client gets the alert rustls chooses for it.
     let config = select(hello.as_ref().unwrap_or(&ClientHello::default()));
     let mut conn = UnbufferedServerConnection::new(config)?;
-    let mut out = TlsOut::with_capacity(OUTGOING_CAPACITY);
+    let mut out = TlsOut::from_vec(buffers.chunks.take(), OUTGOING_CAPACITY);
     let mut early_plaintext = Vec::new();
 
     if let Err(e) = hello {
+        if e.is_plaintext_http() {
+            // A TLS alert would be unreadable to an http:// client; say it plainly.
+            out.extend_plain(PLAIN_HTTP_RESPONSE);
+            let _ = write_out(stream, &mut out).await;
+            return Err(e.into());
+        }
         let _ = drive(&mut conn, &mut incoming, &mut out, &mut early_plaintext);
         flush_alert(&mut conn, &mut out);
         write_out(stream, &mut out).await?;
@@ -113,6 +125,7 @@ pub async fn accept(
         }
     }
 
+    buffers.chunks.give(out.into_vec());
     Ok(Established {
         conn,
         hello: hello.unwrap_or_default(),
@@ -193,10 +206,13 @@ pub fn flush_alert(conn: &mut UnbufferedServerConnection, out: &mut TlsOut) {
 async fn read_more(stream: &mut TcpStream, incoming: &mut Vec<u8>) -> io::Result<usize> {
     let len = incoming.len();
     if len == incoming.capacity() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "handshake message exceeds the input buffer",
-        ));
+        if len >= client_hello::MAX_CLIENT_HELLO_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "handshake message exceeds the input buffer",
+            ));
+        }
+        incoming.reserve(INCOMING_CAPACITY);
     }
     let buf = std::mem::take(incoming).slice_mut(len..);
     let (res, buf) = stream.read(buf).await;

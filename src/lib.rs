@@ -10,6 +10,7 @@ pub mod config;
 pub mod connect;
 pub mod handshake;
 pub mod ktls;
+pub mod pool;
 pub mod quickstart;
 pub mod relay;
 pub mod runtime;

@@ -20,12 +20,13 @@ use futures_channel::oneshot;
 use monoio::net::{TcpListener, TcpStream};
 use rustls::ServerConfig;
 
-use crate::close::{AccessRecord, CloseReason};
+use crate::close::{AccessRecord, CloseReason, Counters};
 use crate::config::{Backend, Config, KtlsMode};
 use crate::connect::{self, BackendPool};
 use crate::handshake::{self, HandshakeError};
 use crate::ktls::handover::{handover, Handover};
 use crate::ktls::probe::{self, Capabilities};
+use crate::pool::Buffers;
 use crate::relay::{splice, userspace};
 use crate::tls::{certs, server_config};
 use crate::trigger::Trigger;
@@ -34,6 +35,8 @@ use crate::trigger::Trigger;
 const RING_ENTRIES: u32 = 4096;
 /// How long workers wait for connections to finish after the drain expired.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Idle buffers each worker keeps per size class (about 5 MiB in all).
+const BUFFERS_KEPT: usize = 64;
 /// Pause before accepting again when the process is out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -110,7 +113,9 @@ pub fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resu
     let (done_tx, done_rx) = mpsc::channel::<usize>();
     let mut controls = Vec::new();
     let mut handles = Vec::new();
-    for id in 0..workers {
+    let counters: Vec<Arc<Counters>> = (0..workers).map(|_| Arc::default()).collect();
+    for (id, worker_counters) in counters.iter().enumerate() {
+        let worker_counters = worker_counters.clone();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (force_tx, force_rx) = oneshot::channel::<()>();
         let listeners: Vec<WorkerListener> = plans
@@ -127,8 +132,16 @@ pub fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resu
         let handle = thread::Builder::new()
             .name(format!("tlsplice-w{id}"))
             .spawn(move || {
-                let result =
-                    worker_thread(id, id % cores, listeners, limits, caps, stop_rx, force_rx);
+                let result = worker_thread(WorkerSetup {
+                    id,
+                    core: id % cores,
+                    listeners,
+                    limits,
+                    ktls: caps,
+                    counters: worker_counters,
+                    stop: stop_rx,
+                    force: force_rx,
+                });
                 if let Err(e) = result {
                     tracing::error!(worker = id, "worker failed: {e:#}");
                 }
@@ -173,7 +186,10 @@ pub fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resu
     for h in handles {
         let _ = h.join();
     }
-    tracing::info!("stopped");
+    tracing::info!(
+        "stopped: {}",
+        Counters::summary(counters.iter().map(|c| &**c))
+    );
     Ok(())
 }
 
@@ -215,42 +231,59 @@ struct ListenerState {
 struct Worker {
     limits: Limits,
     ktls: Arc<Capabilities>,
+    counters: Arc<Counters>,
+    buffers: Buffers,
     active: Cell<usize>,
     stop_accepting: Trigger,
     drain_expired: Trigger,
 }
 
-fn worker_thread(
+/// What a worker thread starts from.
+struct WorkerSetup {
     id: usize,
     core: usize,
     listeners: Vec<WorkerListener>,
     limits: Limits,
     ktls: Arc<Capabilities>,
+    counters: Arc<Counters>,
+    /// Stop accepting and start draining.
     stop: oneshot::Receiver<()>,
+    /// End the drain now.
     force: oneshot::Receiver<()>,
-) -> anyhow::Result<()> {
-    if let Err(e) = monoio::utils::bind_to_cpu_set([core]) {
-        tracing::warn!(worker = id, core, "cannot pin worker: {e:?}");
+}
+
+fn worker_thread(setup: WorkerSetup) -> anyhow::Result<()> {
+    if let Err(e) = monoio::utils::bind_to_cpu_set([setup.core]) {
+        tracing::warn!(
+            worker = setup.id,
+            core = setup.core,
+            "cannot pin worker: {e:?}"
+        );
     }
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .with_entries(RING_ENTRIES)
         .build()
         .context("cannot start the worker runtime")?;
-    rt.block_on(worker(id, listeners, limits, ktls, stop, force))
+    rt.block_on(worker(setup))
 }
 
-async fn worker(
-    id: usize,
-    listeners: Vec<WorkerListener>,
-    limits: Limits,
-    ktls: Arc<Capabilities>,
-    stop: oneshot::Receiver<()>,
-    force: oneshot::Receiver<()>,
-) -> anyhow::Result<()> {
+async fn worker(setup: WorkerSetup) -> anyhow::Result<()> {
+    let WorkerSetup {
+        id,
+        listeners,
+        limits,
+        ktls,
+        counters,
+        stop,
+        force,
+        ..
+    } = setup;
     let worker = Rc::new(Worker {
         limits,
         ktls,
+        counters,
+        buffers: Buffers::new(BUFFERS_KEPT),
         active: Cell::new(0),
         stop_accepting: Trigger::new(),
         drain_expired: Trigger::new(),
@@ -305,8 +338,11 @@ async fn accept_loop(worker: Rc<Worker>, listener_state: Rc<ListenerState>, list
         match accepted {
             Ok((stream, peer)) => {
                 if worker.active.get() >= worker.limits.max_connections {
-                    AccessRecord::new(peer, &listener_state.name)
-                        .emit(&CloseReason::MaxConnections);
+                    let record = AccessRecord::new(peer, &listener_state.name);
+                    record.emit(&CloseReason::MaxConnections);
+                    worker
+                        .counters
+                        .record(&record, &CloseReason::MaxConnections);
                     drop(stream);
                     continue;
                 }
@@ -343,6 +379,7 @@ async fn connection(
     let mut record = AccessRecord::new(peer, &listener.name);
     let reason = serve(&worker, &listener, stream, &mut record).await;
     record.emit(&reason);
+    worker.counters.record(&record, &reason);
     worker.active.set(worker.active.get() - 1);
 }
 
@@ -356,7 +393,7 @@ async fn serve(
     let limits = worker.limits;
     let handshake = monoio::time::timeout(
         limits.handshake_timeout,
-        handshake::accept(&mut stream, |_hello| listener.tls.clone()),
+        handshake::accept(&mut stream, &worker.buffers, |_hello| listener.tls.clone()),
     )
     .await;
     let established = match handshake {
@@ -389,7 +426,7 @@ async fn serve(
 
     let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
     let outcome = if limits.ktls == KtlsMode::Off || !worker.ktls.any() {
-        userspace::run(established, stream, backend, idle, drain).await
+        userspace::run(established, stream, backend, idle, drain, &worker.buffers).await
     } else {
         match handover(established, &mut stream, &worker.ktls).await {
             Ok(Handover::Kernel(session)) => {
@@ -401,7 +438,7 @@ async fn serve(
             }
             Ok(Handover::Userspace(established, why)) => {
                 record.ktls_fallback = Some(why);
-                userspace::run(*established, stream, backend, idle, drain).await
+                userspace::run(*established, stream, backend, idle, drain, &worker.buffers).await
             }
             Err(e) => return CloseReason::ClientError(e.to_string()),
         }

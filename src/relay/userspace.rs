@@ -26,13 +26,16 @@ use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
 use super::{watchdog, RelayOutcome};
 use crate::close::CloseReason;
 use crate::handshake::{flush_alert, Established, INCOMING_CAPACITY};
+use crate::pool::Buffers;
 use crate::tls::records::TlsOut;
 use crate::trigger::Trigger;
 
-/// Largest plaintext read from the backend at once: four full TLS records.
-const BACKEND_READ: usize = 64 * 1024;
+/// Largest plaintext read from the backend at once: two full TLS records.
+/// Buffers are per connection, so this trades per-connection memory against
+/// syscalls per byte.
+pub const BACKEND_READ: usize = 32 * 1024;
 /// Ciphertext room for one backend read (record overhead included).
-const CLIENT_WRITE: usize = BACKEND_READ + 4 * 64;
+pub const CLIENT_WRITE: usize = BACKEND_READ + 2 * 64;
 /// How long the final close_notify or alert may take to leave.
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -78,14 +81,19 @@ pub async fn run(
     backend: TcpStream,
     idle_timeout: Duration,
     drain_expired: &Trigger,
+    buffers: &Buffers,
 ) -> RelayOutcome {
     let Established {
         conn,
-        incoming,
+        mut incoming,
         early_plaintext,
         client_closed,
         ..
     } = established;
+    let mut up_plain = buffers.records.take();
+    up_plain.extend_from_slice(&early_plaintext);
+    let mut down_plain = buffers.chunks.take();
+    let mut down_out = TlsOut::from_vec(buffers.chunks.take(), CLIENT_WRITE);
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut backend_rd, mut backend_wr) = backend.into_split();
 
@@ -106,12 +114,17 @@ pub async fn run(
         &shared,
         &mut client_rd,
         &mut backend_wr,
-        incoming,
-        early_plaintext,
+        (&mut incoming, &mut up_plain),
         client_closed,
         cancel.clone(),
     );
-    let down = backend_to_client(&shared, &mut backend_rd, &mut client_wr, cancel.clone());
+    let down = backend_to_client(
+        &shared,
+        &mut backend_rd,
+        &mut client_wr,
+        (&mut down_plain, &mut down_out),
+        cancel.clone(),
+    );
     let both = async {
         let r = monoio::join!(up, down);
         shared.finished.fire();
@@ -129,7 +142,11 @@ pub async fn run(
             shared.fail(reason);
         }
     };
-    let (((bytes_up, _), (bytes_down, _)), ()) = monoio::join!(both, watch);
+    let ((bytes_up, bytes_down), ()) = monoio::join!(both, watch);
+    buffers.records.give(incoming);
+    buffers.records.give(up_plain);
+    buffers.chunks.give(down_plain);
+    buffers.chunks.give(down_out.into_vec());
 
     let reason = shared
         .failure
@@ -171,81 +188,71 @@ pub async fn run(
     }
 }
 
-/// How a pump ended.
-#[derive(Debug, PartialEq, Eq)]
-enum PumpEnd {
-    /// The source closed cleanly and the destination was half-closed.
-    Closed,
-    /// The pump was stopped (failure on either side, idle, drain).
-    Stopped,
-}
-
 /// Client ciphertext -> backend plaintext. Returns plaintext bytes written.
 async fn client_to_backend(
     shared: &Shared,
     client: &mut OwnedReadHalf<TcpStream>,
     backend: &mut OwnedWriteHalf<TcpStream>,
-    mut incoming: Vec<u8>,
-    early_plaintext: Vec<u8>,
+    (incoming, plain): (&mut Vec<u8>, &mut Vec<u8>),
     client_closed: bool,
     cancel: CancelHandle,
-) -> (u64, PumpEnd) {
-    let mut plain = early_plaintext;
-    plain.reserve(INCOMING_CAPACITY);
+) -> u64 {
     if incoming.capacity() < INCOMING_CAPACITY {
         incoming.reserve(INCOMING_CAPACITY - incoming.len());
     }
     let mut total = 0u64;
     loop {
-        let peer_closed = match decrypt(shared, &mut incoming, &mut plain) {
+        let peer_closed = match decrypt(shared, incoming, plain) {
             Ok(closed) => closed || client_closed,
             Err(e) => {
                 shared.fail(CloseReason::ClientError(format!("TLS: {e}")));
-                return (total, PumpEnd::Stopped);
+                return total;
             }
         };
         if !plain.is_empty() {
             let n = plain.len() as u64;
-            let (res, buf) = backend.write_all(plain, cancel.clone()).await;
-            plain = buf;
+            let (res, buf) = backend
+                .write_all(std::mem::take(plain), cancel.clone())
+                .await;
+            *plain = buf;
             plain.clear();
             if let Err(e) = res {
                 shared.fail(stopped_or(&e, || {
                     CloseReason::BackendError(format!("write: {e}"))
                 }));
-                return (total, PumpEnd::Stopped);
+                return total;
             }
             total += n;
             shared.touch();
         }
         if peer_closed {
             let _ = backend_shutdown(backend, &cancel).await;
-            return (total, PumpEnd::Closed);
+            return total;
         }
         if incoming.len() == incoming.capacity() {
             shared.fail(CloseReason::ClientError(
                 "record larger than the input buffer".into(),
             ));
-            return (total, PumpEnd::Stopped);
+            return total;
         }
         let len = incoming.len();
         let (res, buf) = client
-            .cancelable_read(incoming.slice_mut(len..), cancel.clone())
+            .cancelable_read(std::mem::take(incoming).slice_mut(len..), cancel.clone())
             .await;
-        incoming = buf.into_inner();
+        *incoming = buf.into_inner();
         match res {
             Ok(0) => {
                 // FIN without close_notify: pass the half-close on; the
                 // access log still shows whether the client ended cleanly.
                 let _ = backend_shutdown(backend, &cancel).await;
-                return (total, PumpEnd::Closed);
+                return total;
             }
             Ok(_) => shared.touch(),
             Err(e) => {
                 shared.fail(stopped_or(&e, || {
                     CloseReason::ClientError(format!("read: {e}"))
                 }));
-                return (total, PumpEnd::Stopped);
+                return total;
             }
         }
     }
@@ -299,30 +306,34 @@ async fn backend_to_client(
     shared: &Shared,
     backend: &mut OwnedReadHalf<TcpStream>,
     client: &mut OwnedWriteHalf<TcpStream>,
+    (plain, out): (&mut Vec<u8>, &mut TlsOut),
     cancel: CancelHandle,
-) -> (u64, PumpEnd) {
-    let mut plain = Vec::with_capacity(BACKEND_READ);
-    let mut out = TlsOut::with_capacity(CLIENT_WRITE);
+) -> u64 {
+    if plain.capacity() < BACKEND_READ {
+        plain.reserve(BACKEND_READ);
+    }
     let mut total = 0u64;
     loop {
         plain.clear();
-        let (res, buf) = backend.cancelable_read(plain, cancel.clone()).await;
-        plain = buf;
+        let (res, buf) = backend
+            .cancelable_read(std::mem::take(plain), cancel.clone())
+            .await;
+        *plain = buf;
         let n = match res {
             Ok(n) => n,
             Err(e) => {
                 shared.fail(stopped_or(&e, || {
                     CloseReason::BackendError(format!("read: {e}"))
                 }));
-                return (total, PumpEnd::Stopped);
+                return total;
             }
         };
         if n > 0 {
             shared.touch();
         }
-        if let Err(e) = encrypt(shared, &plain[..n], &mut out) {
+        if let Err(e) = encrypt(shared, &plain[..n], out) {
             shared.fail(CloseReason::ClientError(format!("TLS: {e}")));
-            return (total, PumpEnd::Stopped);
+            return total;
         }
         let (res, buf) = client.write_all(out.take(), cancel.clone()).await;
         out.restore(buf);
@@ -330,7 +341,7 @@ async fn backend_to_client(
             shared.fail(stopped_or(&e, || {
                 CloseReason::ClientError(format!("write: {e}"))
             }));
-            return (total, PumpEnd::Stopped);
+            return total;
         }
         if n == 0 {
             // The backend finished: close_notify went out above; half-close
@@ -338,7 +349,7 @@ async fn backend_to_client(
             let _ =
                 monoio::io::CancelableAsyncWriteRent::cancelable_shutdown(client, cancel.clone())
                     .await;
-            return (total, PumpEnd::Closed);
+            return total;
         }
         total += n as u64;
         shared.touch();

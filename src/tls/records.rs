@@ -26,6 +26,19 @@ impl TlsOut {
         }
     }
 
+    /// A buffer reusing `buf`'s allocation, with room for at least
+    /// `capacity` bytes.
+    pub fn from_vec(mut buf: Vec<u8>, capacity: usize) -> Self {
+        buf.clear();
+        buf.resize(capacity.max(buf.capacity()), 0);
+        Self { buf, filled: 0 }
+    }
+
+    /// The allocation, for a buffer pool.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.buf
+    }
+
     /// Bytes waiting to be written.
     pub fn pending(&self) -> &[u8] {
         &self.buf[..self.filled]
@@ -94,14 +107,18 @@ impl TlsOut {
         }
     }
 
+    /// Appends bytes that are not TLS at all (a plain HTTP error answer).
+    pub fn extend_plain(&mut self, bytes: &[u8]) {
+        if self.buf.len() - self.filled < bytes.len() {
+            self.grow(bytes.len());
+        }
+        self.buf[self.filled..self.filled + bytes.len()].copy_from_slice(bytes);
+        self.filled += bytes.len();
+    }
+
     /// Moves the bytes of `other` to the end of this buffer.
     pub fn append(&mut self, other: &mut TlsOut) {
-        let n = other.filled;
-        if self.buf.len() - self.filled < n {
-            self.grow(n);
-        }
-        self.buf[self.filled..self.filled + n].copy_from_slice(&other.buf[..n]);
-        self.filled += n;
+        self.extend_plain(other.pending());
         other.filled = 0;
     }
 
