@@ -295,7 +295,8 @@ fn silent_client_dropped_after_handshake_timeout() {
 }
 
 /// Garbage instead of a ClientHello: closed at once (optionally with an
-/// alert), and the server keeps serving.
+/// alert; plain HTTP may get an `HTTP/1.1 400` answer), nothing reaches the
+/// backend, and the server keeps serving.
 #[test]
 fn garbage_instead_of_client_hello() {
     let pki = Pki::new();
@@ -303,10 +304,13 @@ fn garbage_instead_of_client_hello() {
     let server = ServeArgs::new(&pki, backend.addr)
         .flag("--handshake-timeout", "10s")
         .spawn();
-    for garbage in [
-        &b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
-        &[0x16, 0x03, 0x01, 0x00, 0x05, 0xff, 0xff, 0xff, 0xff, 0xff][..],
-        &[0u8; 4096][..],
+    for (garbage, http) in [
+        (&b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"[..], true),
+        (
+            &[0x16, 0x03, 0x01, 0x00, 0x05, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+            false,
+        ),
+        (&[0u8; 4096][..], false),
     ] {
         let mut sock = tcp_connect(server.addr());
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -326,10 +330,14 @@ fn garbage_instead_of_client_hello() {
             &garbage[..8],
             started.elapsed()
         );
+        let http_400 =
+            data.starts_with(b"HTTP/1.") && contains(&data[..data.len().min(16)], b" 400");
         assert!(
-            data.is_empty() || data[0] == 0x15,
-            "garbage {:?}: expected nothing or an alert record, got {data:?}",
-            &garbage[..8]
+            data.is_empty() || data[0] == 0x15 || (http && http_400),
+            "garbage {:?}: expected nothing or an alert record{}, got {:?}",
+            &garbage[..8],
+            if http { " or an HTTP 400" } else { "" },
+            String::from_utf8_lossy(&data)
         );
     }
     let mut tls = tls_connect(server.addr(), ClientOpts::new(&pki).build()).expect("handshake");
@@ -364,6 +372,29 @@ fn idle_connection_closed_after_idle_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(700));
 }
 
+/// TLS 1.3 KeyUpdate from the client mid-stream (requesting one back): the
+/// relay keeps working byte-exact across several key changes.
+#[test]
+fn tls13_key_update_mid_stream() {
+    let pki = Pki::new();
+    let backend = Backend::echo();
+    let server = ServeArgs::new(&pki, backend.addr).spawn();
+    let mut tls =
+        tls_connect(server.addr(), ClientOpts::new(&pki).tls13().build()).expect("handshake");
+    let data = pattern(6);
+    for (i, chunk) in data[..400_000].chunks(100_000).enumerate() {
+        echo_round_trip(&mut tls, chunk);
+        tls.conn
+            .refresh_traffic_keys()
+            .unwrap_or_else(|e| panic!("key update {i}: {e}"));
+    }
+    echo_round_trip(&mut tls, b"after four key updates\n");
+    close_notify(&mut tls).unwrap();
+    let (rest, end) = read_until_end(&mut tls);
+    assert!(rest.is_empty());
+    end.expect("clean close after key updates");
+}
+
 /// One access-log line per connection, naming the client's address.
 #[test]
 fn access_log_line_per_connection() {
@@ -382,6 +413,14 @@ fn access_log_line_per_connection() {
         .log
         .wait_line(WAIT, &["access", &needle])
         .unwrap_or_else(|| panic!("no access line with {needle}:\n{}", server.log.text()));
+    assert!(
+        line.contains("CN=test-client"),
+        "access line lacks the client certificate subject: {line}"
+    );
+    assert!(
+        line.contains("localhost"),
+        "access line lacks the SNI: {line}"
+    );
     let f = fields(&line);
     if let Some(up) = f.get("bytes_up") {
         assert_eq!(up, "1234", "{line}");
