@@ -1123,6 +1123,18 @@ pub fn echo_round_trip(tls: &mut impl ReadWrite, msg: &[u8]) {
     assert!(back == msg, "echo differs from what was sent");
 }
 
+/// Like [`echo_round_trip`], returning an error instead of panicking.
+pub fn try_echo(tls: &mut impl ReadWrite, msg: &[u8]) -> io::Result<()> {
+    tls.write_all(msg)?;
+    tls.flush()?;
+    let mut back = vec![0u8; msg.len()];
+    tls.read_exact(&mut back)?;
+    if back != msg {
+        return Err(io::Error::other("echo differs from what was sent"));
+    }
+    Ok(())
+}
+
 pub trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
