@@ -30,6 +30,8 @@ pub enum CloseReason {
     ClientError(String),
     /// The backend side failed (I/O error or reset).
     BackendError(String),
+    /// A bug: the connection's task panicked. The worker survives it.
+    Internal(String),
 }
 
 impl CloseReason {
@@ -47,6 +49,7 @@ impl CloseReason {
             Self::Shutdown => "shutdown",
             Self::ClientError(_) => "client_error",
             Self::BackendError(_) => "backend_error",
+            Self::Internal(_) => "internal_error",
         }
     }
 
@@ -56,7 +59,8 @@ impl CloseReason {
             | Self::HandshakeFailed(d)
             | Self::BackendUnavailable(d)
             | Self::ClientError(d)
-            | Self::BackendError(d) => Some(d),
+            | Self::BackendError(d)
+            | Self::Internal(d) => Some(d),
             _ => None,
         }
     }
@@ -186,7 +190,7 @@ pub struct Counters {
 }
 
 /// Every close reason code, in counter order.
-pub const REASON_CODES: [&str; 11] = [
+pub const REASON_CODES: [&str; 12] = [
     "done",
     "max_connections",
     "handshake_timeout",
@@ -198,6 +202,7 @@ pub const REASON_CODES: [&str; 11] = [
     "shutdown",
     "client_error",
     "backend_error",
+    "internal_error",
 ];
 
 impl Counters {
@@ -269,6 +274,7 @@ mod counter_tests {
             CloseReason::Shutdown,
             CloseReason::ClientError(String::new()),
             CloseReason::BackendError(String::new()),
+            CloseReason::Internal(String::new()),
         ];
         let (a, b) = (Counters::default(), Counters::default());
         let mut rec = AccessRecord::new("127.0.0.1:1".parse().unwrap(), "l");
@@ -281,8 +287,8 @@ mod counter_tests {
         }
         b.record(&rec, &CloseReason::Done);
         let s = Counters::summary([&a, &b]);
-        assert!(s.contains("ktls=12 "), "{s}");
-        assert!(s.contains("bytes_up=60 "), "{s}");
+        assert!(s.contains("ktls=13 "), "{s}");
+        assert!(s.contains("bytes_up=65 "), "{s}");
         assert!(s.contains(" done=2"), "{s}");
         assert!(s.contains(" backend_error=1"), "{s}");
     }

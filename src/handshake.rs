@@ -102,7 +102,7 @@ pub async fn accept(
             return Err(e.into());
         }
         let _ = drive(&mut conn, &mut incoming, &mut out, &mut early_plaintext);
-        flush_alert(&mut conn, &mut out);
+        flush_alert(&mut conn, &mut incoming, &mut out);
         write_out(stream, &mut out).await?;
         return Err(e.into());
     }
@@ -118,7 +118,7 @@ pub async fn accept(
             Ok(Progress::Complete) => break,
             Ok(Progress::PeerClosed) => return Err(HandshakeError::ClientGone),
             Err(e) => {
-                flush_alert(&mut conn, &mut out);
+                flush_alert(&mut conn, &mut incoming, &mut out);
                 let _ = write_out(stream, &mut out).await;
                 return Err(e.into());
             }
@@ -156,7 +156,16 @@ pub(crate) fn drive(
 ) -> Result<Progress, rustls::Error> {
     loop {
         let UnbufferedStatus { discard, state } = conn.process_tls_records(incoming);
-        let progress = match state? {
+        let state = match state {
+            Ok(state) => state,
+            Err(e) => {
+                // The discard still applies: rustls' deframer expects the
+                // buffer without those bytes on the next call.
+                incoming.drain(..discard);
+                return Err(e);
+            }
+        };
+        let progress = match state {
             ConnectionState::EncodeTlsData(mut e) => {
                 out.encode(&mut e)
                     .map_err(|e| rustls::Error::General(e.to_string()))?;
@@ -187,18 +196,15 @@ pub(crate) fn drive(
 }
 
 /// Collects the alert rustls queued when it failed the connection.
-pub fn flush_alert(conn: &mut UnbufferedServerConnection, out: &mut TlsOut) {
-    loop {
-        let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut []);
-        match state {
-            Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                if out.encode(&mut e).is_err() {
-                    return;
-                }
-            }
-            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-            _ => return,
-        }
+///
+/// One call is enough and the only safe one: rustls hands out queued
+/// records before it deframes anything, whereas a second call would parse
+/// more input in a failed state (and could queue a second fatal alert).
+/// `incoming` is the failing call's buffer, its discard already applied.
+pub fn flush_alert(conn: &mut UnbufferedServerConnection, incoming: &mut [u8], out: &mut TlsOut) {
+    let UnbufferedStatus { state, .. } = conn.process_tls_records(incoming);
+    if let Ok(ConnectionState::EncodeTlsData(mut e)) = state {
+        let _ = out.encode(&mut e);
     }
 }
 

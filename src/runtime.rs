@@ -15,8 +15,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use std::panic::AssertUnwindSafe;
+
 use anyhow::Context as _;
 use futures_channel::oneshot;
+use futures_util::FutureExt as _;
 use monoio::net::{TcpListener, TcpStream};
 use rustls::ServerConfig;
 
@@ -82,6 +85,10 @@ pub fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resu
         anyhow::bail!("ktls = require, but kernel TLS is {caps}");
     }
 
+    // Before anything is announced: a signal that arrives once the caller
+    // has seen `on_ready` (or the listening log) must start a clean drain,
+    // not kill the process with the default disposition.
+    let signals = spawn_signal_forwarder()?;
     let mut plans = Vec::new();
     let mut bound = Vec::new();
     for listener in &config.listeners {
@@ -132,6 +139,8 @@ pub fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resu
         let handle = thread::Builder::new()
             .name(format!("tlsplice-w{id}"))
             .spawn(move || {
+                // Reports the end even if the worker unwinds.
+                let _done = DoneSignal(done_tx, id);
                 let result = worker_thread(WorkerSetup {
                     id,
                     core: id % cores,
@@ -145,7 +154,6 @@ pub fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resu
                 if let Err(e) = result {
                     tracing::error!(worker = id, "worker failed: {e:#}");
                 }
-                let _ = done_tx.send(id);
             })
             .context("cannot start worker thread")?;
         controls.push((stop_tx, force_tx));
@@ -155,7 +163,6 @@ pub fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resu
     tracing::info!(workers, "serving");
     on_ready(&bound);
 
-    let signals = spawn_signal_forwarder()?;
     let mut stops = Vec::new();
     let mut forces = Vec::new();
     for (s, f) in controls {
@@ -191,6 +198,15 @@ pub fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resu
         Counters::summary(counters.iter().map(|c| &**c))
     );
     Ok(())
+}
+
+/// Tells the main thread a worker ended, on drop (so also on unwind).
+struct DoneSignal(mpsc::Sender<usize>, usize);
+
+impl Drop for DoneSignal {
+    fn drop(&mut self) {
+        let _ = self.0.send(self.1);
+    }
 }
 
 /// Forwards SIGTERM/SIGINT to a channel the main thread polls.
@@ -377,7 +393,20 @@ async fn connection(
     peer: SocketAddr,
 ) {
     let mut record = AccessRecord::new(peer, &listener.name);
-    let reason = serve(&worker, &listener, stream, &mut record).await;
+    // A bug in one connection must not take the worker's other connections
+    // down with it: contain the panic, log it, close this connection only.
+    let served = AssertUnwindSafe(serve(&worker, &listener, stream, &mut record))
+        .catch_unwind()
+        .await;
+    let reason = served.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        tracing::error!(client = %peer, "connection task panicked: {what}");
+        CloseReason::Internal(what)
+    });
     record.emit(&reason);
     worker.counters.record(&record, &reason);
     worker.active.set(worker.active.get() - 1);

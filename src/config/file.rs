@@ -44,9 +44,9 @@ use toml::Spanned;
 use super::validate::{At, RawConfig, RawDuration, RawList, RawListener, Site, Source};
 use super::{ConfigError, Location};
 
-/// Top level of the config file.
+/// Top level of the config file. Unknown keys are not a parse error
+/// (that would stop at the first); [`parse`] reports each of them instead.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FileConfig {
     /// Worker threads; default: available cores.
     workers: Option<Spanned<i64>>,
@@ -69,7 +69,6 @@ struct FileConfig {
 
 /// One `[[listener]]` table.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FileListener {
     /// Name in logs and metrics; default `listener<N>`.
     name: Option<Spanned<String>>,
@@ -225,8 +224,19 @@ impl Locator<'_> {
 
 /// Parses config text read from `path` into a [`RawConfig`]. Relative paths
 /// in it will resolve against `path`'s directory.
-pub(crate) fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
-    let file: FileConfig = toml::from_str(text).map_err(|e| parser_error(path, text, &e))?;
+///
+/// Unknown keys come back beside the configuration, one error each, so they
+/// are reported together with every other problem.
+pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigError>), ConfigError> {
+    let mut unknown_keys = Vec::new();
+    let file: FileConfig = serde_ignored::deserialize(toml::Deserializer::new(text), |key| {
+        unknown_keys.push(key.to_string());
+    })
+    .map_err(|e| parser_error(path, text, &e))?;
+    let unknown = unknown_keys
+        .iter()
+        .map(|key| unknown_key_error(path, text, key))
+        .collect();
     let loc = Locator { path, text };
     let f = |key: &str| Source::File.field(None, key);
 
@@ -269,7 +279,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
         })
         .collect();
 
-    Ok(RawConfig {
+    let raw = RawConfig {
         source: Source::File,
         path: Some(path.to_path_buf()),
         base_dir: Some(path.parent().unwrap_or(Path::new("")).to_path_buf()),
@@ -297,7 +307,89 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
             .map(|v| loc.at(v, f("max_connections"))),
         ktls: file.ktls.as_ref().map(|v| loc.at(v, f("ktls"))),
         listeners,
-    })
+    };
+    Ok((raw, unknown))
+}
+
+/// Keys of the top level, for "expected one of" hints.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "workers",
+    "handshake_timeout",
+    "idle_timeout",
+    "connect_timeout",
+    "drain_timeout",
+    "max_connections",
+    "ktls",
+    "listener",
+];
+
+/// Keys of a `[[listener]]` table.
+const LISTENER_KEYS: &[&str] = &[
+    "name",
+    "listen",
+    "backlog",
+    "cert",
+    "key",
+    "client_auth",
+    "client_ca",
+    "alpn",
+    "tls_versions",
+    "cipher_suites",
+    "backends",
+];
+
+/// An error for a key the schema does not have. `key` is serde_ignored's
+/// path (`tls_versoin`, `listener.0.tls_versoin`); its position is found in
+/// the text: the key's line inside the right table.
+fn unknown_key_error(path: &Path, text: &str, key: &str) -> ConfigError {
+    // Spanned values add a private path segment of their own.
+    let parts: Vec<&str> = key.split('.').filter(|p| !p.starts_with("$__")).collect();
+    let (table, name, field, known) = match parts.as_slice() {
+        [table, index, name] => {
+            let index: usize = index.parse().unwrap_or(0);
+            let field = format!("{table}[{index}].{name}");
+            (Some((*table, index)), *name, field, LISTENER_KEYS)
+        }
+        _ => (None, key, key.to_string(), TOP_LEVEL_KEYS),
+    };
+    let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+    let offset = locate_key(text, table, name).unwrap_or(0);
+    let (line, column) = line_column(text, offset);
+    ConfigError {
+        location: Location::File {
+            path: path.to_path_buf(),
+            line,
+            column,
+        },
+        field,
+        message: format!(
+            "unknown field `{name}`, expected one of {}",
+            expected.join(", ")
+        ),
+    }
+}
+
+/// Byte offset of the line assigning `key`, at top level (`table` None) or
+/// inside the `index`-th `[[table]]`.
+fn locate_key(text: &str, table: Option<(&str, usize)>, key: &str) -> Option<usize> {
+    let mut offset = 0;
+    let mut current: Option<(String, usize)> = None;
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(header_name) {
+            let n = seen.entry(name.to_string()).or_insert(0);
+            current = Some((name.to_string(), *n));
+            *n += 1;
+        } else if let Some(name) = t.strip_prefix('[').and_then(header_name) {
+            current = Some((name.to_string(), usize::MAX));
+        } else if key_of(t) == Some(key) && current.as_ref().map(|(n, i)| (n.as_str(), *i)) == table
+        {
+            return Some(offset + (line.len() - line.trim_start().len()));
+        }
+        offset += line.len();
+    }
+    None
 }
 
 /// Converts the parser's single error (syntax, type, unknown key) into a
@@ -420,9 +512,30 @@ mod tests {
     }
 
     #[test]
+    fn unknown_keys_are_each_located() {
+        let text = "workers = 2\nbogus = 1\n[[listener]]\nname = \"a\"\n[[listener]]\ncert = \"x\"\ntls_versoin = \"1.3\"\n";
+        let (_, unknown) = parse(Path::new("x.toml"), text).unwrap();
+        let got: Vec<(String, usize)> = unknown
+            .iter()
+            .map(|e| match &e.location {
+                Location::File { line, .. } => (e.field.clone(), *line),
+                Location::Flag => (e.field.clone(), 0),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("bogus".to_string(), 2),
+                ("listener[1].tls_versoin".to_string(), 7)
+            ]
+        );
+    }
+
+    #[test]
     fn spans_of_listeners_and_items() {
         let text = "[[listener]]\nlisten = [\"a\", \"b\"]\nbackends = \"c\"\n";
-        let raw = parse(Path::new("x.toml"), text).unwrap();
+        let (raw, unknown) = parse(Path::new("x.toml"), text).unwrap();
+        assert!(unknown.is_empty());
         let l = &raw.listeners[0];
         assert_eq!(
             l.location,

@@ -39,8 +39,17 @@ const MAX_CONFIG_SIZE: u64 = 4 * 1024 * 1024;
 /// `file:line:column` and dotted field.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let text = read_config(path)?;
-    let raw = file::parse(path, &text).map_err(|e| ConfigErrors(vec![e]))?;
-    validate::validate(raw, SystemTime::now())
+    let (raw, unknown) = file::parse(path, &text).map_err(|e| ConfigErrors(vec![e]))?;
+    match (
+        validate::validate(raw, SystemTime::now()),
+        unknown.is_empty(),
+    ) {
+        (Ok(config), true) => Ok(config),
+        (Ok(_), false) => Err(ConfigErrors(unknown)),
+        (Err(ConfigErrors(errors)), _) => {
+            Err(ConfigErrors(unknown.into_iter().chain(errors).collect()))
+        }
+    }
 }
 
 /// Validates the drop-in flags as a configuration with one listener.

@@ -168,7 +168,6 @@ pub async fn run(
             CloseReason::IdleTimeout | CloseReason::Shutdown if !*close_notify_sent => {
                 queue_close_notify(conn, &mut out);
             }
-            CloseReason::ClientError(_) => flush_alert(conn, &mut out),
             _ => {}
         }
     }
@@ -270,33 +269,42 @@ fn decrypt(
     let mut peer_closed = false;
     loop {
         let UnbufferedStatus { discard, state } = conn.process_tls_records(incoming);
-        let done = match state? {
-            ConnectionState::ReadTraffic(mut r) => {
+        let step = match state {
+            Ok(ConnectionState::ReadTraffic(mut r)) => {
+                let mut result = Ok(false);
                 while let Some(record) = r.next_record() {
-                    plain.extend_from_slice(record?.payload);
+                    match record {
+                        Ok(record) => plain.extend_from_slice(record.payload),
+                        Err(e) => result = Err(e),
+                    }
                 }
-                false
+                result
             }
-            ConnectionState::EncodeTlsData(mut e) => {
-                control
-                    .encode(&mut e)
-                    .map_err(|e| rustls::Error::General(e.to_string()))?;
-                false
-            }
+            Ok(ConnectionState::EncodeTlsData(mut e)) => control
+                .encode(&mut e)
+                .map(|()| false)
+                .map_err(|e| rustls::Error::General(e.to_string())),
             // Queued in `control`; the other pump sends it before its next data.
-            ConnectionState::TransmitTlsData(t) => {
+            Ok(ConnectionState::TransmitTlsData(t)) => {
                 t.done();
-                false
+                Ok(false)
             }
-            ConnectionState::PeerClosed => {
+            Ok(ConnectionState::PeerClosed) => {
                 peer_closed = true;
-                false
+                Ok(false)
             }
-            _ => true,
+            Ok(_) => Ok(true),
+            Err(e) => Err(e),
         };
         incoming.drain(..discard);
-        if done {
-            return Ok(peer_closed);
+        match step {
+            Ok(false) => {}
+            Ok(true) => return Ok(peer_closed),
+            Err(e) => {
+                // The fatal alert rustls queued goes out with the control records.
+                flush_alert(conn, incoming, control);
+                return Err(e);
+            }
         }
     }
 }
