@@ -69,6 +69,16 @@ pub enum HandoverError {
     CryptoInfo(#[from] crypto_info::CryptoInfoError),
 }
 
+/// Fault injection for tests: with `TLSPLICE_FAULT_KTLS_ULP=1` in the
+/// environment, attaching the ULP fails on every connection, which must
+/// leave each connection on the userspace path, intact.
+fn ulp_fault() -> Option<io::Error> {
+    static FAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    FAULT
+        .get_or_init(|| std::env::var_os("TLSPLICE_FAULT_KTLS_ULP").is_some_and(|v| v == "1"))
+        .then(|| io::Error::other("injected fault (TLSPLICE_FAULT_KTLS_ULP)"))
+}
+
 /// The kernel cipher type for a rustls suite, if it has one.
 pub fn kernel_cipher(suite: CipherSuite) -> Option<u16> {
     match suite {
@@ -129,7 +139,7 @@ pub async fn handover(
             "client already closed".into(),
         ));
     }
-    if let Err(e) = enable_ulp(stream.as_raw_fd()) {
+    if let Err(e) = ulp_fault().map_or_else(|| enable_ulp(stream.as_raw_fd()), Err) {
         return Ok(Handover::Userspace(
             Box::new(established),
             format!("TCP_ULP tls: {e}"),
