@@ -6,6 +6,9 @@
 //! design: each worker owns its pools.
 
 use std::cell::RefCell;
+use std::io;
+
+use monoio::net::unix::{new_pipe, Pipe};
 
 /// A free list of byte buffers of one size class.
 #[derive(Debug)]
@@ -54,6 +57,55 @@ impl BufferPool {
     }
 }
 
+/// A free list of pipes for the splice relay. A pipe goes back only when
+/// the pump that used it ended with it empty; one that may hold bytes is
+/// closed instead.
+#[derive(Default)]
+pub struct PipePool {
+    free: RefCell<Vec<(Pipe, Pipe)>>,
+    keep: usize,
+}
+
+impl PipePool {
+    /// A pool keeping at most `keep` idle pipes.
+    pub fn new(keep: usize) -> Self {
+        Self {
+            free: RefCell::new(Vec::new()),
+            keep,
+        }
+    }
+
+    /// A pipe (read end, write end), reused or new.
+    pub fn take(&self) -> io::Result<(Pipe, Pipe)> {
+        match self.free.borrow_mut().pop() {
+            Some(pair) => Ok(pair),
+            None => new_pipe(),
+        }
+    }
+
+    /// Returns an empty pipe for reuse.
+    pub fn give(&self, pair: (Pipe, Pipe)) {
+        let mut free = self.free.borrow_mut();
+        if free.len() < self.keep {
+            free.push(pair);
+        }
+    }
+
+    /// Pipes waiting for reuse.
+    pub fn idle(&self) -> usize {
+        self.free.borrow().len()
+    }
+}
+
+impl std::fmt::Debug for PipePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipePool")
+            .field("idle", &self.idle())
+            .field("keep", &self.keep)
+            .finish()
+    }
+}
+
 /// The buffers one worker recycles.
 #[derive(Debug)]
 pub struct Buffers {
@@ -62,6 +114,8 @@ pub struct Buffers {
     pub records: BufferPool,
     /// Backend reads and the ciphertext encrypted from them.
     pub chunks: BufferPool,
+    /// Pipes for splicing kernel TLS connections.
+    pub pipes: PipePool,
 }
 
 impl Buffers {
@@ -70,6 +124,7 @@ impl Buffers {
         Self {
             records: BufferPool::new(crate::handshake::INCOMING_CAPACITY, keep),
             chunks: BufferPool::new(crate::relay::userspace::CLIENT_WRITE, keep),
+            pipes: PipePool::new(keep),
         }
     }
 }
@@ -77,6 +132,18 @@ impl Buffers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pipes_are_reused_up_to_the_bound() {
+        let pool = PipePool::new(1);
+        let a = pool.take().unwrap();
+        let b = pool.take().unwrap();
+        pool.give(a);
+        pool.give(b);
+        assert_eq!(pool.idle(), 1);
+        let _again = pool.take().unwrap();
+        assert_eq!(pool.idle(), 0);
+    }
 
     #[test]
     fn recycles_up_to_the_bound() {

@@ -460,7 +460,15 @@ async fn serve(
         match handover(established, &mut stream, &worker.ktls).await {
             Ok(Handover::Kernel(session)) => {
                 record.path = "ktls";
-                splice::run(*session, stream, backend, idle, drain).await
+                splice::run(
+                    *session,
+                    stream,
+                    backend,
+                    idle,
+                    drain,
+                    &worker.buffers.pipes,
+                )
+                .await
             }
             Ok(Handover::Userspace(_, why)) if limits.ktls == KtlsMode::Require => {
                 return CloseReason::ClientError(format!("ktls = require, but {why}"));

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use monoio::io::splice::{SpliceDestination, SpliceSource};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
-use monoio::net::unix::{new_pipe, Pipe};
+use monoio::net::unix::Pipe;
 use monoio::net::TcpStream;
 
 use super::{watchdog, RelayOutcome};
@@ -27,6 +27,7 @@ use crate::ktls::handover::KernelSession;
 use crate::ktls::socket::{
     recv_record, send_record, RECORD_ALERT, RECORD_APPLICATION_DATA, RECORD_HANDSHAKE,
 };
+use crate::pool::PipePool;
 use crate::trigger::Trigger;
 
 /// Bytes asked of one splice; a pipe holds 64 KiB.
@@ -69,6 +70,7 @@ pub async fn run(
     backend: TcpStream,
     idle_timeout: Duration,
     drain_expired: &Trigger,
+    pipes: &PipePool,
 ) -> RelayOutcome {
     let client_fd = client.as_raw_fd();
     let record_limit = if session.cipher == CIPHER_CHACHA20_POLY1305 {
@@ -105,14 +107,16 @@ pub async fn run(
                     client_fd,
                     &mut client_rd,
                     &mut backend_wr,
-                    record_limit
+                    record_limit,
+                    pipes
                 ),
                 backend_to_client(
                     &shared,
                     client_fd,
                     &mut backend_rd,
                     &mut client_wr,
-                    record_limit
+                    record_limit,
+                    pipes
                 ),
             );
             finished.fire();
@@ -158,8 +162,9 @@ async fn client_to_backend(
     client: &mut OwnedReadHalf<TcpStream>,
     backend: &mut OwnedWriteHalf<TcpStream>,
     record_limit: u64,
+    pipes: &PipePool,
 ) {
-    let (mut pipe_rd, mut pipe_wr) = match new_pipe() {
+    let (mut pipe_rd, mut pipe_wr) = match pipes.take() {
         Ok(p) => p,
         Err(e) => return shared.fail(CloseReason::ClientError(format!("pipe: {e}"))),
     };
@@ -223,6 +228,8 @@ async fn client_to_backend(
             Err(e) => return shared.fail(CloseReason::ClientError(format!("read: {e}"))),
         }
     }
+    // Every splice into the pipe was drained out of it: reusable.
+    pipes.give((pipe_rd, pipe_wr));
     // close_notify or FIN: pass the half-close on.
     let _ = backend.shutdown().await;
 }
@@ -301,8 +308,9 @@ async fn backend_to_client(
     backend: &mut OwnedReadHalf<TcpStream>,
     client: &mut OwnedWriteHalf<TcpStream>,
     record_limit: u64,
+    pipes: &PipePool,
 ) {
-    let (mut pipe_rd, mut pipe_wr) = match new_pipe() {
+    let (mut pipe_rd, mut pipe_wr) = match pipes.take() {
         Ok(p) => p,
         Err(e) => return shared.fail(CloseReason::BackendError(format!("pipe: {e}"))),
     };
@@ -337,6 +345,7 @@ async fn backend_to_client(
             Err(e) => return shared.fail(CloseReason::BackendError(format!("read: {e}"))),
         }
     }
+    pipes.give((pipe_rd, pipe_wr));
     // Backend EOF: close_notify, then FIN.
     if let Err(e) = send_close_notify(client_fd).await {
         return shared.fail(CloseReason::ClientError(format!("close_notify: {e}")));
