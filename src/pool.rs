@@ -135,14 +135,19 @@ mod tests {
 
     #[test]
     fn pipes_are_reused_up_to_the_bound() {
-        let pool = PipePool::new(1);
-        let a = pool.take().unwrap();
-        let b = pool.take().unwrap();
-        pool.give(a);
-        pool.give(b);
-        assert_eq!(pool.idle(), 1);
-        let _again = pool.take().unwrap();
-        assert_eq!(pool.idle(), 0);
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let pool = PipePool::new(1);
+            let a = pool.take().unwrap();
+            let b = pool.take().unwrap();
+            pool.give(a);
+            pool.give(b);
+            assert_eq!(pool.idle(), 1);
+            let _again = pool.take().unwrap();
+            assert_eq!(pool.idle(), 0);
+        });
     }
 
     #[test]
