@@ -6,41 +6,37 @@
 use std::cell::Cell;
 use std::fmt;
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::net::TcpStream;
 
 use crate::config::Backend;
 
-/// A worker's view of a listener's backends: round-robin, per worker.
+/// A worker's round-robin position over a listener's backends.
+///
+/// The backend list itself is passed per connection (it can change on
+/// reload); the position is per worker, so workers never contend.
 #[derive(Debug)]
 pub struct BackendPool {
-    backends: Arc<[Backend]>,
     next: Cell<usize>,
 }
 
 impl BackendPool {
     /// A pool whose round-robin starts at `start` (workers start at different
     /// offsets so short-lived workloads still spread).
-    pub fn new(backends: Arc<[Backend]>, start: usize) -> Self {
-        let next = Cell::new(if backends.is_empty() {
-            0
-        } else {
-            start % backends.len()
-        });
-        Self { backends, next }
+    pub fn new(start: usize) -> Self {
+        Self {
+            next: Cell::new(start),
+        }
     }
 
     /// The backends to try for one new connection, in order: the round-robin
     /// pick first, then the others, each once. Advances the round robin.
-    pub fn attempt_order(&self) -> impl Iterator<Item = &Backend> {
-        let len = self.backends.len();
-        let first = self.next.get();
-        if len > 0 {
-            self.next.set((first + 1) % len);
-        }
-        (0..len).map(move |i| &self.backends[(first + i) % len])
+    pub fn attempt_order<'b>(&self, backends: &'b [Backend]) -> impl Iterator<Item = &'b Backend> {
+        let len = backends.len();
+        let first = if len == 0 { 0 } else { self.next.get() % len };
+        self.next.set(first + 1);
+        (0..len).map(move |i| &backends[(first + i) % len])
     }
 }
 
@@ -75,12 +71,13 @@ impl fmt::Display for ConnectError {
 
 /// Connects to the first backend that answers within `timeout`, trying each
 /// backend of the pool at most once.
-pub async fn connect(
+pub async fn connect<'b>(
     pool: &BackendPool,
+    backends: &'b [Backend],
     timeout: Duration,
-) -> Result<(TcpStream, &Backend), ConnectError> {
+) -> Result<(TcpStream, &'b Backend), ConnectError> {
     let mut attempts = Vec::new();
-    for backend in pool.attempt_order() {
+    for backend in pool.attempt_order(backends) {
         let error =
             match monoio::time::timeout(timeout, TcpStream::connect_addr(backend.addr)).await {
                 Ok(Ok(stream)) => {
@@ -104,33 +101,41 @@ pub async fn connect(
 mod tests {
     use super::*;
 
-    fn pool(n: usize, start: usize) -> BackendPool {
-        let backends: Vec<Backend> = (0..n)
+    fn backends(n: usize) -> Vec<Backend> {
+        (0..n)
             .map(|i| Backend {
                 name: format!("b{i}"),
                 addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
             })
-            .collect();
-        BackendPool::new(backends.into(), start)
+            .collect()
     }
 
-    fn names(p: &BackendPool) -> Vec<String> {
-        p.attempt_order().map(|b| b.name.clone()).collect()
+    fn names(p: &BackendPool, b: &[Backend]) -> Vec<String> {
+        p.attempt_order(b).map(|b| b.name.clone()).collect()
     }
 
     #[test]
     fn round_robin_rotates_and_tries_each_once() {
-        let p = pool(3, 0);
-        assert_eq!(names(&p), ["b0", "b1", "b2"]);
-        assert_eq!(names(&p), ["b1", "b2", "b0"]);
-        assert_eq!(names(&p), ["b2", "b0", "b1"]);
-        assert_eq!(names(&p), ["b0", "b1", "b2"]);
+        let (p, b) = (BackendPool::new(0), backends(3));
+        assert_eq!(names(&p, &b), ["b0", "b1", "b2"]);
+        assert_eq!(names(&p, &b), ["b1", "b2", "b0"]);
+        assert_eq!(names(&p, &b), ["b2", "b0", "b1"]);
+        assert_eq!(names(&p, &b), ["b0", "b1", "b2"]);
     }
 
     #[test]
-    fn start_offset_and_empty_pool() {
-        assert_eq!(names(&pool(3, 4)), ["b1", "b2", "b0"]);
-        assert!(names(&pool(0, 4)).is_empty());
+    fn start_offset_empty_pool_and_a_shrinking_list() {
+        assert_eq!(
+            names(&BackendPool::new(4), &backends(3)),
+            ["b1", "b2", "b0"]
+        );
+        assert!(names(&BackendPool::new(4), &[]).is_empty());
+        // After a reload removes backends the position wraps into range.
+        let p = BackendPool::new(0);
+        names(&p, &backends(5));
+        names(&p, &backends(5));
+        names(&p, &backends(5));
+        assert_eq!(names(&p, &backends(2)), ["b1", "b0"]);
     }
 
     #[test]

@@ -137,12 +137,14 @@ fn init_logging() {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = match &args.config {
-        Some(path) => config::load_file(path),
-        None => config::from_flags(&args.flags()),
+    let load = || {
+        validated(match &args.config {
+            Some(path) => config::load_file(path),
+            None => config::from_flags(&args.flags()),
+        })
     };
-    let config = validated(config)?;
-    tlsplice::runtime::run(config, |_| {})
+    let config = load()?;
+    tlsplice::runtime::run(config, load, |_| {})
 }
 
 /// Logs warnings and turns configuration errors into one error listing all.
@@ -194,8 +196,9 @@ fn quickstart(dir: &std::path::Path, port: u16) -> anyhow::Result<()> {
         drain_timeout: Some("2s".into()),
         ..Flags::default()
     };
-    let config = validated(config::from_flags(&flags))?;
-    tlsplice::runtime::run(config, |addrs| {
+    let load = || validated(config::from_flags(&flags));
+    let config = load()?;
+    tlsplice::runtime::run(config, load, |addrs| {
         let port = addrs.first().map_or(port, |a| a.port());
         println!("tlsplice is serving mutual TLS on 127.0.0.1:{port} in front of an echo backend.");
         println!("Connect with the client certificate:");

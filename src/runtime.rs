@@ -18,13 +18,14 @@ use std::time::{Duration, Instant};
 use std::panic::AssertUnwindSafe;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use futures_channel::oneshot;
 use futures_util::FutureExt as _;
 use monoio::net::{TcpListener, TcpStream};
 use rustls::ServerConfig;
 
 use crate::close::{AccessRecord, CloseReason, Counters};
-use crate::config::{Backend, Config, KtlsMode};
+use crate::config::{Backend, Config, KtlsMode, ListenerConfig};
 use crate::connect::{self, BackendPool};
 use crate::handshake::{self, HandshakeError};
 use crate::ktls::handover::{handover, Handover};
@@ -54,19 +55,71 @@ struct Limits {
     ktls: KtlsMode,
 }
 
-/// One listener as a worker sees it.
+/// What a listener serves new connections with. Replaced whole on reload;
+/// a connection keeps the one it started with.
+#[derive(Debug)]
+pub struct Served {
+    /// TLS identity and client policy.
+    pub tls: Arc<ServerConfig>,
+    /// Backends, in configured order.
+    pub backends: Vec<Backend>,
+}
+
+/// A listener's current [`Served`], shared by all workers.
+type SharedServed = Arc<ArcSwap<Served>>;
+
+/// One listener as the main thread sets it up.
 struct ListenerPlan {
     name: Arc<str>,
-    tls: Arc<ServerConfig>,
-    backends: Arc<[Backend]>,
+    listen: Vec<SocketAddr>,
+    served: SharedServed,
     /// Per worker, that worker's sockets (one per listen address).
     sockets: Vec<Vec<std::net::TcpListener>>,
 }
 
+impl Served {
+    fn build(listener: &ListenerConfig) -> anyhow::Result<Self> {
+        let tls = server_config::build(&listener.tls)
+            .with_context(|| format!("listener {}", listener.name))?;
+        Ok(Self {
+            tls,
+            backends: listener.backends.clone(),
+        })
+    }
+}
+
+/// Applies a reloaded configuration: every listener's TLS state and backends
+/// are built first, and only if all succeed are they swapped in. Listener
+/// names and addresses, workers and timeouts need a restart.
+fn apply_reload(plans: &[ListenerPlan], config: &Config) -> anyhow::Result<()> {
+    let same_listeners = plans.len() == config.listeners.len()
+        && plans
+            .iter()
+            .zip(&config.listeners)
+            .all(|(p, l)| *p.name == *l.name && p.listen == l.listen);
+    if !same_listeners {
+        anyhow::bail!("listener names or addresses changed; restart to apply that");
+    }
+    let built = config
+        .listeners
+        .iter()
+        .map(Served::build)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (plan, served) in plans.iter().zip(built) {
+        plan.served.store(Arc::new(served));
+    }
+    Ok(())
+}
+
 /// Runs the server until SIGTERM/SIGINT and the drain that follows.
 ///
-/// `on_ready` is called once every socket is bound, with their addresses.
-pub fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Result<()> {
+/// `reload` re-reads the configuration's sources on SIGHUP. `on_ready` is
+/// called once every socket is bound, with their addresses.
+pub fn run(
+    config: Config,
+    reload: impl Fn() -> anyhow::Result<Config>,
+    on_ready: impl FnOnce(&[SocketAddr]),
+) -> anyhow::Result<()> {
     let workers = config.workers.max(1);
     let limits = Limits {
         handshake_timeout: config.handshake_timeout,
@@ -92,8 +145,7 @@ pub fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resu
     let mut plans = Vec::new();
     let mut bound = Vec::new();
     for listener in &config.listeners {
-        let tls = server_config::build(&listener.tls)
-            .with_context(|| format!("listener {}", listener.name))?;
+        let served = Served::build(listener)?;
         let mut sockets: Vec<Vec<std::net::TcpListener>> =
             (0..workers).map(|_| Vec::new()).collect();
         for addr in &listener.listen {
@@ -107,8 +159,8 @@ pub fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resu
         }
         plans.push(ListenerPlan {
             name: listener.name.as_str().into(),
-            tls,
-            backends: listener.backends.clone().into(),
+            listen: listener.listen.clone(),
+            served: Arc::new(ArcSwap::from_pointee(served)),
             sockets,
         });
     }
@@ -129,8 +181,7 @@ pub fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resu
             .iter_mut()
             .map(|p| WorkerListener {
                 name: p.name.clone(),
-                tls: p.tls.clone(),
-                pool: p.backends.clone(),
+                served: p.served.clone(),
                 sockets: std::mem::take(&mut p.sockets[id]),
             })
             .collect();
@@ -173,7 +224,16 @@ pub fn run(config: Config, on_ready: impl FnOnce(&[SocketAddr])) -> anyhow::Resu
     let mut stopping = false;
     while remaining > 0 {
         if let Ok(sig) = signals.recv_timeout(Duration::from_millis(100)) {
-            if !stopping {
+            if sig == signal_hook::consts::SIGHUP {
+                match reload().and_then(|config| apply_reload(&plans, &config)) {
+                    Ok(()) => tracing::info!("reloaded: new connections use the new configuration"),
+                    Err(e) => tracing::error!(
+                        "reload failed, still serving the previous configuration: {}",
+                        // One log line per event, whatever the error spans.
+                        format!("{e:#}").replace('\n', "; ")
+                    ),
+                }
+            } else if !stopping {
                 tracing::info!(signal = sig, drain_timeout = ?limits.drain_timeout, "stopping: no new connections, draining");
                 stopping = true;
                 for s in stops.drain(..) {
@@ -209,10 +269,10 @@ impl Drop for DoneSignal {
     }
 }
 
-/// Forwards SIGTERM/SIGINT to a channel the main thread polls.
+/// Forwards SIGTERM, SIGINT and SIGHUP to a channel the main thread polls.
 fn spawn_signal_forwarder() -> anyhow::Result<mpsc::Receiver<i32>> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("cannot install signal handlers")?;
     let (tx, rx) = mpsc::channel();
     thread::Builder::new()
@@ -231,15 +291,14 @@ fn spawn_signal_forwarder() -> anyhow::Result<mpsc::Receiver<i32>> {
 /// A listener's share of one worker.
 struct WorkerListener {
     name: Arc<str>,
-    tls: Arc<ServerConfig>,
-    pool: Arc<[Backend]>,
+    served: SharedServed,
     sockets: Vec<std::net::TcpListener>,
 }
 
 /// Per-listener state inside one worker.
 struct ListenerState {
     name: Arc<str>,
-    tls: Arc<ServerConfig>,
+    served: SharedServed,
     pool: BackendPool,
 }
 
@@ -307,8 +366,8 @@ async fn worker(setup: WorkerSetup) -> anyhow::Result<()> {
     for l in listeners {
         let state = Rc::new(ListenerState {
             name: l.name,
-            tls: l.tls,
-            pool: BackendPool::new(l.pool, id),
+            served: l.served,
+            pool: BackendPool::new(id),
         });
         for socket in l.sockets {
             let listener = TcpListener::from_std(socket).context("cannot register listener")?;
@@ -420,9 +479,12 @@ async fn serve(
 ) -> CloseReason {
     let _ = stream.set_nodelay(true);
     let limits = worker.limits;
+    // This connection keeps the configuration it started with, even if a
+    // reload swaps the listener's while it runs.
+    let served = listener.served.load_full();
     let handshake = monoio::time::timeout(
         limits.handshake_timeout,
-        handshake::accept(&mut stream, &worker.buffers, |_hello| listener.tls.clone()),
+        handshake::accept(&mut stream, &worker.buffers, |_hello| served.tls.clone()),
     )
     .await;
     let established = match handshake {
@@ -447,10 +509,11 @@ async fn serve(
         .and_then(|chain| chain.first())
         .map(certs::subject);
 
-    let (backend, chosen) = match connect::connect(&listener.pool, limits.connect_timeout).await {
-        Ok(ok) => ok,
-        Err(e) => return CloseReason::BackendUnavailable(e.to_string()),
-    };
+    let (backend, chosen) =
+        match connect::connect(&listener.pool, &served.backends, limits.connect_timeout).await {
+            Ok(ok) => ok,
+            Err(e) => return CloseReason::BackendUnavailable(e.to_string()),
+        };
     record.backend = Some(chosen.name.clone());
 
     let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
