@@ -93,6 +93,7 @@ pub async fn accept(
     let mut conn = UnbufferedServerConnection::new(config)?;
     let mut out = TlsOut::from_vec(buffers.chunks.take(), OUTGOING_CAPACITY);
     let mut early_plaintext = Vec::new();
+    let mut client_closed = false;
 
     if let Err(e) = hello {
         if e.is_plaintext_http() {
@@ -116,6 +117,12 @@ pub async fn accept(
                 }
             }
             Ok(Progress::Complete) => break,
+            // A client may send its Finished, a request and close_notify in
+            // one flight: the handshake is done and the request still counts.
+            Ok(Progress::PeerClosed) if !conn.is_handshaking() => {
+                client_closed = true;
+                break;
+            }
             Ok(Progress::PeerClosed) => return Err(HandshakeError::ClientGone),
             Err(e) => {
                 flush_alert(&mut conn, &mut incoming, &mut out);
@@ -131,7 +138,7 @@ pub async fn accept(
         hello: hello.unwrap_or_default(),
         incoming,
         early_plaintext,
-        client_closed: false,
+        client_closed,
     })
 }
 

@@ -494,3 +494,72 @@ fn access_log_line_per_connection() {
         .count();
     assert_eq!(count, 1, "{}", server.log.text());
 }
+
+/// A client whose last handshake flight, a request and close_notify leave in
+/// one segment: the handshake completes, the request reaches the backend,
+/// the backend sees EOF, and the reply still comes back.
+#[test]
+fn finished_request_and_close_notify_in_one_segment() {
+    use rustls::pki_types::ServerName;
+    use rustls::ClientConnection;
+
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::ReadToEofThenReply);
+    let server = ServeArgs::new(&pki, backend.addr).spawn();
+    let mut sock = tcp_connect(server.addr());
+    let cfg = ClientOpts::new(&pki).tls13().build();
+    let mut conn = ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+
+    // Run the handshake until the client has queued its last flight, but
+    // do not send it yet.
+    let deadline = Instant::now() + WAIT;
+    while conn.is_handshaking() {
+        assert!(Instant::now() < deadline, "handshake timed out");
+        while conn.wants_write() {
+            conn.write_tls(&mut sock).unwrap();
+        }
+        if conn.read_tls(&mut sock).unwrap() == 0 {
+            panic!("server closed during the handshake");
+        }
+        conn.process_new_packets().unwrap();
+    }
+    let request = b"hello in the same segment as Finished";
+    conn.writer().write_all(request).unwrap();
+    conn.send_close_notify();
+    let mut segment = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut segment).unwrap();
+    }
+    sock.write_all(&segment).unwrap();
+
+    let mut reply = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline + WAIT, "no reply");
+        match conn.read_tls(&mut sock) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => panic!("read: {e}\n{}", server.log.text()),
+        }
+        let state = conn.process_new_packets().unwrap();
+        let n = state.plaintext_bytes_to_read();
+        if n > 0 {
+            let mut buf = vec![0u8; n];
+            conn.reader().read_exact(&mut buf).unwrap();
+            reply.extend_from_slice(&buf);
+        }
+        if state.peer_has_closed() {
+            break;
+        }
+    }
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(request)
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        format!("{} {}\n", request.len(), hex(&sha)),
+        "{}",
+        server.log.text()
+    );
+    assert!(backend.next_report(WAIT).saw_eof);
+}
