@@ -156,20 +156,14 @@ pub async fn run(
     // Whatever the client is still owed: a fatal alert rustls queued, or a
     // close_notify when we end the connection ourselves.
     let mut out = TlsOut::with_capacity(256);
-    {
-        let mut s = shared.session.borrow_mut();
-        let Session {
-            conn,
-            control,
-            close_notify_sent,
-        } = &mut *s;
-        out.append(control);
-        match &reason {
-            CloseReason::IdleTimeout | CloseReason::Shutdown if !*close_notify_sent => {
-                queue_close_notify(conn, &mut out);
-            }
-            _ => {}
-        }
+    let owes_close_notify = matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown)
+        && !shared.session.borrow().close_notify_sent;
+    if owes_close_notify {
+        // Queued control records go first; a failure here only means the
+        // connection can no longer send anything.
+        let _ = encrypt(&shared, &[], &mut out);
+    } else {
+        out.append(&mut shared.session.borrow_mut().control);
     }
     if !out.is_empty() {
         let _ = monoio::time::timeout(FINAL_WRITE_TIMEOUT, async {
@@ -399,26 +393,6 @@ fn encrypt(shared: &Shared, plain: &[u8], out: &mut TlsOut) -> Result<(), rustls
                     "unexpected state while sending: {other:?}"
                 )))
             }
-        }
-    }
-}
-
-/// Appends a close_notify to `out` if the connection can still send.
-fn queue_close_notify(conn: &mut UnbufferedServerConnection, out: &mut TlsOut) {
-    loop {
-        let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut []);
-        match state {
-            Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                if out.encode(&mut e).is_err() {
-                    return;
-                }
-            }
-            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-            Ok(ConnectionState::WriteTraffic(mut w)) => {
-                let _ = out.close_notify(&mut w);
-                return;
-            }
-            _ => return,
         }
     }
 }

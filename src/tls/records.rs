@@ -54,18 +54,15 @@ impl TlsOut {
         &mut self,
         state: &mut EncodeTlsData<'_, ServerConnectionData>,
     ) -> Result<(), EncodeError> {
-        loop {
-            match state.encode(&mut self.buf[self.filled..]) {
-                Ok(n) => {
-                    self.filled += n;
-                    return Ok(());
+        self.fill(
+            |buf| state.encode(buf),
+            |e| match e {
+                EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                    Some(*required_size)
                 }
-                Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                    self.grow(required_size)
-                }
-                Err(e) => return Err(e),
-            }
-        }
+                _ => None,
+            },
+        )
     }
 
     /// Appends `plaintext` encrypted as application data records.
@@ -74,18 +71,7 @@ impl TlsOut {
         state: &mut WriteTraffic<'_, ServerConnectionData>,
         plaintext: &[u8],
     ) -> Result<(), EncryptError> {
-        loop {
-            match state.encrypt(plaintext, &mut self.buf[self.filled..]) {
-                Ok(n) => {
-                    self.filled += n;
-                    return Ok(());
-                }
-                Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                    self.grow(required_size)
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.fill(|buf| state.encrypt(plaintext, buf), encrypt_room)
     }
 
     /// Appends a close_notify alert.
@@ -93,16 +79,26 @@ impl TlsOut {
         &mut self,
         state: &mut WriteTraffic<'_, ServerConnectionData>,
     ) -> Result<(), EncryptError> {
+        self.fill(|buf| state.queue_close_notify(buf), encrypt_room)
+    }
+
+    /// Runs `write` on the free space, growing it to the size `too_small`
+    /// extracts from the error until the write fits.
+    fn fill<E>(
+        &mut self,
+        mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+        too_small: impl Fn(&E) -> Option<usize>,
+    ) -> Result<(), E> {
         loop {
-            match state.queue_close_notify(&mut self.buf[self.filled..]) {
+            match write(&mut self.buf[self.filled..]) {
                 Ok(n) => {
                     self.filled += n;
                     return Ok(());
                 }
-                Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                    self.grow(required_size)
-                }
-                Err(e) => return Err(e),
+                Err(e) => match too_small(&e) {
+                    Some(required) => self.grow(required),
+                    None => return Err(e),
+                },
             }
         }
     }
@@ -141,5 +137,15 @@ impl TlsOut {
         if self.buf.len() < want {
             self.buf.resize(want.next_power_of_two(), 0);
         }
+    }
+}
+
+/// The room an encryption asked for, if that was its only problem.
+fn encrypt_room(e: &EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
+        }
+        _ => None,
     }
 }
