@@ -586,6 +586,18 @@ impl Server {
     }
 
     pub fn start_with(pki: &Pki, backend: SocketAddr, ktls: &str, extra: &[&str]) -> Server {
+        Self::start_env(pki, backend, ktls, extra, &[])
+    }
+
+    /// Like [`Server::start_with`], with extra environment variables (fault
+    /// injection).
+    pub fn start_env(
+        pki: &Pki,
+        backend: SocketAddr,
+        ktls: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let bin = tlsplice_bin();
         let mut cmd = Command::new(&bin);
         cmd.arg("serve")
@@ -601,6 +613,7 @@ impl Server {
             .arg(backend.to_string())
             .args(["--workers", "1", "--ktls", ktls])
             .args(extra)
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("TLSPLICE_TEST_LOG").unwrap_or_else(|_| "info".into()),

@@ -903,6 +903,59 @@ fn ktls_off_uses_userspace() {
     );
 }
 
+/// A setsockopt failure before the keys leave rustls (injected at the ULP
+/// step) keeps each connection in userspace, intact and byte-exact.
+#[test]
+fn forced_ulp_failure_falls_back_to_userspace() {
+    let Some(_run) = begin("forced_ulp_failure_falls_back_to_userspace") else {
+        return;
+    };
+    let n = 4 * MIB;
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Concurrent {
+        send: n,
+        seed: DOWN,
+    });
+    let server = Server::start_env(
+        &pki,
+        backend.addr,
+        "auto",
+        &[],
+        &[("TLSPLICE_FAULT_KTLS_ULP", "1")],
+    );
+    let before = TlsStat::read();
+
+    let mut client = Client::connect(server.addr, pki.client_config(&TLS13, None));
+    client.handshake(handshake_deadline());
+    let mut plan = Plan::new(Some(Source::new(UP, n)), DOWN, transfer_deadline(2 * n));
+    let out = client
+        .transfer(&mut plan)
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_text()));
+    let port = client.port;
+    drop(client);
+    let report = backend.report(REPORT_WAIT);
+    let access = server.access(port, ACCESS_WAIT);
+
+    assert_eq!(out.received, n);
+    assert_eq!(hex(&out.received_sha), hex(&report.sent_sha));
+    assert_eq!(report.received, n);
+    assert_eq!(hex(&report.received_sha), hex(&out.sent_sha));
+    assert_eq!(access.get("path"), "userspace", "{}", access.line);
+    assert!(
+        access.line.contains("injected fault"),
+        "fallback reason logged: {}",
+        access.line
+    );
+    assert_eq!(access.get("reason"), "done", "{}", access.line);
+    if let (Some(b), Some(a)) = (&before, TlsStat::read()) {
+        assert_eq!(
+            a.get("TlsTxSw"),
+            b.get("TlsTxSw"),
+            "offloaded despite the fault"
+        );
+    }
+}
+
 // ------------------------------------- 7. TLS 1.2 AES-GCM explicit nonces
 
 /// A TCP relay between the client and tlsplice that records what tlsplice
