@@ -93,8 +93,17 @@ pub struct TlsConn {
 pub enum RecvEnd {
     /// The sink said it has what it wanted.
     Done,
-    /// The server closed (close_notify or EOF) first.
-    PeerClosed,
+    /// The server sent close_notify first.
+    CloseNotify,
+    /// The server closed the TCP connection first, without close_notify.
+    Eof,
+}
+
+impl RecvEnd {
+    /// Whether the server closed before the sink was satisfied.
+    pub fn is_closed(self) -> bool {
+        self != Self::Done
+    }
 }
 
 impl TlsConn {
@@ -224,7 +233,7 @@ impl TlsConn {
         if let Some(control) = control {
             self.send_raw(control).await?;
         }
-        if end == RecvEnd::PeerClosed {
+        if end.is_closed() {
             return Err(OpError::eof("during the transfer"));
         }
         Ok(())
@@ -250,16 +259,18 @@ impl TlsConn {
     /// close_notify or EOF. Reading to the end processes the TLS 1.3
     /// session tickets (they arrive after the client's last flight) and
     /// surfaces a late refusal of the client certificate as an alert.
-    pub async fn close(mut self) -> Result<(), OpError> {
+    /// Returns whether the server answered with close_notify: a server that
+    /// refuses a certificate by just closing (nginx stream) does not.
+    pub async fn close(mut self) -> Result<bool, OpError> {
         self.engine
             .close_notify(&mut self.incoming, &mut self.out)?;
         self.flush().await?;
         let end = self.recv(|_| false).await;
         // The write half's drop shuts the socket down; the server closed first.
         match end {
-            Ok(_) => Ok(()),
+            Ok(end) => Ok(end == RecvEnd::CloseNotify),
             // A server that resets after close_notify has still accepted us.
-            Err(e) if e.kind == ErrorKind::Closed => Ok(()),
+            Err(e) if e.kind == ErrorKind::Closed => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -311,10 +322,10 @@ async fn receive(
             break RecvEnd::Done;
         }
         if matches!(step, Step::PeerClosed | Step::Closed) {
-            break RecvEnd::PeerClosed;
+            break RecvEnd::CloseNotify;
         }
         match read_more(rd, incoming, cancel.clone()).await {
-            Ok(0) => break RecvEnd::PeerClosed,
+            Ok(0) => break RecvEnd::Eof,
             Ok(_) => {}
             Err(e) if cancel.is_some() && e.raw_os_error() == Some(libc::ECANCELED) => {
                 break RecvEnd::Done;

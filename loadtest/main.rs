@@ -46,6 +46,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 const POLL: Duration = Duration::from_millis(50);
 /// Slack beyond duration + timeout before the run is declared stuck.
 const STUCK_SLACK: Duration = Duration::from_secs(10);
+/// Kept-alive connections get this long to close after the last operation.
+const FINAL_SLACK_FOR_CLOSE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -72,6 +74,7 @@ fn run(cli: &Cli) -> anyhow::Result<Summary> {
     let server_name = ServerName::try_from(name.clone())
         .with_context(|| format!("--server-name {name:?} is not a DNS name or IP address"))?;
 
+    raise_fd_limit(settings.connections);
     let threads = cli.threads;
     let max_per_thread = split_connections(settings.connections, threads, 0);
     let setup = Arc::new(client_setup(cli, &settings, max_per_thread)?);
@@ -133,7 +136,8 @@ fn run(cli: &Cli) -> anyhow::Result<Summary> {
     let show_progress = cli.progress || std::io::stderr().is_terminal();
     let deadline = settings
         .duration
-        .map(|d| d + cli.timeout + FINAL_SLACK_FOR_CLOSE + STUCK_SLACK);
+        // Initial connects and the last operation may each take a timeout.
+        .map(|d| d + 2 * cli.timeout + FINAL_SLACK_FOR_CLOSE + STUCK_SLACK);
     wait_for_workers(&handles, &counters, started, show_progress, deadline);
     let cpu_after = CpuTime::process();
 
@@ -151,9 +155,6 @@ fn run(cli: &Cli) -> anyhow::Result<Summary> {
     write_outputs(cli, &summary, &merged)?;
     Ok(summary)
 }
-
-/// Kept-alive connections get this long to close after the last operation.
-const FINAL_SLACK_FOR_CLOSE: Duration = Duration::from_secs(1);
 
 /// Waits for every worker, drawing the progress line; gives up (exiting the
 /// process) if they overrun `deadline` by far, so a run always ends.
@@ -185,6 +186,24 @@ fn wait_for_workers(
     }
     if drew {
         eprintln!();
+    }
+}
+
+/// Raises the soft open-file limit to the hard limit when the run may need
+/// more descriptors than the usual 1024, so many connections fail with
+/// "connect" errors only where the system really is out of them.
+fn raise_fd_limit(connections: usize) {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let wanted = (connections as libc::rlim_t).saturating_mul(2) + 64;
+        if limit.rlim_cur < wanted && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max.min(wanted.max(limit.rlim_cur));
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 

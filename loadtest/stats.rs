@@ -139,6 +139,15 @@ impl Handshakes {
     }
 }
 
+/// How the server ended connections the client closed (handshake mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Closes {
+    /// The server answered our close_notify with its own.
+    pub close_notify: u64,
+    /// The server closed the TCP connection without close_notify.
+    pub eof: u64,
+}
+
 /// What the first successful handshake negotiated.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Negotiated {
@@ -213,6 +222,8 @@ pub struct Stats {
     pub bytes_down: u64,
     /// Handshake kinds of every connection opened.
     pub handshakes: Handshakes,
+    /// Handshake mode: how the server closed.
+    pub closes: Closes,
     /// Open loop: operations scheduled before the end that never started
     /// because every connection was still busy.
     pub unsent: u64,
@@ -233,6 +244,7 @@ impl Default for Stats {
             bytes_up: 0,
             bytes_down: 0,
             handshakes: Handshakes::default(),
+            closes: Closes::default(),
             unsent: 0,
             elapsed: Duration::ZERO,
             cpu: CpuTime::default(),
@@ -259,6 +271,8 @@ impl Stats {
         self.bytes_up += other.bytes_up;
         self.bytes_down += other.bytes_down;
         self.handshakes.merge(&other.handshakes);
+        self.closes.close_notify += other.closes.close_notify;
+        self.closes.eof += other.closes.eof;
         self.unsent += other.unsent;
         self.elapsed = self.elapsed.max(other.elapsed);
         self.cpu.user += other.cpu.user;

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::stats::{CpuTime, ErrorKind, Negotiated, Stats};
+use crate::stats::{Closes, CpuTime, ErrorKind, Negotiated, Stats};
 
 /// Bytes per MB in every MB/s figure (decimal, like network rates).
 pub const BYTES_PER_MB: f64 = 1e6;
@@ -146,6 +146,9 @@ pub struct Summary {
     pub mb_per_s: f64,
     /// Handshake kinds over every connection opened.
     pub handshakes: HandshakeSummary,
+    /// Handshake mode: how the server ended each successful operation's
+    /// connection (absent in other modes).
+    pub closes: Option<Closes>,
     /// Operation latency (absent in bulk mode and when nothing succeeded).
     pub latency_us: Option<LatencySummary>,
     /// Client CPU.
@@ -209,6 +212,7 @@ impl Summary {
                 resumed: stats.handshakes.resumed,
                 resumed_share: stats.handshakes.resumed_share(),
             },
+            closes: (run.mode == "handshake").then_some(stats.closes),
             latency_us,
             client_cpu: CpuSummary {
                 user_s: process_cpu.user,
@@ -327,6 +331,17 @@ impl Summary {
                 hs.resumed,
                 hs.resumed_share * 100.0
             );
+        }
+        if self.closes.is_some() {
+            let tls13_cert = r.client_certificate
+                && self.tls.as_ref().is_some_and(|n| n.version.contains("1_3"));
+            if r.echo == Some(0) && tls13_cert {
+                let _ = writeln!(
+                    t,
+                    "  note         no --echo: a TLS 1.3 server that refuses the client certificate \
+                     by closing without an alert (nginx stream does) goes unnoticed"
+                );
+            }
         }
         match &self.latency_us {
             Some(l) => {

@@ -14,7 +14,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, HandshakeKind};
 
 use crate::cli::Direction;
-use crate::conn::{BufSizes, OpError, RecvEnd, TlsConn};
+use crate::conn::{BufSizes, OpError, TlsConn};
 use crate::http::ResponseParser;
 use crate::progress::Counters;
 use crate::schedule::{latency_origin, Gate};
@@ -352,7 +352,13 @@ async fn operation(
             // The verdict on the client certificate (TLS 1.3) and the
             // session tickets arrive after the client's last flight: the
             // close reads up to the server's close, so both are seen.
-            c.close().await?;
+            let close_notify = c.close().await?;
+            let mut stats = shared.stats.borrow_mut();
+            if close_notify {
+                stats.closes.close_notify += 1;
+            } else {
+                stats.closes.eof += 1;
+            }
             Ok(Done {
                 at,
                 up: *echo as u64,
@@ -391,7 +397,7 @@ async fn operation(
                 })
                 .await?;
             let at = Instant::now();
-            if end == RecvEnd::PeerClosed && outcome.is_none() {
+            if end.is_closed() && outcome.is_none() {
                 outcome = parser.closed().map(Ok);
             }
             let response = match outcome {
@@ -404,7 +410,7 @@ async fn operation(
                     ))
                 }
             };
-            if response.close || end == RecvEnd::PeerClosed {
+            if response.close || end.is_closed() {
                 *conn = None;
             }
             Ok(Done {
@@ -433,7 +439,7 @@ async fn operation(
                             down >= want
                         })
                         .await?;
-                    if end == RecvEnd::PeerClosed {
+                    if end.is_closed() {
                         // A finite source: open a new connection next time.
                         *conn = None;
                         if down == 0 {
@@ -490,7 +496,7 @@ async fn echo_exchange(conn: &mut TlsConn, payload: &[u8]) -> Result<(), OpError
             ),
         ));
     }
-    if end == RecvEnd::PeerClosed {
+    if end.is_closed() {
         return Err(OpError::new(
             ErrorKind::Closed,
             format!(
