@@ -1,0 +1,785 @@
+//! The client's TLS: configuration from the command line, a session store
+//! sized for the run, and a sans-IO driver over rustls' unbuffered API.
+//!
+//! The unbuffered API encrypts straight into our own output buffer and lets
+//! the caller own every buffer, so a request/response loop reuses the same
+//! two buffers for the life of a connection. (rustls itself still allocates
+//! per record while decrypting; that is outside our reach.)
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::{
+    ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue,
+    UnbufferedClientConnection, WebPkiServerVerifier,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::{CipherSuite, ClientConfig, NamedGroup, RootCertStore, SupportedProtocolVersion};
+
+/// Which symmetric cipher family to offer (`--cipher`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Cipher {
+    /// AES-128-GCM (TLS 1.3 and ECDHE TLS 1.2 suites).
+    Aes128,
+    /// AES-256-GCM.
+    Aes256,
+    /// ChaCha20-Poly1305.
+    Chacha20,
+}
+
+impl Cipher {
+    /// Whether `suite` uses this cipher.
+    fn matches(self, suite: CipherSuite) -> bool {
+        use CipherSuite as S;
+        match self {
+            Self::Aes128 => matches!(
+                suite,
+                S::TLS13_AES_128_GCM_SHA256
+                    | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                    | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+            ),
+            Self::Aes256 => matches!(
+                suite,
+                S::TLS13_AES_256_GCM_SHA384
+                    | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+                    | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+            ),
+            Self::Chacha20 => matches!(
+                suite,
+                S::TLS13_CHACHA20_POLY1305_SHA256
+                    | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+                    | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+            ),
+        }
+    }
+}
+
+/// Which protocol versions to offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versions {
+    /// TLS 1.3 and 1.2 (the server picks).
+    Both,
+    /// `--tls13-only`.
+    Tls13,
+    /// `--tls12-only`.
+    Tls12,
+}
+
+/// Everything the client configuration is built from. Certificates are
+/// loaded once by the caller; each worker thread builds its own
+/// `ClientConfig` from this so session stores stay per core.
+pub struct ClientSetup {
+    /// Trust anchors for the server certificate.
+    pub roots: Vec<CertificateDer<'static>>,
+    /// Client certificate chain and key, when the run authenticates.
+    pub identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    /// Protocol versions to offer.
+    pub versions: Versions,
+    /// Restrict cipher suites to one family.
+    pub cipher: Option<Cipher>,
+    /// Restrict key exchange groups (in preference order); empty = provider default.
+    pub kx_groups: Vec<NamedGroup>,
+    /// Resume sessions; `Some(capacity)` sizes the TLS 1.3 ticket store.
+    pub resume: Option<usize>,
+}
+
+impl fmt::Debug for ClientSetup {
+    // Hand-written so a debug print can never show the private key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientSetup")
+            .field("roots", &self.roots.len())
+            .field("identity", &self.identity.is_some())
+            .field("versions", &self.versions)
+            .field("cipher", &self.cipher)
+            .field("kx_groups", &self.kx_groups)
+            .field("resume", &self.resume)
+            .finish()
+    }
+}
+
+/// Parses a `--kx` group name.
+pub fn parse_group(name: &str) -> Result<NamedGroup, String> {
+    match name.to_ascii_lowercase().as_str() {
+        "x25519" => Ok(NamedGroup::X25519),
+        "p256" | "secp256r1" | "p-256" => Ok(NamedGroup::secp256r1),
+        "p384" | "secp384r1" | "p-384" => Ok(NamedGroup::secp384r1),
+        "x25519mlkem768" | "mlkem" => Ok(NamedGroup::X25519MLKEM768),
+        "mlkem768" => Ok(NamedGroup::MLKEM768),
+        other => Err(format!(
+            "unknown key exchange group {other:?} (x25519, p256, p384, x25519mlkem768, mlkem768)"
+        )),
+    }
+}
+
+/// Builds one worker's client configuration.
+pub fn client_config(setup: &ClientSetup) -> anyhow::Result<Arc<ClientConfig>> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if let Some(cipher) = setup.cipher {
+        provider.cipher_suites.retain(|s| cipher.matches(s.suite()));
+    }
+    if !setup.kx_groups.is_empty() {
+        let all = std::mem::take(&mut provider.kx_groups);
+        for want in &setup.kx_groups {
+            let found = all.iter().find(|g| g.name() == *want).ok_or_else(|| {
+                anyhow::anyhow!("key exchange group {want:?} is not offered by aws-lc-rs")
+            })?;
+            provider.kx_groups.push(*found);
+        }
+    }
+    let versions: &[&SupportedProtocolVersion] = match setup.versions {
+        Versions::Both => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        Versions::Tls13 => &[&rustls::version::TLS13],
+        Versions::Tls12 => &[&rustls::version::TLS12],
+    };
+    let usable = provider
+        .cipher_suites
+        .iter()
+        .any(|s| versions.iter().any(|v| s.version() == *v));
+    if !usable {
+        anyhow::bail!("no cipher suite left for the chosen --cipher and protocol version");
+    }
+    let provider = Arc::new(provider);
+
+    let mut roots = RootCertStore::empty();
+    for (i, cert) in setup.roots.iter().enumerate() {
+        roots
+            .add(cert.clone())
+            .map_err(|e| anyhow::anyhow!("--ca certificate {}: {e}", i + 1))?;
+    }
+    let verifier: Arc<dyn ServerCertVerifier> =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match &setup.identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain.clone(), key.clone_key())?,
+        None => builder.with_no_client_auth(),
+    };
+    config.resumption = match setup.resume {
+        // rustls resumes by default; a handshake benchmark must not, unless asked.
+        None => Resumption::disabled(),
+        Some(capacity) => Resumption::store(Arc::new(TicketStore::new(capacity))),
+    };
+    Ok(Arc::new(config))
+}
+
+/// A client session store that keeps up to `capacity` TLS 1.3 tickets per
+/// server name.
+///
+/// rustls' `ClientSessionMemoryCache` caps TLS 1.3 tickets at 8 per server
+/// name whatever size it is given (the size bounds the number of *server
+/// names*), so a run with more than a handful of concurrent connections to
+/// one server would find the store empty and silently fall back to full
+/// handshakes. Each worker has its own store, so the mutex is uncontended.
+#[derive(Debug)]
+pub struct TicketStore {
+    capacity: usize,
+    servers: Mutex<HashMap<ServerName<'static>, ServerSessions>>,
+}
+
+#[derive(Debug, Default)]
+struct ServerSessions {
+    kx_hint: Option<NamedGroup>,
+    tls12: Option<Tls12ClientSessionValue>,
+    tls13: VecDeque<Tls13ClientSessionValue>,
+}
+
+impl TicketStore {
+    /// A store keeping up to `capacity` TLS 1.3 tickets per server name.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            servers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn with<R>(&self, name: ServerName<'static>, f: impl FnOnce(&mut ServerSessions) -> R) -> R {
+        // A poisoned lock only means another thread panicked mid-update of a
+        // cache; the data is still usable for a benchmark.
+        let mut servers = self
+            .servers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(servers.entry(name).or_default())
+    }
+
+    fn get<R>(&self, name: &ServerName<'_>, f: impl FnOnce(&mut ServerSessions) -> R) -> Option<R> {
+        let mut servers = self
+            .servers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        servers.get_mut(&name.to_owned()).map(f)
+    }
+}
+
+impl ClientSessionStore for TicketStore {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.with(server_name, |s| s.kx_hint = Some(group));
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.get(server_name, |s| s.kx_hint).flatten()
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.with(server_name, |s| s.tls12 = Some(value));
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.get(server_name, |s| s.tls12.clone()).flatten()
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.get(server_name, |s| s.tls12 = None);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: Tls13ClientSessionValue,
+    ) {
+        let capacity = self.capacity;
+        self.with(server_name, |s| {
+            if s.tls13.len() >= capacity {
+                s.tls13.pop_front();
+            }
+            s.tls13.push_back(value);
+        });
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<Tls13ClientSessionValue> {
+        // Newest first: it has the most lifetime left.
+        self.get(server_name, |s| s.tls13.pop_back()).flatten()
+    }
+}
+
+/// Ciphertext waiting to be written: a buffer kept fully initialised so
+/// rustls can encrypt into it without zeroing it first, and how much of it
+/// is in use.
+#[derive(Debug)]
+pub struct OutBuf {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl OutBuf {
+    /// An empty buffer with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            buf: vec![0; capacity],
+            len: 0,
+        }
+    }
+
+    /// The bytes to send.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Lends the buffer and its used length to an owned-buffer write.
+    pub fn take(&mut self) -> (Vec<u8>, usize) {
+        let len = std::mem::take(&mut self.len);
+        (std::mem::take(&mut self.buf), len)
+    }
+
+    /// Returns the buffer after the write; its contents are spent.
+    pub fn restore(&mut self, buf: Vec<u8>) {
+        self.buf = buf;
+        self.len = 0;
+    }
+
+    /// Space for at least `extra` more bytes; returns the free tail.
+    fn spare(&mut self, extra: usize) -> &mut [u8] {
+        if self.buf.len() - self.len < extra {
+            // Only grows when a caller writes more than it sized us for.
+            self.buf.resize(self.len + extra, 0);
+        }
+        &mut self.buf[self.len..]
+    }
+}
+
+/// Where a connection stands after all buffered input was processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The handshake needs more bytes from the server (send `out` first).
+    Handshaking,
+    /// Application data can flow; everything complete was processed.
+    Open,
+    /// The server sent close_notify.
+    PeerClosed,
+    /// Both sides sent close_notify.
+    Closed,
+}
+
+/// Upper bound of ciphertext for `len` plaintext bytes: full records of
+/// 2^14 bytes, each with a header, a nonce or content type and a tag.
+pub fn ciphertext_bound(len: usize) -> usize {
+    const RECORD: usize = 1 << 14;
+    const OVERHEAD: usize = 5 + 8 + 16 + 1 + 34;
+    len + len.div_ceil(RECORD).max(1) * OVERHEAD
+}
+
+/// One client connection's TLS state, without I/O.
+///
+/// The caller owns the buffers: `incoming` holds ciphertext read but not yet
+/// consumed (its length is what is filled), `out` collects records to send.
+pub struct Engine {
+    conn: UnbufferedClientConnection,
+    /// Plaintext that surfaced while encrypting (cannot happen when callers
+    /// advance before writing, kept so nothing is ever dropped).
+    stash: Vec<u8>,
+}
+
+impl Engine {
+    /// Starts a handshake with `name`; the ClientHello is queued on the
+    /// first [`Engine::advance`].
+    pub fn new(
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<Self, rustls::Error> {
+        Ok(Self {
+            conn: UnbufferedClientConnection::new(config, name)?,
+            stash: Vec::new(),
+        })
+    }
+
+    /// The rustls connection (negotiated version, suite, handshake kind).
+    pub fn conn(&self) -> &UnbufferedClientConnection {
+        &self.conn
+    }
+
+    /// Processes everything complete in `incoming`, queues what must be
+    /// sent in `out` and hands decrypted application data to `sink`.
+    pub fn advance(
+        &mut self,
+        incoming: &mut Vec<u8>,
+        out: &mut OutBuf,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<Step, rustls::Error> {
+        if !self.stash.is_empty() {
+            sink(&self.stash);
+            self.stash.clear();
+        }
+        loop {
+            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(incoming);
+            let step = match state? {
+                ConnectionState::EncodeTlsData(mut e) => {
+                    encode(out, |buf| e.encode(buf))?;
+                    None
+                }
+                // `out` is written before the next read; nothing to do now.
+                ConnectionState::TransmitTlsData(t) => {
+                    t.done();
+                    None
+                }
+                ConnectionState::ReadTraffic(mut r) => {
+                    while let Some(record) = r.next_record() {
+                        let record = record?;
+                        discard += record.discard;
+                        sink(record.payload);
+                    }
+                    None
+                }
+                ConnectionState::BlockedHandshake => Some(Step::Handshaking),
+                ConnectionState::WriteTraffic(_) => Some(Step::Open),
+                ConnectionState::PeerClosed => Some(Step::PeerClosed),
+                ConnectionState::Closed => Some(Step::Closed),
+                // Early data exists only on the server side.
+                _ => Some(Step::Handshaking),
+            };
+            incoming.drain(..discard);
+            if let Some(step) = step {
+                return Ok(step);
+            }
+        }
+    }
+
+    /// Encrypts `data` into `out`. Call only once the connection is open.
+    pub fn encrypt(
+        &mut self,
+        incoming: &mut Vec<u8>,
+        out: &mut OutBuf,
+        data: &[u8],
+    ) -> Result<(), rustls::Error> {
+        self.write_traffic(incoming, out, |w, out| {
+            let need = ciphertext_bound(data.len());
+            loop {
+                match w.encrypt(data, out.spare(need)) {
+                    Ok(n) => {
+                        out.len += n;
+                        return Ok(());
+                    }
+                    Err(EncryptError::InsufficientSize(s)) => {
+                        out.spare(s.required_size);
+                    }
+                    Err(e) => return Err(rustls::Error::General(e.to_string())),
+                }
+            }
+        })
+    }
+
+    /// Queues a close_notify alert in `out`.
+    pub fn close_notify(
+        &mut self,
+        incoming: &mut Vec<u8>,
+        out: &mut OutBuf,
+    ) -> Result<(), rustls::Error> {
+        self.write_traffic(incoming, out, |w, out| {
+            let n = w
+                .queue_close_notify(out.spare(64))
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            out.len += n;
+            Ok(())
+        })
+    }
+
+    /// Runs `f` in the WriteTraffic state, first queueing any records
+    /// rustls has pending (a KeyUpdate answer) so they go out in order.
+    fn write_traffic(
+        &mut self,
+        incoming: &mut Vec<u8>,
+        out: &mut OutBuf,
+        f: impl FnOnce(
+            &mut rustls::unbuffered::WriteTraffic<'_, rustls::client::ClientConnectionData>,
+            &mut OutBuf,
+        ) -> Result<(), rustls::Error>,
+    ) -> Result<(), rustls::Error> {
+        let mut f = Some(f);
+        loop {
+            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(incoming);
+            let done = match state? {
+                ConnectionState::WriteTraffic(mut w) => {
+                    let f = f.take().ok_or(rustls::Error::HandshakeNotComplete)?;
+                    f(&mut w, out)?;
+                    true
+                }
+                ConnectionState::EncodeTlsData(mut e) => {
+                    encode(out, |buf| e.encode(buf))?;
+                    false
+                }
+                ConnectionState::TransmitTlsData(t) => {
+                    t.done();
+                    false
+                }
+                ConnectionState::ReadTraffic(mut r) => {
+                    while let Some(record) = r.next_record() {
+                        let record = record?;
+                        discard += record.discard;
+                        self.stash.extend_from_slice(record.payload);
+                    }
+                    false
+                }
+                // Not open (yet, or any more): nothing can be encrypted.
+                _ => return Err(rustls::Error::HandshakeNotComplete),
+            };
+            incoming.drain(..discard);
+            if done {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Appends one handshake record to `out`, growing it if rustls asks for more.
+fn encode(
+    out: &mut OutBuf,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> Result<(), rustls::Error> {
+    let mut want = 4096;
+    loop {
+        match encode(out.spare(want)) {
+            Ok(n) => {
+                out.len += n;
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(s)) => want = s.required_size,
+            Err(e) => return Err(rustls::Error::General(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256,
+    };
+    use rustls::pki_types::PrivatePkcs8KeyDer;
+    use rustls::server::WebPkiClientVerifier;
+    use rustls::{HandshakeKind, ProtocolVersion, ServerConfig, ServerConnection};
+
+    use super::*;
+
+    struct Pki {
+        ca: CertificateDer<'static>,
+        server: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+        client: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+    }
+
+    fn pki() -> Pki {
+        let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf = |names: Vec<String>| {
+            let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &ca, &ca_key)
+                .unwrap();
+            let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            (vec![cert.der().clone()], der)
+        };
+        Pki {
+            ca: ca.der().clone(),
+            server: leaf(vec!["localhost".into()]),
+            client: leaf(vec!["client".into()]),
+        }
+    }
+
+    fn server_config(pki: &Pki) -> Arc<ServerConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(pki.ca.clone()).unwrap();
+        let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+            .build()
+            .unwrap();
+        let (chain, key) = &pki.server;
+        let mut config = ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .unwrap();
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(64);
+        Arc::new(config)
+    }
+
+    fn setup(pki: &Pki, versions: Versions, with_cert: bool) -> ClientSetup {
+        ClientSetup {
+            roots: vec![pki.ca.clone()],
+            identity: with_cert.then(|| (pki.client.0.clone(), pki.client.1.clone_key())),
+            versions,
+            cipher: None,
+            kx_groups: Vec::new(),
+            resume: Some(64),
+        }
+    }
+
+    /// A client engine and a buffered rustls server joined in memory.
+    struct Pair {
+        engine: Engine,
+        incoming: Vec<u8>,
+        out: OutBuf,
+        server: ServerConnection,
+        received: Vec<u8>,
+    }
+
+    impl Pair {
+        fn new(client: Arc<ClientConfig>, server: Arc<ServerConfig>) -> Self {
+            Self {
+                engine: Engine::new(client, ServerName::try_from("localhost").unwrap()).unwrap(),
+                incoming: Vec::new(),
+                out: OutBuf::with_capacity(64),
+                server: ServerConnection::new(server).unwrap(),
+                received: Vec::new(),
+            }
+        }
+
+        /// Moves bytes both ways until neither side has anything to say;
+        /// returns the client's last step or the first error on either side.
+        fn run(&mut self) -> Result<Step, String> {
+            for _ in 0..32 {
+                let received = &mut self.received;
+                let step = self
+                    .engine
+                    .advance(&mut self.incoming, &mut self.out, |p| {
+                        received.extend_from_slice(p)
+                    })
+                    .map_err(|e| format!("client: {e}"))?;
+                let mut moved = false;
+                if !self.out.is_empty() {
+                    let mut pending = self.out.pending();
+                    self.server.read_tls(&mut pending).unwrap();
+                    self.out.len = 0;
+                    let state = self.server.process_new_packets();
+                    // Let the alert reach the client before reporting.
+                    let alert = state.err().map(|e| format!("server: {e}"));
+                    let mut echo = Vec::new();
+                    let _ = self.server.reader().read_to_end(&mut echo);
+                    if !echo.is_empty() {
+                        self.server.writer().write_all(&echo).unwrap();
+                    }
+                    self.drain_server();
+                    if let Some(alert) = alert {
+                        let _ = self
+                            .engine
+                            .advance(&mut self.incoming, &mut self.out, |_| {});
+                        return Err(alert);
+                    }
+                    moved = true;
+                }
+                if self.server.wants_write() {
+                    self.drain_server();
+                    moved = true;
+                }
+                if !moved {
+                    return Ok(step);
+                }
+            }
+            panic!("no progress");
+        }
+
+        fn drain_server(&mut self) {
+            while self.server.wants_write() {
+                self.server.write_tls(&mut self.incoming).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn handshake_echo_and_resumption_tls13() {
+        let pki = pki();
+        let server = server_config(&pki);
+        let client = client_config(&setup(&pki, Versions::Tls13, true)).unwrap();
+
+        let mut first = Pair::new(client.clone(), server.clone());
+        assert_eq!(first.run().unwrap(), Step::Open);
+        assert_eq!(
+            first.engine.conn().protocol_version(),
+            Some(ProtocolVersion::TLSv1_3)
+        );
+        assert_eq!(
+            first.engine.conn().handshake_kind(),
+            Some(HandshakeKind::Full)
+        );
+        first
+            .engine
+            .encrypt(&mut first.incoming, &mut first.out, b"ping")
+            .unwrap();
+        first.run().unwrap();
+        assert_eq!(first.received, b"ping");
+
+        // The tickets arrived with the echo; the next connection resumes.
+        let mut second = Pair::new(client, server);
+        assert_eq!(second.run().unwrap(), Step::Open);
+        assert_eq!(
+            second.engine.conn().handshake_kind(),
+            Some(HandshakeKind::Resumed)
+        );
+    }
+
+    #[test]
+    fn tls12_only_negotiates_tls12() {
+        let pki = pki();
+        let client = client_config(&setup(&pki, Versions::Tls12, true)).unwrap();
+        let mut pair = Pair::new(client, server_config(&pki));
+        assert_eq!(pair.run().unwrap(), Step::Open);
+        assert_eq!(
+            pair.engine.conn().protocol_version(),
+            Some(ProtocolVersion::TLSv1_2)
+        );
+    }
+
+    #[test]
+    fn missing_client_certificate_is_refused_by_the_server() {
+        let pki = pki();
+        let client = client_config(&setup(&pki, Versions::Tls13, false)).unwrap();
+        let mut pair = Pair::new(client, server_config(&pki));
+        // TLS 1.3: the client believes it is done before the server decides.
+        let err = pair.run().unwrap_err();
+        assert!(err.contains("server"), "{err}");
+    }
+
+    #[test]
+    fn close_notify_is_answered() {
+        let pki = pki();
+        let client = client_config(&setup(&pki, Versions::Both, true)).unwrap();
+        let mut pair = Pair::new(client, server_config(&pki));
+        pair.run().unwrap();
+        pair.engine
+            .close_notify(&mut pair.incoming, &mut pair.out)
+            .unwrap();
+        pair.server.send_close_notify();
+        let step = pair.run().unwrap();
+        assert!(matches!(step, Step::PeerClosed | Step::Closed), "{step:?}");
+    }
+
+    #[test]
+    fn cipher_filter_keeps_only_the_family() {
+        let pki = pki();
+        let mut s = setup(&pki, Versions::Tls13, true);
+        s.cipher = Some(Cipher::Chacha20);
+        let client = client_config(&s).unwrap();
+        let mut pair = Pair::new(client, server_config(&pki));
+        pair.run().unwrap();
+        assert_eq!(
+            pair.engine
+                .conn()
+                .negotiated_cipher_suite()
+                .unwrap()
+                .suite(),
+            CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+        );
+    }
+
+    #[test]
+    fn ticket_store_keeps_more_than_eight_tickets() {
+        let pki = pki();
+        let server = server_config(&pki);
+        let client = client_config(&setup(&pki, Versions::Tls13, true)).unwrap();
+        // Twenty connections, each leaving its tickets behind.
+        for _ in 0..20 {
+            let mut p = Pair::new(client.clone(), server.clone());
+            p.run().unwrap();
+            p.engine.encrypt(&mut p.incoming, &mut p.out, b"x").unwrap();
+            p.run().unwrap();
+        }
+        // Twenty concurrent openers all find a ticket.
+        let mut resumed = 0;
+        let mut pairs: Vec<Pair> = (0..20)
+            .map(|_| Pair::new(client.clone(), server.clone()))
+            .collect();
+        for p in &mut pairs {
+            // The ClientHello (and with it the ticket) is taken at the first advance.
+            p.engine
+                .advance(&mut p.incoming, &mut p.out, |_| {})
+                .unwrap();
+        }
+        for p in &mut pairs {
+            p.run().unwrap();
+            if p.engine.conn().handshake_kind() == Some(HandshakeKind::Resumed) {
+                resumed += 1;
+            }
+        }
+        assert_eq!(resumed, 20);
+    }
+
+    #[test]
+    fn parse_group_names() {
+        assert_eq!(parse_group("X25519").unwrap(), NamedGroup::X25519);
+        assert_eq!(parse_group("p256").unwrap(), NamedGroup::secp256r1);
+        assert!(parse_group("p521x").is_err());
+    }
+
+    #[test]
+    fn ciphertext_bound_covers_records() {
+        assert!(ciphertext_bound(0) >= 5 + 16);
+        assert!(ciphertext_bound(1 << 14) >= (1 << 14) + 22);
+        assert!(ciphertext_bound((1 << 14) + 1) >= (1 << 14) + 1 + 2 * 22);
+    }
+}
