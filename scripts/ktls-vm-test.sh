@@ -3,13 +3,25 @@
 # modules loaded, and report whether it passed.  The host kernel has no
 # CONFIG_TLS, so this is how tlsplice's kTLS path gets exercised.
 #
+# With no --payload, builds tlsplice and its kTLS integration test
+# (tests/ktls: cargo build, cargo test --test ktls --no-run) and runs, in the
+# VM, the C smoke test and then that test binary against the tlsplice binary
+# (TLSPLICE_REQUIRE_KTLS=1, --test-threads=1).
+#
 # Usage: scripts/ktls-vm-test.sh [options]
+#   --smoke-only         only the C smoke test (no cargo build)
+#   --mib N              MiB each way in the bulk tests (TLSPLICE_KTLS_MIB,
+#                        default 8)
+#   --conns N            connections in the descriptor-leak test
+#                        (TLSPLICE_KTLS_CONNS, default 1000)
+#   --test-args 'ARGS'   extra arguments for the test binary (e.g. a name filter)
 #   --payload DIR        copied to /payload in the VM (with the shared libraries
-#                        its executables need); default: the kTLS smoke test
-#   --cmd 'COMMAND'      run by /bin/sh in /payload (default: ./smoke)
+#                        its executables need) instead of the above
+#   --cmd 'COMMAND'      run by /bin/sh in /payload (required with --payload)
 #   --kernel-pkg NAME    Debian kernel image package (default: the newest
 #                        linux-image-6.1.*-amd64[-unsigned] apt-cache offers)
-#   --no-tls-stat-check  do not require TlsTxSw/TlsRxSw > 0 after the command
+#   --no-tls-stat-check  do not require TlsTxSw/TlsRxSw > 0 and
+#                        TlsDecryptError == 0 after the command
 #   --cmd-timeout SECS   timeout for the command inside the VM (default 420)
 #   --timeout SECS       hard wall-clock limit for qemu (default 600)
 #   --mem MB             guest memory (default 1024)
@@ -34,6 +46,7 @@ cache=${KTLS_VM_CACHE:-$repo/target/ktls-vm}
 
 payload="" cmd="" kernel_pkg="" stat_check=1
 cmd_timeout=420 qemu_timeout=600 mem=1024 log="" bzimage=0
+smoke_only=0 mib=8 conns=1000 test_args=""
 
 die() { echo "ktls-vm: error: $*" >&2; exit 2; }
 note() { echo "ktls-vm: $*" >&2; }
@@ -43,6 +56,10 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
 while (($#)); do
     case $1 in
+        --smoke-only) smoke_only=1; shift ;;
+        --mib) mib=${2:?--mib needs N}; shift 2 ;;
+        --conns) conns=${2:?--conns needs N}; shift 2 ;;
+        --test-args) test_args=${2?--test-args needs ARGS}; shift 2 ;;
         --payload) payload=${2:?--payload needs DIR}; shift 2 ;;
         --cmd) cmd=${2:?--cmd needs COMMAND}; shift 2 ;;
         --kernel-pkg) kernel_pkg=${2:?--kernel-pkg needs NAME}; shift 2 ;;
@@ -56,8 +73,10 @@ while (($#)); do
         *) usage >&2; die "unknown argument: $1" ;;
     esac
 done
-[[ $cmd_timeout =~ ^[0-9]+$ && $qemu_timeout =~ ^[0-9]+$ && $mem =~ ^[0-9]+$ ]] ||
-    die "--cmd-timeout, --timeout and --mem take whole numbers"
+[[ $cmd_timeout =~ ^[0-9]+$ && $qemu_timeout =~ ^[0-9]+$ && $mem =~ ^[0-9]+$ &&
+    $mib =~ ^[0-9]+$ && $conns =~ ^[0-9]+$ ]] ||
+    die "--cmd-timeout, --timeout, --mem, --mib and --conns take whole numbers"
+[[ $test_args =~ ^[A-Za-z0-9_=.,:\ -]*$ ]] || die "--test-args: unexpected characters"
 ((cmd_timeout < qemu_timeout)) || die "--cmd-timeout must be below --timeout"
 if [[ -n $payload ]]; then
     [[ -d $payload ]] || die "--payload $payload is not a directory"
@@ -237,12 +256,48 @@ done
 # ------------------------------------------------------------------ payload
 work=$(mktemp -d "$cache/work.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+t_build=0
 if [[ -z $payload ]]; then
-    payload=$work/smoke-payload
+    payload=$work/payload
     mkdir -p "$payload"
     gcc -O2 -static -Wall -Wextra -o "$payload/smoke" "$script_dir/ktls-vm/smoke.c" ||
         die "building smoke.c failed"
-    cmd=${cmd:-./smoke}
+    if ((smoke_only)); then
+        cmd=${cmd:-./smoke}
+    else
+        [[ -z $cmd ]] || die "--cmd needs --payload (or --smoke-only)"
+        command -v cargo >/dev/null 2>&1 || die "cargo not found"
+        t0=$(now)
+        note "cargo build; cargo test --test ktls --no-run"
+        # JSON on stdout (artifacts), human-readable diagnostics on stderr.
+        bin=$(cd "$repo" && cargo build --bin tlsplice --message-format=json-render-diagnostics |
+            grep '"reason":"compiler-artifact"' | grep '"kind":\["bin"\]' |
+            grep '"name":"tlsplice"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1) ||
+            die "cargo build failed"
+        test_bin=$(cd "$repo" && cargo test --test ktls --no-run --message-format=json-render-diagnostics |
+            grep '"reason":"compiler-artifact"' | grep '"kind":\["test"\]' |
+            grep '"name":"ktls"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1) ||
+            die "cargo test --no-run failed"
+        [[ -x $bin ]] || die "cargo build reported no tlsplice executable"
+        [[ -x $test_bin ]] || die "cargo test reported no ktls test executable"
+        # Debug info is most of a debug build's size, and the initramfs lives
+        # in guest RAM: leave it out (symbols stay, for backtraces).
+        copy_bin() {
+            if command -v strip >/dev/null 2>&1; then
+                strip --strip-debug -o "$2" "$1" || die "strip $1 failed"
+            else
+                cp "$1" "$2"
+            fi
+        }
+        copy_bin "$bin" "$payload/tlsplice"
+        copy_bin "$test_bin" "$payload/ktls-tests"
+        t_build=$(elapsed "$t0" "$(now)")
+        note "payload: $(du -sh "$payload" | cut -f1) (tlsplice from $bin, tests from $test_bin)"
+        # Both run even if the first fails; the markers say which failed.
+        cmd="./smoke; s=\$?; echo KTLS-VM-SMOKE-EXIT=\$s
+TLSPLICE_BIN=/payload/tlsplice TLSPLICE_REQUIRE_KTLS=1 TLSPLICE_KTLS_MIB=$mib TLSPLICE_KTLS_CONNS=$conns RUST_BACKTRACE=1 ./ktls-tests --test-threads=1 --nocapture $test_args; t=\$?; echo KTLS-VM-TESTS-EXIT=\$t
+[ \$s = 0 ] && [ \$t = 0 ]"
+    fi
 fi
 
 # ---------------------------------------------------------------- initramfs
@@ -389,7 +444,12 @@ tx_sw=$(stat_val TlsTxSw) rx_sw=$(stat_val TlsRxSw) dec_err=$(stat_val TlsDecryp
 if ((stat_check)); then
     [[ ${tx_sw:-0} -gt 0 ]] || fail+=("TlsTxSw=${tx_sw:-missing}, want > 0")
     [[ ${rx_sw:-0} -gt 0 ]] || fail+=("TlsRxSw=${rx_sw:-missing}, want > 0")
+    [[ ${dec_err:-x} == 0 ]] || fail+=("TlsDecryptError=${dec_err:-missing}, want 0")
 fi
+smoke_rc=$(sed -n 's/^KTLS-VM-SMOKE-EXIT=\([0-9]*\)$/\1/p' "$log" | tail -n 1)
+tests_rc=$(sed -n 's/^KTLS-VM-TESTS-EXIT=\([0-9]*\)$/\1/p' "$log" | tail -n 1)
+[[ -z $smoke_rc || $smoke_rc == 0 ]] || fail+=("smoke test exit status $smoke_rc")
+[[ -z $tests_rc || $tests_rc == 0 ]] || fail+=("ktls tests exit status $tests_rc")
 grep -q '^KTLS-VM-WARN' "$log" && note "warnings: $(grep '^KTLS-VM-WARN' "$log" | tr '\n' ';')"
 
 boot_to_init=n/a cmd_time=n/a
@@ -398,13 +458,15 @@ boot_to_init=n/a cmd_time=n/a
 echo
 echo "==== ktls-vm summary ===="
 echo "kernel:       $kernel_pkg ($kver, $boot_how)"
-echo "command:      $cmd"
+echo "command:      ${cmd//$'\n'/; }"
 echo "ulp:          ${ulp:-?}"
-echo "exit status:  ${cmd_rc:-none}"
+echo "exit status:  ${cmd_rc:-none}${smoke_rc:+ (smoke $smoke_rc${tests_rc:+, ktls tests $tests_rc})}"
+test_result=$(grep -E '^test result: ' "$log" | tail -n 1 || true)
+[[ -z $test_result ]] || echo "ktls tests:   ${test_result#test result: }"
 checked=""
 ((stat_check)) || checked=" (not checked)"
 echo "tls_stat:     TlsTxSw=${tx_sw:-?} TlsRxSw=${rx_sw:-?} TlsDecryptError=${dec_err:-?}$checked"
-echo "timings:      download ${t_dl}s, unpack ${t_unpack}s, initramfs ${t_initrd}s, boot-to-init ${boot_to_init}, command ${cmd_time}, qemu $(elapsed "$t_boot" "$t_end")s, total $(elapsed "$t_start" "$t_end")s"
+echo "timings:      download ${t_dl}s, unpack ${t_unpack}s, build ${t_build}s, initramfs ${t_initrd}s, boot-to-init ${boot_to_init}, command ${cmd_time}, qemu $(elapsed "$t_boot" "$t_end")s, total $(elapsed "$t_start" "$t_end")s"
 echo "log:          $log"
 if ((${#fail[@]})); then
     printf 'RESULT: FAIL\n'
