@@ -607,6 +607,7 @@ mod tests {
         };
         let cert = leaf(&ca, &spec).cert;
         let fp = Fingerprint::of(&cert);
+        let fp_label = format!("fp:{}", &fp.to_string()[..16]);
         let cases: Vec<(AllowEntry, &str, RuleKind)> = vec![
             (
                 AllowEntry::alias("billing", &cert).unwrap(),
@@ -615,7 +616,7 @@ mod tests {
             ),
             (
                 AllowEntry::fingerprint(&fp.to_string().to_uppercase()).unwrap(),
-                &*Box::leak(format!("fp:{}", &fp.to_string()[..16]).into_boxed_str()),
+                &fp_label,
                 RuleKind::Fingerprint,
             ),
             (
