@@ -6,3 +6,4 @@ pub mod certs;
 pub mod client_hello;
 pub mod records;
 pub mod server_config;
+pub mod verify;
