@@ -93,6 +93,8 @@ pub struct AccessRecord {
     pub suite: Option<String>,
     /// Subject of the client certificate, when one was presented.
     pub subject: Option<String>,
+    /// The client's identity: the allowlist entry it matched (alias or rule).
+    pub identity: Option<String>,
     /// Backend the connection was relayed to.
     pub backend: Option<String>,
     /// Data path: `userspace` (rustls records) or `ktls`.
@@ -120,6 +122,7 @@ impl AccessRecord {
             version: None,
             suite: None,
             subject: None,
+            identity: None,
             backend: None,
             path: "userspace",
             ktls_fallback: None,
@@ -141,6 +144,7 @@ impl AccessRecord {
             listener = %self.listener,
             sni = %opt(&self.sni),
             subject = %opt(&self.subject),
+            identity = %opt(&self.identity),
             alpn = %opt(&self.alpn),
             version = %opt(&self.version),
             suite = %opt(&self.suite),

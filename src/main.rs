@@ -86,6 +86,13 @@ struct ServeArgs {
     /// Kernel TLS offload: auto (when the kernel can), require, or off.
     #[arg(long)]
     ktls: Option<String>,
+    /// CRL file (PEM or DER) for client certificates (repeatable).
+    #[arg(long)]
+    crl: Vec<PathBuf>,
+    /// Allowlist rule (repeatable): alias:NAME=CERT_FILE, sha256:HEX, cn:GLOB,
+    /// dns:GLOB, uri:GLOB or spiffe://ID-GLOB.
+    #[arg(long)]
+    allow: Vec<String>,
 }
 
 impl ServeArgs {
@@ -105,6 +112,8 @@ impl ServeArgs {
             drain_timeout: self.drain_timeout.clone(),
             max_connections: self.max_connections,
             ktls: self.ktls.clone(),
+            crl: self.crl.clone(),
+            allow: self.allow.clone(),
         }
     }
 }

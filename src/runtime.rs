@@ -32,6 +32,7 @@ use crate::ktls::handover::{handover, Handover};
 use crate::ktls::probe::{self, Capabilities};
 use crate::pool::Buffers;
 use crate::relay::{splice, userspace};
+use crate::tls::verify::{identify, Allowlist, CacheConfig, VerifyCache};
 use crate::tls::{certs, server_config};
 use crate::trigger::Trigger;
 
@@ -63,6 +64,8 @@ pub struct Served {
     pub tls: Arc<ServerConfig>,
     /// Backends, in configured order.
     pub backends: Vec<Backend>,
+    /// The allowlist, to name the client after its handshake.
+    pub allowlist: Allowlist,
 }
 
 /// A listener's current [`Served`], shared by all workers.
@@ -78,12 +81,13 @@ struct ListenerPlan {
 }
 
 impl Served {
-    fn build(listener: &ListenerConfig) -> anyhow::Result<Self> {
-        let tls = server_config::build(&listener.tls)
+    fn build(listener: &ListenerConfig, cache: &Arc<VerifyCache>) -> anyhow::Result<Self> {
+        let tls = server_config::build(&listener.tls, cache)
             .with_context(|| format!("listener {}", listener.name))?;
         Ok(Self {
             tls,
             backends: listener.backends.clone(),
+            allowlist: listener.tls.allowlist.clone(),
         })
     }
 }
@@ -91,7 +95,11 @@ impl Served {
 /// Applies a reloaded configuration: every listener's TLS state and backends
 /// are built first, and only if all succeed are they swapped in. Listener
 /// names and addresses, workers and timeouts need a restart.
-fn apply_reload(plans: &[ListenerPlan], config: &Config) -> anyhow::Result<()> {
+fn apply_reload(
+    plans: &[ListenerPlan],
+    config: &Config,
+    cache: &Arc<VerifyCache>,
+) -> anyhow::Result<()> {
     let same_listeners = plans.len() == config.listeners.len()
         && plans
             .iter()
@@ -103,7 +111,7 @@ fn apply_reload(plans: &[ListenerPlan], config: &Config) -> anyhow::Result<()> {
     let built = config
         .listeners
         .iter()
-        .map(Served::build)
+        .map(|l| Served::build(l, cache))
         .collect::<anyhow::Result<Vec<_>>>()?;
     for (plan, served) in plans.iter().zip(built) {
         plan.served.store(Arc::new(served));
@@ -142,10 +150,13 @@ pub fn run(
     // has seen `on_ready` (or the listening log) must start a clean drain,
     // not kill the process with the default disposition.
     let signals = spawn_signal_forwarder()?;
+    // One verification cache for the process: workers share verdicts, and
+    // reloads start new generations in it.
+    let verify_cache = Arc::new(VerifyCache::new(CacheConfig::default()));
     let mut plans = Vec::new();
     let mut bound = Vec::new();
     for listener in &config.listeners {
-        let served = Served::build(listener)?;
+        let served = Served::build(listener, &verify_cache)?;
         let mut sockets: Vec<Vec<std::net::TcpListener>> =
             (0..workers).map(|_| Vec::new()).collect();
         for addr in &listener.listen {
@@ -225,7 +236,7 @@ pub fn run(
     while remaining > 0 {
         if let Ok(sig) = signals.recv_timeout(Duration::from_millis(100)) {
             if sig == signal_hook::consts::SIGHUP {
-                match reload().and_then(|config| apply_reload(&plans, &config)) {
+                match reload().and_then(|config| apply_reload(&plans, &config, &verify_cache)) {
                     Ok(()) => tracing::info!("reloaded: new connections use the new configuration"),
                     Err(e) => tracing::error!(
                         "reload failed, still serving the previous configuration: {}",
@@ -253,9 +264,14 @@ pub fn run(
     for h in handles {
         let _ = h.join();
     }
+    let cache = verify_cache.stats();
     tracing::info!(
-        "stopped: {}",
-        Counters::summary(counters.iter().map(|c| &**c))
+        "stopped: {}; verify cache hits={} negative_hits={} misses={} evictions={}",
+        Counters::summary(counters.iter().map(|c| &**c)),
+        cache.hits,
+        cache.negative_hits,
+        cache.misses,
+        cache.evictions
     );
     Ok(())
 }
@@ -508,6 +524,8 @@ async fn serve(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .map(certs::subject);
+    record.identity =
+        identify(&served.allowlist, conn.peer_certificates()).map(|id| id.label().to_owned());
 
     let (backend, chosen) =
         match connect::connect(&listener.pool, &served.backends, limits.connect_timeout).await {

@@ -20,6 +20,8 @@
 //! client_auth = "required"    # "required" | "optional" | "off"; default "required"
 //! client_ca = "pki/ca.crt"    # required unless client_auth = "off"
 //! alpn = ["http/1.1"]         # default []
+//! crl = ["pki/clients.crl"]   # client certificate CRLs, PEM or DER; default []
+//! allow = ["alias:billing=clients/billing.crt", "cn:batch-*", "spiffe://prod/ns/*/sa/api"]
 //! tls_versions = ["1.2", "1.3"]   # default both
 //! cipher_suites = ["AES_128_GCM", "AES_256_GCM", "CHACHA20_POLY1305"]  # default all
 //! backends = ["127.0.0.1:8080"]   # required; host:port, resolved at load
@@ -92,6 +94,10 @@ struct FileListener {
     cipher_suites: Option<Spanned<StringList>>,
     /// Backends as `host:port`; required.
     backends: Option<Spanned<StringList>>,
+    /// CRL files (PEM or DER) for client certificates; default none.
+    crl: Option<Spanned<StringList>>,
+    /// Allowlist rules; default none (every verified client admitted).
+    allow: Option<Spanned<StringList>>,
 }
 
 /// A list of strings, or one string standing for a list of one.
@@ -263,6 +269,8 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
                     .as_ref()
                     .map(|v| loc.path(v, field("client_ca"))),
                 alpn: inner.alpn.as_ref().map(|v| loc.list(v, field("alpn"))),
+                crl: inner.crl.as_ref().map(|v| loc.list(v, field("crl"))),
+                allow: inner.allow.as_ref().map(|v| loc.list(v, field("allow"))),
                 tls_versions: inner
                     .tls_versions
                     .as_ref()
@@ -336,6 +344,8 @@ const LISTENER_KEYS: &[&str] = &[
     "tls_versions",
     "cipher_suites",
     "backends",
+    "crl",
+    "allow",
 ];
 
 /// An error for a key the schema does not have. `key` is serde_ignored's

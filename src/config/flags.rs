@@ -29,6 +29,10 @@ pub struct Flags {
     pub workers: Option<usize>,
     /// `--alpn PROTO`, repeatable.
     pub alpn: Vec<String>,
+    /// `--crl FILE`, repeatable.
+    pub crl: Vec<PathBuf>,
+    /// `--allow RULE`, repeatable.
+    pub allow: Vec<String>,
     /// `--handshake-timeout DURATION`.
     pub handshake_timeout: Option<String>,
     /// `--idle-timeout DURATION`.
@@ -87,6 +91,15 @@ impl Flags {
                 .map(|v| at("client_auth", v.clone())),
             client_ca: path("client_ca", &self.client_ca),
             alpn: list("alpn", &self.alpn),
+            crl: list(
+                "crl",
+                &self
+                    .crl
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>(),
+            ),
+            allow: list("allow", &self.allow),
             tls_versions: None,
             cipher_suites: None,
             backends: list("backends", &self.backends),

@@ -21,6 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::tls::verify::{Allowlist, Crl};
+
 pub mod duration;
 pub mod file;
 mod flags;
@@ -160,6 +162,12 @@ pub struct TlsSettings {
     pub key_path: PathBuf,
     /// Path of the client CA bundle, if any.
     pub client_ca_path: Option<PathBuf>,
+    /// Certificate revocation lists for client certificates.
+    pub crls: Vec<Crl>,
+    /// Paths of the CRL files.
+    pub crl_paths: Vec<PathBuf>,
+    /// Which verified clients are admitted; empty admits every verified one.
+    pub allowlist: Allowlist,
 }
 
 /// Whether connections move to kernel TLS after the handshake.

@@ -19,6 +19,7 @@ use super::{
     Location, TlsSettings, TlsVersion,
 };
 use crate::tls::certs;
+use crate::tls::verify::{load_crls, AllowEntry, Allowlist, Crl};
 
 /// Defaults, shared by the file and the flags (and quoted in `docs/config.md`).
 pub(crate) mod defaults {
@@ -164,6 +165,10 @@ pub(crate) struct RawListener {
     pub cipher_suites: Option<RawList>,
     /// `backends`.
     pub backends: Option<RawList>,
+    /// `crl`.
+    pub crl: Option<RawList>,
+    /// `allow`.
+    pub allow: Option<RawList>,
 }
 
 /// A loaded client CA bundle and the file it came from.
@@ -584,6 +589,8 @@ impl Checker {
             None => None,
         };
         let alpn = self.alpn(l);
+        let (crl_paths, crls) = self.crls(l);
+        let allowlist = self.allowlist(l);
         let versions = self.versions(l);
         let cipher_suites = self.cipher_suites(l);
 
@@ -604,7 +611,74 @@ impl Checker {
             cert_path,
             key_path,
             client_ca_path,
+            crls,
+            crl_paths,
+            allowlist,
         })
+    }
+
+    /// CRL files, each loaded (and checked) now.
+    fn crls(&mut self, l: &RawListener) -> (Vec<PathBuf>, Vec<Crl>) {
+        let (mut paths, mut crls) = (Vec::new(), Vec::new());
+        for item in l.crl.iter().flat_map(|list| &list.value) {
+            let path_at = At {
+                value: PathBuf::from(&item.value),
+                site: item.site.clone(),
+            };
+            let Some(path) = self.path(&path_at) else {
+                continue;
+            };
+            match load_crls(&path) {
+                Ok(loaded) => {
+                    crls.extend(loaded);
+                    paths.push(path);
+                }
+                Err(e) => self.errors.push(item.site.error(e.to_string())),
+            }
+        }
+        (paths, crls)
+    }
+
+    /// Allowlist rules: `alias:NAME=CERT_FILE`, `sha256:HEX`, `cn:GLOB`,
+    /// `dns:GLOB`, `uri:GLOB`, `spiffe://...` (a SPIFFE ID glob).
+    fn allowlist(&mut self, l: &RawListener) -> Allowlist {
+        let mut entries: Vec<AllowEntry> = Vec::new();
+        for item in l.allow.iter().flat_map(|list| &list.value) {
+            let rule = item.value.as_str();
+            let entry = match rule.split_once(':') {
+                Some(("alias", rest)) => match rest.split_once('=') {
+                    Some((name, file)) => {
+                        let file_at = At {
+                            value: PathBuf::from(file),
+                            site: item.site.clone(),
+                        };
+                        let Some(path) = self.path(&file_at) else { continue };
+                        certs::load_certs(&path)
+                            .map_err(|e| e.to_string())
+                            .and_then(|chain| {
+                                AllowEntry::alias(name, &chain[0]).map_err(|e| e.to_string())
+                            })
+                    }
+                    None => Err("an alias rule is alias:NAME=CERT_FILE".to_string()),
+                },
+                Some(("sha256", hex)) => AllowEntry::fingerprint(hex).map_err(|e| e.to_string()),
+                Some(("cn", glob)) => AllowEntry::subject_cn(glob).map_err(|e| e.to_string()),
+                Some(("dns", glob)) => AllowEntry::dns_san(glob).map_err(|e| e.to_string()),
+                Some(("uri", glob)) => AllowEntry::uri_san(glob).map_err(|e| e.to_string()),
+                Some(("spiffe", _)) => AllowEntry::spiffe_id(rule).map_err(|e| e.to_string()),
+                _ => Err(format!(
+                    "unknown rule {rule:?}; use alias:NAME=CERT_FILE, sha256:HEX, cn:GLOB, dns:GLOB, uri:GLOB or spiffe://ID"
+                )),
+            };
+            match entry {
+                Ok(e) if entries.contains(&e) => self
+                    .errors
+                    .push(item.site.error(format!("{rule:?} is listed twice"))),
+                Ok(e) => entries.push(e),
+                Err(m) => self.errors.push(item.site.error(m)),
+            }
+        }
+        Allowlist::new(entries)
     }
 
     /// The client CA bundle and its path; `(None, [])` when not needed,

@@ -3,25 +3,20 @@
 use std::sync::Arc;
 
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::pki_types::UnixTime;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CipherSuite as Suite, RootCertStore, ServerConfig, SupportedCipherSuite};
+use rustls::{CipherSuite as Suite, ServerConfig, SupportedCipherSuite};
 
 use crate::config::{CipherSuite, ClientAuth, TlsSettings, TlsVersion};
+use crate::tls::verify::{ClientAuthMode, TrustError, TrustSettings, TrustVerifier, VerifyCache};
 
 /// Why a listener's TLS settings could not become a rustls configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerConfigError {
-    /// A client CA certificate was rejected as a trust anchor.
-    #[error("client CA {path}: {source}")]
-    ClientCa {
-        /// The CA bundle.
-        path: String,
-        /// What webpki said.
-        source: rustls::Error,
-    },
-    /// The client certificate verifier could not be built.
-    #[error("client certificate verifier: {0}")]
-    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// The client trust store (CAs, CRLs) was refused.
+    #[error("client trust: {0}")]
+    Trust(#[from] TrustError),
     /// rustls refused the combination of versions, suites or key.
     #[error("{0}")]
     Rustls(#[from] rustls::Error),
@@ -35,7 +30,14 @@ pub enum ServerConfigError {
 /// Secret extraction is enabled so the kernel TLS handover can take the
 /// session keys; early data stays off because 0-RTT data is replayable and
 /// cannot be handed to the kernel.
-pub fn build(settings: &TlsSettings) -> Result<Arc<ServerConfig>, ServerConfigError> {
+///
+/// Client chains are checked through `cache`, shared by every listener and
+/// kept across reloads; each build starts a new cache generation, so a
+/// reloaded trust store never sees verdicts made under the old one.
+pub fn build(
+    settings: &TlsSettings,
+    cache: &Arc<VerifyCache>,
+) -> Result<Arc<ServerConfig>, ServerConfigError> {
     let provider = Arc::new(provider_for(&settings.cipher_suites, &settings.versions)?);
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = settings
         .versions
@@ -46,30 +48,22 @@ pub fn build(settings: &TlsSettings) -> Result<Arc<ServerConfig>, ServerConfigEr
         })
         .collect();
 
-    let verifier = match settings.client_auth {
+    let verifier: Arc<dyn ClientCertVerifier> = match settings.client_auth {
         ClientAuth::Off => WebPkiClientVerifier::no_client_auth(),
         mode => {
-            let mut roots = RootCertStore::empty();
-            for ca in &settings.client_ca {
-                roots
-                    .add(ca.clone())
-                    .map_err(|source| ServerConfigError::ClientCa {
-                        path: settings
-                            .client_ca_path
-                            .as_deref()
-                            .map(|p| p.display().to_string())
-                            .unwrap_or_default(),
-                        source,
-                    })?;
-            }
-            let builder =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-            let builder = if mode == ClientAuth::Optional {
-                builder.allow_unauthenticated()
-            } else {
-                builder
+            let mode = match mode {
+                ClientAuth::Optional => ClientAuthMode::Optional,
+                _ => ClientAuthMode::Required,
             };
-            builder.build()?
+            let mut trust = TrustSettings::new(mode, settings.client_ca.clone());
+            trust.crls = settings.crls.clone();
+            trust.allowlist = settings.allowlist.clone();
+            let verifier =
+                TrustVerifier::new(&trust, provider.clone(), cache.clone(), UnixTime::now())?;
+            for warning in verifier.warnings() {
+                tracing::warn!("{warning}");
+            }
+            Arc::new(verifier)
         }
     };
 
