@@ -271,6 +271,35 @@ impl Pki {
         self.dir.path()
     }
 
+    /// A CRL (PEM) issued by the test CA revoking `revoked`.
+    pub fn crl(&self, revoked: &[&Identity]) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(1),
+            next_update: now + time::Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|id| {
+                    let (_, cert) = x509_parser::parse_x509_certificate(&id.cert_der).unwrap();
+                    rcgen::RevokedCertParams {
+                        serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+                        revocation_time: now - time::Duration::minutes(1),
+                        reason_code: None,
+                        invalidity_date: None,
+                    }
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.ca.cert, &self.ca.key)
+            .unwrap()
+            .pem()
+            .unwrap()
+    }
+
     /// The RSA-2048 server identity (generated on first use: RSA key
     /// generation is the slow part of the PKI).
     pub fn server_rsa(&self) -> &Identity {

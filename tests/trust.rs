@@ -1,0 +1,138 @@
+//! Client trust end to end: CRLs (and un-revoking by reload) and allowlists,
+//! with the alert each refusal sends and the identity in the access log.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+use rustls::AlertDescription;
+
+/// Admitted: an echo round trip works. Refused: the alert the client got.
+fn outcome(server: &Server, opts: &ClientOpts) -> Result<(), rustls::Error> {
+    let mut tls = match tls_connect(server.addr(), opts.build()) {
+        Ok(tls) => tls,
+        Err(e) => return Err(rustls_error(&e).expect("TLS alert").clone()),
+    };
+    // TLS 1.3: the verdict on the client certificate shows on the first read.
+    let _ = tls.write_all(b"ping\n").and_then(|()| tls.flush());
+    let mut buf = [0u8; 5];
+    match tls.read_exact(&mut buf) {
+        Ok(()) => {
+            assert_eq!(&buf, b"ping\n");
+            Ok(())
+        }
+        Err(e) => Err(rustls_error(&e)
+            .unwrap_or_else(|| panic!("refused without an alert: {e}"))
+            .clone()),
+    }
+}
+
+#[test]
+fn revoked_client_refused_then_admitted_after_reload() {
+    let pki = Pki::new();
+    let backend = Backend::echo();
+    let crl = pki.path().join("clients.crl");
+    fs::write(&crl, pki.crl(&[&pki.client])).unwrap();
+    let mut args = ServeArgs::new(&pki, backend.addr);
+    args.flag("--crl", crl.to_str().unwrap());
+    let server = args.spawn();
+    let client = ClientOpts::new(&pki).identity(Some(&pki.client));
+
+    assert_eq!(
+        outcome(&server, &client),
+        Err(rustls::Error::AlertReceived(
+            AlertDescription::CertificateRevoked
+        ))
+    );
+    assert_eq!(
+        backend.accepted(),
+        0,
+        "a revoked client reached the backend"
+    );
+
+    fs::write(&crl, pki.crl(&[])).unwrap();
+    server.signal(libc::SIGHUP);
+    server
+        .log
+        .wait_line(Duration::from_secs(10), &["reloaded"])
+        .expect("reload logged");
+    assert_eq!(outcome(&server, &client), Ok(()));
+}
+
+#[test]
+fn allowlist_alias_admitted_with_identity_unlisted_refused() {
+    let pki = Pki::new();
+    let backend = Backend::echo();
+    let alias_rule = format!("alias:billing={}", pki.client.cert_path.display());
+
+    // Listed by alias: admitted, and the access log names it.
+    let mut args = ServeArgs::new(&pki, backend.addr);
+    args.flag("--allow", &alias_rule);
+    let server = args.spawn();
+    let client = ClientOpts::new(&pki).identity(Some(&pki.client));
+    assert_eq!(outcome(&server, &client), Ok(()));
+    let line = server
+        .log
+        .wait_line(Duration::from_secs(10), &["access", "identity=billing"])
+        .unwrap_or_else(|| panic!("identity in access log:\n{}", server.log.text()));
+    assert!(line.contains("reason=done"), "{line}");
+    drop(server);
+
+    // Verified by the CA but matching no rule: access_denied.
+    let mut args = ServeArgs::new(&pki, backend.addr);
+    args.flag("--allow", "cn:someone-else")
+        .flag("--allow", "sha256:00");
+    let mut args_ok = ServeArgs::new(&pki, backend.addr);
+    args_ok.flag("--allow", "cn:test-*");
+    let accepted_before = backend.accepted();
+    let bad = ServeArgs::new(&pki, backend.addr)
+        .flag("--allow", "cn:someone-else")
+        .spawn();
+    assert_eq!(
+        outcome(&bad, &client),
+        Err(rustls::Error::AlertReceived(AlertDescription::AccessDenied))
+    );
+    assert_eq!(
+        backend.accepted(),
+        accepted_before,
+        "an unlisted client reached the backend"
+    );
+    drop(bad);
+
+    // A glob on the subject CN admits it, named by the rule.
+    let glob = ServeArgs::new(&pki, backend.addr)
+        .flag("--allow", "cn:test-*")
+        .spawn();
+    assert_eq!(outcome(&glob, &client), Ok(()));
+    glob.log
+        .wait_line(
+            Duration::from_secs(10),
+            &["access", "identity=cn:test-client"],
+        )
+        .unwrap_or_else(|| panic!("glob identity:\n{}", glob.log.text()));
+
+    // A malformed rule is a flag error naming it.
+    let (status, _, err) = run_tlsplice(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            pki.server.cert_path.to_str().unwrap(),
+            "--key",
+            pki.server.key_path.to_str().unwrap(),
+            "--client-ca",
+            pki.ca_path.to_str().unwrap(),
+            "--backend",
+            &backend.addr.to_string(),
+            "--allow",
+            "sha256:00",
+        ],
+        None,
+    );
+    assert!(!status.success());
+    assert!(err.contains("--allow"), "{err}");
+}
