@@ -47,7 +47,7 @@ struct ServeArgs {
     /// Address to listen on (repeatable), e.g. 0.0.0.0:8443 or [::]:8443.
     #[arg(long)]
     listen: Vec<String>,
-    /// Server certificate chain (PEM or DER).
+    /// Server certificate chain (PEM or DER), or a PKCS#12 bundle (.p12/.pfx) holding the key too.
     #[arg(long)]
     cert: Option<PathBuf>,
     /// Server private key (PEM or DER).
@@ -93,6 +93,12 @@ struct ServeArgs {
     /// dns:GLOB, uri:GLOB or spiffe://ID-GLOB.
     #[arg(long)]
     allow: Vec<String>,
+    /// File whose first line is the password of a PKCS#12 (.p12/.pfx) --cert.
+    #[arg(long)]
+    cert_password_file: Option<PathBuf>,
+    /// Environment variable holding the password of a PKCS#12 --cert.
+    #[arg(long)]
+    cert_password_env: Option<String>,
 }
 
 impl ServeArgs {
@@ -114,6 +120,8 @@ impl ServeArgs {
             ktls: self.ktls.clone(),
             crl: self.crl.clone(),
             allow: self.allow.clone(),
+            cert_password_file: self.cert_password_file.clone(),
+            cert_password_env: self.cert_password_env.clone(),
         }
     }
 }

@@ -136,3 +136,42 @@ fn allowlist_alias_admitted_with_identity_unlisted_refused() {
     assert!(!status.success());
     assert!(err.contains("--allow"), "{err}");
 }
+
+/// A PKCS#12 bundle made by `openssl pkcs12 -export` (AES, the OpenSSL 3
+/// default) serves as the server identity, its password read from a file;
+/// a wrong password is a configuration error naming the file.
+#[test]
+fn pkcs12_server_identity() {
+    require_tool("openssl");
+    let pki = Pki::new();
+    let backend = Backend::echo();
+    let p12 = pki.path().join("server.p12");
+    let password = pki.path().join("p12.pass");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let status = std::process::Command::new("openssl")
+        .args(["pkcs12", "-export", "-passout", "pass:s3cret", "-in"])
+        .arg(&pki.server.cert_path)
+        .arg("-inkey")
+        .arg(&pki.server.key_path)
+        .arg("-out")
+        .arg(&p12)
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl pkcs12 -export");
+
+    let mut args = ServeArgs::new(&pki, backend.addr);
+    args.remove("--key")
+        .set("--cert", p12.to_str().unwrap())
+        .flag("--cert-password-file", password.to_str().unwrap());
+    let server = args.spawn();
+    let client = ClientOpts::new(&pki).identity(Some(&pki.client));
+    assert_eq!(outcome(&server, &client), Ok(()));
+
+    std::fs::write(&password, "wrong\n").unwrap();
+    let (status, _, err) = run_tlsplice(
+        &args.args.iter().map(String::as_str).collect::<Vec<_>>(),
+        None,
+    );
+    assert!(!status.success());
+    assert!(err.contains("server.p12"), "{err}");
+}

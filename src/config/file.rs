@@ -96,6 +96,10 @@ struct FileListener {
     backends: Option<Spanned<StringList>>,
     /// CRL files (PEM or DER) for client certificates; default none.
     crl: Option<Spanned<StringList>>,
+    /// File whose first line is the password of a PKCS#12 `cert`.
+    cert_password_file: Option<Spanned<String>>,
+    /// Environment variable holding that password.
+    cert_password_env: Option<Spanned<String>>,
     /// Allowlist rules; default none (every verified client admitted).
     allow: Option<Spanned<StringList>>,
 }
@@ -270,6 +274,14 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
                     .map(|v| loc.path(v, field("client_ca"))),
                 alpn: inner.alpn.as_ref().map(|v| loc.list(v, field("alpn"))),
                 crl: inner.crl.as_ref().map(|v| loc.list(v, field("crl"))),
+                cert_password_file: inner
+                    .cert_password_file
+                    .as_ref()
+                    .map(|v| loc.path(v, field("cert_password_file"))),
+                cert_password_env: inner
+                    .cert_password_env
+                    .as_ref()
+                    .map(|v| loc.at(v, field("cert_password_env"))),
                 allow: inner.allow.as_ref().map(|v| loc.list(v, field("allow"))),
                 tls_versions: inner
                     .tls_versions
@@ -346,6 +358,8 @@ const LISTENER_KEYS: &[&str] = &[
     "backends",
     "crl",
     "allow",
+    "cert_password_file",
+    "cert_password_env",
 ];
 
 /// An error for a key the schema does not have. `key` is serde_ignored's

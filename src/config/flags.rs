@@ -33,6 +33,10 @@ pub struct Flags {
     pub crl: Vec<PathBuf>,
     /// `--allow RULE`, repeatable.
     pub allow: Vec<String>,
+    /// `--cert-password-file FILE`, for a PKCS#12 `--cert`.
+    pub cert_password_file: Option<PathBuf>,
+    /// `--cert-password-env VAR`.
+    pub cert_password_env: Option<String>,
     /// `--handshake-timeout DURATION`.
     pub handshake_timeout: Option<String>,
     /// `--idle-timeout DURATION`.
@@ -100,6 +104,11 @@ impl Flags {
                     .collect::<Vec<_>>(),
             ),
             allow: list("allow", &self.allow),
+            cert_password_file: path("cert_password_file", &self.cert_password_file),
+            cert_password_env: self
+                .cert_password_env
+                .as_ref()
+                .map(|v| at("cert_password_env", v.clone())),
             tls_versions: None,
             cipher_suites: None,
             backends: list("backends", &self.backends),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::duration::{format_duration, parse_duration};
 use super::{
@@ -19,7 +19,14 @@ use super::{
     Location, TlsSettings, TlsVersion,
 };
 use crate::tls::certs;
-use crate::tls::verify::{load_crls, AllowEntry, Allowlist, Crl};
+use crate::tls::verify::{load_crls, load_pkcs12, AllowEntry, Allowlist, Crl};
+
+/// Whether a certificate file is a PKCS#12 bundle, by its extension.
+fn is_pkcs12(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("p12") || e.eq_ignore_ascii_case("pfx"))
+}
 
 /// Defaults, shared by the file and the flags (and quoted in `docs/config.md`).
 pub(crate) mod defaults {
@@ -167,6 +174,10 @@ pub(crate) struct RawListener {
     pub backends: Option<RawList>,
     /// `crl`.
     pub crl: Option<RawList>,
+    /// `cert_password_file`: password of a PKCS#12 `cert`.
+    pub cert_password_file: Option<At<PathBuf>>,
+    /// `cert_password_env`: environment variable holding it.
+    pub cert_password_env: Option<At<String>>,
     /// `allow`.
     pub allow: Option<RawList>,
 }
@@ -523,6 +534,36 @@ impl Checker {
             c.site(i, key, &l.location).error(hint)
         };
 
+        // A PKCS#12 bundle holds the chain and the key together.
+        if let Some(v) = l.cert.as_ref().filter(|v| is_pkcs12(&v.value)) {
+            if let Some(k) = &l.key {
+                self.errors.push(
+                    k.site.error(
+                        "not used: the PKCS#12 cert already holds the private key".to_string(),
+                    ),
+                );
+            }
+            let password = self.pkcs12_password(l);
+            let loaded = self.path(v).and_then(|path| {
+                match load_pkcs12(&path, password.as_deref().unwrap_or("")) {
+                    Ok((chain, key)) => {
+                        self.check_validity(&v.site, &path, &chain);
+                        Some((path, chain, key))
+                    }
+                    Err(e) => {
+                        self.errors.push(v.site.error(e.to_string()));
+                        None
+                    }
+                }
+            });
+            return self.tls_rest(
+                i,
+                l,
+                errors_before,
+                loaded.map(|(p, c, k)| ((p.clone(), c), (p, k))),
+            );
+        }
+
         // Certificate chain.
         let cert = match &l.cert {
             None => {
@@ -566,7 +607,55 @@ impl Checker {
                 self.errors.push(key_site.error(e.to_string()));
             }
         }
+        let identity = match (cert, key) {
+            (Some(cert), Some((key_path, key, _))) => Some((cert, (key_path, key))),
+            _ => None,
+        };
+        self.tls_rest(i, l, errors_before, identity)
+    }
 
+    /// The password of a PKCS#12 `cert`: from `cert_password_file` (first
+    /// line), or the variable `cert_password_env` names; none means empty.
+    fn pkcs12_password(&mut self, l: &RawListener) -> Option<String> {
+        if let Some(v) = &l.cert_password_file {
+            let path = self.path(v)?;
+            return match std::fs::read_to_string(&path) {
+                Ok(text) => Some(text.lines().next().unwrap_or("").to_string()),
+                Err(e) => {
+                    self.errors
+                        .push(v.site.error(format!("cannot read {}: {e}", path.display())));
+                    None
+                }
+            };
+        }
+        if let Some(v) = &l.cert_password_env {
+            return match std::env::var(&v.value) {
+                Ok(password) => Some(password),
+                Err(_) => {
+                    self.errors.push(
+                        v.site
+                            .error(format!("environment variable {} is not set", v.value)),
+                    );
+                    None
+                }
+            };
+        }
+        None
+    }
+
+    /// Everything of a listener's TLS settings after its identity (chain
+    /// and key) was loaded, or failed to load.
+    #[allow(clippy::type_complexity)]
+    fn tls_rest(
+        &mut self,
+        i: usize,
+        l: &RawListener,
+        errors_before: usize,
+        identity: Option<(
+            (PathBuf, Vec<CertificateDer<'static>>),
+            (PathBuf, PrivateKeyDer<'static>),
+        )>,
+    ) -> Option<TlsSettings> {
         // `None` when the mode is invalid: whether a CA is needed is then
         // unknown, so only a given CA file is checked.
         let client_auth = match &l.client_auth {
@@ -597,8 +686,7 @@ impl Checker {
         if self.errors.len() > errors_before {
             return None;
         }
-        let (cert_path, cert_chain) = cert?;
-        let (key_path, key, _) = key?;
+        let ((cert_path, cert_chain), (key_path, key)) = identity?;
         let (client_ca_path, client_ca) = client_ca?;
         Some(TlsSettings {
             cert_chain,
