@@ -93,6 +93,9 @@ struct ServeArgs {
     /// dns:GLOB, uri:GLOB or spiffe://ID-GLOB.
     #[arg(long)]
     allow: Vec<String>,
+    /// DER OCSP response to staple to the server certificate (re-read on SIGHUP).
+    #[arg(long)]
+    ocsp_staple: Option<PathBuf>,
     /// File whose first line is the password of a PKCS#12 (.p12/.pfx) --cert.
     #[arg(long)]
     cert_password_file: Option<PathBuf>,
@@ -120,6 +123,7 @@ impl ServeArgs {
             ktls: self.ktls.clone(),
             crl: self.crl.clone(),
             allow: self.allow.clone(),
+            ocsp_staple: self.ocsp_staple.clone(),
             cert_password_file: self.cert_password_file.clone(),
             cert_password_env: self.cert_password_env.clone(),
         }

@@ -175,3 +175,77 @@ fn pkcs12_server_identity() {
     assert!(!status.success());
     assert!(err.contains("server.p12"), "{err}");
 }
+
+/// An OCSP response produced by `openssl ocsp` is stapled, and `openssl
+/// s_client -status` shows it as a good response for the server certificate.
+#[test]
+fn ocsp_staple_from_file() {
+    require_tool("openssl");
+    let pki = Pki::new();
+    let backend = Backend::echo();
+    let dir = pki.path();
+    let serial = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(&pki.server.cert_path)
+        .output()
+        .unwrap();
+    let serial = String::from_utf8_lossy(&serial.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .to_string();
+    std::fs::write(
+        dir.join("index.txt"),
+        format!("V\t391231235959Z\t\t{serial}\tunknown\t/CN=localhost\n"),
+    )
+    .unwrap();
+    let resp = dir.join("server.ocsp");
+    let status = std::process::Command::new("openssl")
+        .args(["ocsp", "-ndays", "1", "-index"])
+        .arg(dir.join("index.txt"))
+        .arg("-rsigner")
+        .arg(&pki.ca_path)
+        .arg("-rkey")
+        .arg(dir.join("ca.key"))
+        .arg("-CA")
+        .arg(&pki.ca_path)
+        .arg("-issuer")
+        .arg(&pki.ca_path)
+        .arg("-cert")
+        .arg(&pki.server.cert_path)
+        .arg("-respout")
+        .arg(&resp)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl ocsp");
+
+    let mut args = ServeArgs::new(&pki, backend.addr);
+    args.flag("--ocsp-staple", resp.to_str().unwrap());
+    let server = args.spawn();
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args(["s_client", "-status", "-connect"])
+        .arg(server.addr().to_string())
+        .args(["-servername", "localhost", "-CAfile"])
+        .arg(&pki.ca_path)
+        .arg("-cert")
+        .arg(&pki.client.cert_path)
+        .arg("-key")
+        .arg(&pki.client.key_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let (_, out, err) = run_bounded(cmd, Duration::from_secs(20));
+    let all = format!("{out}\n{err}");
+    assert!(all.contains("OCSP Response Status: successful"), "{all}");
+    assert!(all.contains("Cert Status: good"), "{all}");
+
+    // Not DER: refused at load, naming the file.
+    std::fs::write(&resp, "-----BEGIN NOT OCSP-----\n").unwrap();
+    let (status, _, err) = run_tlsplice(
+        &args.args.iter().map(String::as_str).collect::<Vec<_>>(),
+        None,
+    );
+    assert!(!status.success());
+    assert!(err.contains("server.ocsp"), "{err}");
+}

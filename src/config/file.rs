@@ -96,6 +96,8 @@ struct FileListener {
     backends: Option<Spanned<StringList>>,
     /// CRL files (PEM or DER) for client certificates; default none.
     crl: Option<Spanned<StringList>>,
+    /// DER OCSP response stapled to the server certificate.
+    ocsp_staple: Option<Spanned<String>>,
     /// File whose first line is the password of a PKCS#12 `cert`.
     cert_password_file: Option<Spanned<String>>,
     /// Environment variable holding that password.
@@ -274,6 +276,10 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
                     .map(|v| loc.path(v, field("client_ca"))),
                 alpn: inner.alpn.as_ref().map(|v| loc.list(v, field("alpn"))),
                 crl: inner.crl.as_ref().map(|v| loc.list(v, field("crl"))),
+                ocsp_staple: inner
+                    .ocsp_staple
+                    .as_ref()
+                    .map(|v| loc.path(v, field("ocsp_staple"))),
                 cert_password_file: inner
                     .cert_password_file
                     .as_ref()
@@ -360,6 +366,7 @@ const LISTENER_KEYS: &[&str] = &[
     "allow",
     "cert_password_file",
     "cert_password_env",
+    "ocsp_staple",
 ];
 
 /// An error for a key the schema does not have. `key` is serde_ignored's

@@ -33,6 +33,8 @@ pub struct Flags {
     pub crl: Vec<PathBuf>,
     /// `--allow RULE`, repeatable.
     pub allow: Vec<String>,
+    /// `--ocsp-staple FILE`.
+    pub ocsp_staple: Option<PathBuf>,
     /// `--cert-password-file FILE`, for a PKCS#12 `--cert`.
     pub cert_password_file: Option<PathBuf>,
     /// `--cert-password-env VAR`.
@@ -104,6 +106,7 @@ impl Flags {
                     .collect::<Vec<_>>(),
             ),
             allow: list("allow", &self.allow),
+            ocsp_staple: path("ocsp_staple", &self.ocsp_staple),
             cert_password_file: path("cert_password_file", &self.cert_password_file),
             cert_password_env: self
                 .cert_password_env

@@ -162,6 +162,8 @@ pub struct TlsSettings {
     pub key_path: PathBuf,
     /// Path of the client CA bundle, if any.
     pub client_ca_path: Option<PathBuf>,
+    /// DER OCSP response stapled to the server certificate, if configured.
+    pub ocsp_staple: Option<Vec<u8>>,
     /// Certificate revocation lists for client certificates.
     pub crls: Vec<Crl>,
     /// Paths of the CRL files.

@@ -174,6 +174,8 @@ pub(crate) struct RawListener {
     pub backends: Option<RawList>,
     /// `crl`.
     pub crl: Option<RawList>,
+    /// `ocsp_staple`: DER OCSP response file for the server certificate.
+    pub ocsp_staple: Option<At<PathBuf>>,
     /// `cert_password_file`: password of a PKCS#12 `cert`.
     pub cert_password_file: Option<At<PathBuf>>,
     /// `cert_password_env`: environment variable holding it.
@@ -679,6 +681,7 @@ impl Checker {
         };
         let alpn = self.alpn(l);
         let (crl_paths, crls) = self.crls(l);
+        let ocsp_staple = self.ocsp_staple(l);
         let allowlist = self.allowlist(l);
         let versions = self.versions(l);
         let cipher_suites = self.cipher_suites(l);
@@ -699,10 +702,36 @@ impl Checker {
             cert_path,
             key_path,
             client_ca_path,
+            ocsp_staple,
             crls,
             crl_paths,
             allowlist,
         })
+    }
+
+    /// The OCSP response to staple: read as is (DER), since the operator
+    /// refreshes the file and reloads; an empty file staples nothing.
+    fn ocsp_staple(&mut self, l: &RawListener) -> Option<Vec<u8>> {
+        let v = l.ocsp_staple.as_ref()?;
+        let path = self.path(v)?;
+        match std::fs::read(&path) {
+            Ok(der) if der.is_empty() => None,
+            // An OCSPResponse is a DER SEQUENCE; anything else (PEM, text)
+            // would be stapled as garbage and break strict clients.
+            Ok(der) if der[0] == 0x30 => Some(der),
+            Ok(_) => {
+                self.errors.push(v.site.error(format!(
+                    "{} is not a DER OCSP response (openssl ocsp -respout writes one)",
+                    path.display()
+                )));
+                None
+            }
+            Err(e) => {
+                self.errors
+                    .push(v.site.error(format!("cannot read {}: {e}", path.display())));
+                None
+            }
+        }
     }
 
     /// CRL files, each loaded (and checked) now.

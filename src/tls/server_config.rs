@@ -70,7 +70,11 @@ pub fn build(
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(settings.cert_chain.clone(), settings.key.clone_key())?;
+        .with_single_cert_with_ocsp(
+            settings.cert_chain.clone(),
+            settings.key.clone_key(),
+            settings.ocsp_staple.clone().unwrap_or_default(),
+        )?;
     config.alpn_protocols = settings.alpn.clone();
     config.enable_secret_extraction = true;
     config.max_early_data_size = 0;
