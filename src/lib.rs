@@ -16,3 +16,4 @@ pub mod relay;
 pub mod runtime;
 pub mod tls;
 pub mod trigger;
+pub mod watch;

@@ -40,6 +40,9 @@ use crate::trigger::Trigger;
 const RING_ENTRIES: u32 = 4096;
 /// How long workers wait for connections to finish after the drain expired.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How often the files a configuration names are checked for changes (a
+/// change reloads once they have been quiet for twice this).
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// Idle buffers each worker keeps per size class (about 5 MiB in all).
 const BUFFERS_KEPT: usize = 64;
 /// Pause before accepting again when the process is out of descriptors.
@@ -149,7 +152,10 @@ pub fn run(
     // Before anything is announced: a signal that arrives once the caller
     // has seen `on_ready` (or the listening log) must start a clean drain,
     // not kill the process with the default disposition.
-    let signals = spawn_signal_forwarder()?;
+    let (events, signals) = mpsc::channel();
+    spawn_signal_forwarder(events.clone())?;
+    crate::watch::spawn(config.files(), WATCH_INTERVAL, events)
+        .context("cannot start the file watcher")?;
     // One verification cache for the process: workers share verdicts, and
     // reloads start new generations in it.
     let verify_cache = Arc::new(VerifyCache::new(CacheConfig::default()));
@@ -286,11 +292,10 @@ impl Drop for DoneSignal {
 }
 
 /// Forwards SIGTERM, SIGINT and SIGHUP to a channel the main thread polls.
-fn spawn_signal_forwarder() -> anyhow::Result<mpsc::Receiver<i32>> {
+fn spawn_signal_forwarder(tx: mpsc::Sender<i32>) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("cannot install signal handlers")?;
-    let (tx, rx) = mpsc::channel();
     thread::Builder::new()
         .name("tlsplice-signals".into())
         .spawn(move || {
@@ -301,7 +306,7 @@ fn spawn_signal_forwarder() -> anyhow::Result<mpsc::Receiver<i32>> {
             }
         })
         .context("cannot start signal thread")?;
-    Ok(rx)
+    Ok(())
 }
 
 /// A listener's share of one worker.

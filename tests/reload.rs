@@ -192,3 +192,38 @@ fn reload_under_load_loses_nothing() {
     );
     assert!(ok > 0, "no new connection completed during the reloads");
 }
+
+/// Kubernetes rotates a mounted secret by repointing the `..data` symlink
+/// to a new directory; tlsplice notices without a signal and reloads.
+#[test]
+fn secret_style_symlink_swap_reloads_without_a_signal() {
+    use std::os::unix::fs::symlink;
+    let pki = Pki::new();
+    let backend = Backend::echo();
+    let mount = pki.path().join("secret");
+    let (v1, v2) = (mount.join("..2026_v1"), mount.join("..2026_v2"));
+    fs::create_dir_all(&v1).unwrap();
+    fs::create_dir_all(&v2).unwrap();
+    fs::copy(&pki.ca_path, v1.join("ca.crt")).unwrap();
+    fs::copy(&pki.other_ca_path, v2.join("ca.crt")).unwrap();
+    symlink("..2026_v1", mount.join("..data")).unwrap();
+    symlink("..data/ca.crt", mount.join("ca.crt")).unwrap();
+
+    let mut args = ServeArgs::new(&pki, backend.addr);
+    args.set("--client-ca", mount.join("ca.crt").to_str().unwrap());
+    let server = args.spawn();
+    let ours = ClientOpts::new(&pki).identity(Some(&pki.client));
+    let theirs = ClientOpts::new(&pki).identity(Some(&pki.client_other_ca));
+    assert!(admitted(&server, &ours));
+    assert!(!admitted(&server, &theirs));
+
+    // The atomic swap: a new symlink renamed over `..data`.
+    symlink("..2026_v2", mount.join("..data_tmp")).unwrap();
+    fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
+    server
+        .log
+        .wait_line(Duration::from_secs(15), &["reloaded"])
+        .unwrap_or_else(|| panic!("no reload after the swap:\n{}", server.log.text()));
+    assert!(admitted(&server, &theirs), "rotated CA trusted");
+    assert!(!admitted(&server, &ours), "previous CA no longer trusted");
+}

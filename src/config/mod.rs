@@ -124,6 +124,25 @@ pub struct Config {
     pub warnings: Vec<ConfigError>,
 }
 
+impl Config {
+    /// Every file this configuration was built from: the config file, and
+    /// each listener's certificate, key, client CA and CRLs. A change to any
+    /// of them is worth a reload.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.source.iter().cloned().collect();
+        for l in &self.listeners {
+            let t = &l.tls;
+            files.push(t.cert_path.clone());
+            files.push(t.key_path.clone());
+            files.extend(t.client_ca_path.iter().cloned());
+            files.extend(t.crl_paths.iter().cloned());
+        }
+        files.sort();
+        files.dedup();
+        files
+    }
+}
+
 /// One listening service: addresses, TLS identity and policy, backends.
 #[derive(Debug)]
 pub struct ListenerConfig {
