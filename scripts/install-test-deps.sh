@@ -11,3 +11,5 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# The metrics test parses /metrics with the reference Prometheus parser.
+python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus_client

@@ -191,7 +191,17 @@ pub struct Counters {
     pub bytes_up: AtomicU64,
     /// Plaintext bytes backend -> client.
     pub bytes_down: AtomicU64,
+    /// Connections accepted and not yet closed.
+    pub open: AtomicU64,
+    /// Completed handshakes by duration, in [`HANDSHAKE_BUCKETS_MS`]
+    /// buckets (non-cumulative; the last counts everything slower).
+    handshake_ms: [AtomicU64; HANDSHAKE_BUCKETS_MS.len() + 1],
+    /// Sum of completed handshake durations, microseconds.
+    handshake_us_sum: AtomicU64,
 }
+
+/// Upper bounds (milliseconds) of the handshake latency histogram.
+pub const HANDSHAKE_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
 
 /// Every close reason code, in counter order.
 pub const REASON_CODES: [&str; 12] = [
@@ -229,6 +239,25 @@ impl Counters {
         }
         add(&self.bytes_up, record.bytes_up);
         add(&self.bytes_down, record.bytes_down);
+        if let Some(d) = record.handshake {
+            let ms = d.as_millis() as u64;
+            let bucket = HANDSHAKE_BUCKETS_MS
+                .iter()
+                .position(|b| ms <= *b)
+                .unwrap_or(HANDSHAKE_BUCKETS_MS.len());
+            add(&self.handshake_ms[bucket], 1);
+            add(&self.handshake_us_sum, d.as_micros() as u64);
+        }
+    }
+
+    /// Completed handshakes per histogram bucket (non-cumulative).
+    pub fn handshake_buckets(&self) -> [u64; HANDSHAKE_BUCKETS_MS.len() + 1] {
+        std::array::from_fn(|i| self.handshake_ms[i].load(Ordering::Relaxed))
+    }
+
+    /// Sum of completed handshake durations in seconds.
+    pub fn handshake_seconds(&self) -> f64 {
+        self.handshake_us_sum.load(Ordering::Relaxed) as f64 / 1e6
     }
 
     /// Connections ended with `code`.

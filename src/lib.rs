@@ -5,6 +5,7 @@
 //! [`config`] and [`tls`] hold what they are built from.
 
 pub mod accept;
+pub mod admin;
 pub mod close;
 pub mod config;
 pub mod connect;

@@ -86,6 +86,9 @@ struct ServeArgs {
     /// Kernel TLS offload: auto (when the kernel can), require, or off.
     #[arg(long)]
     ktls: Option<String>,
+    /// Admin listener (GET /metrics, /healthz, /ready; POST /reload), e.g. 127.0.0.1:9901.
+    #[arg(long)]
+    admin: Option<String>,
     /// CRL file (PEM or DER) for client certificates (repeatable).
     #[arg(long)]
     crl: Vec<PathBuf>,
@@ -121,6 +124,7 @@ impl ServeArgs {
             drain_timeout: self.drain_timeout.clone(),
             max_connections: self.max_connections,
             ktls: self.ktls.clone(),
+            admin: self.admin.clone(),
             crl: self.crl.clone(),
             allow: self.allow.clone(),
             ocsp_staple: self.ocsp_staple.clone(),

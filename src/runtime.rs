@@ -10,6 +10,7 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -24,6 +25,7 @@ use futures_util::FutureExt as _;
 use monoio::net::{TcpListener, TcpStream};
 use rustls::ServerConfig;
 
+use crate::admin::{AdminState, ReloadRequest};
 use crate::close::{AccessRecord, CloseReason, Counters};
 use crate::config::{Backend, Config, KtlsMode, ListenerConfig};
 use crate::connect::{self, BackendPool};
@@ -154,8 +156,11 @@ pub fn run(
     // not kill the process with the default disposition.
     let (events, signals) = mpsc::channel();
     spawn_signal_forwarder(events.clone())?;
-    crate::watch::spawn(config.files(), WATCH_INTERVAL, events)
-        .context("cannot start the file watcher")?;
+    let watch_events = events.clone();
+    crate::watch::spawn(config.files(), WATCH_INTERVAL, move || {
+        watch_events.send(Event::Reload(None)).is_ok()
+    })
+    .context("cannot start the file watcher")?;
     // One verification cache for the process: workers share verdicts, and
     // reloads start new generations in it.
     let verify_cache = Arc::new(VerifyCache::new(CacheConfig::default()));
@@ -228,6 +233,24 @@ pub fn run(
         handles.push(handle);
     }
     drop(done_tx);
+    let admin = match config.admin {
+        Some(addr) => {
+            let admin_events = events.clone();
+            let state = Arc::new(AdminState {
+                counters: counters.clone(),
+                cache: verify_cache.clone(),
+                draining: AtomicBool::new(false),
+                reload: Box::new(move |reply| {
+                    admin_events.send(Event::Reload(Some(reply))).is_ok()
+                }),
+            });
+            let local = crate::admin::spawn(addr, state.clone())
+                .with_context(|| format!("cannot start the admin listener on {addr}"))?;
+            tracing::info!("admin listening on {local}");
+            Some(state)
+        }
+        None => None,
+    };
     tracing::info!(workers, "serving");
     on_ready(&bound);
 
@@ -240,28 +263,39 @@ pub fn run(
     let mut remaining = workers;
     let mut stopping = false;
     while remaining > 0 {
-        if let Ok(sig) = signals.recv_timeout(Duration::from_millis(100)) {
-            if sig == signal_hook::consts::SIGHUP {
-                match reload().and_then(|config| apply_reload(&plans, &config, &verify_cache)) {
+        match signals.recv_timeout(Duration::from_millis(100)) {
+            Ok(Event::Reload(reply)) => {
+                let result =
+                    reload().and_then(|config| apply_reload(&plans, &config, &verify_cache));
+                // One log line per event, whatever the error spans.
+                let result = result.map_err(|e| format!("{e:#}").replace('\n', "; "));
+                match &result {
                     Ok(()) => tracing::info!("reloaded: new connections use the new configuration"),
                     Err(e) => tracing::error!(
-                        "reload failed, still serving the previous configuration: {}",
-                        // One log line per event, whatever the error spans.
-                        format!("{e:#}").replace('\n', "; ")
+                        "reload failed, still serving the previous configuration: {e}"
                     ),
                 }
-            } else if !stopping {
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Ok(Event::Signal(sig)) if !stopping => {
                 tracing::info!(signal = sig, drain_timeout = ?limits.drain_timeout, "stopping: no new connections, draining");
                 stopping = true;
+                if let Some(admin) = &admin {
+                    admin.draining.store(true, Ordering::Relaxed);
+                }
                 for s in stops.drain(..) {
                     let _ = s.send(());
                 }
-            } else {
+            }
+            Ok(Event::Signal(sig)) => {
                 tracing::info!(signal = sig, "second signal: closing open connections now");
                 for f in forces.drain(..) {
                     let _ = f.send(());
                 }
             }
+            Err(_) => {}
         }
         while done_rx.try_recv().is_ok() {
             remaining -= 1;
@@ -292,7 +326,16 @@ impl Drop for DoneSignal {
 }
 
 /// Forwards SIGTERM, SIGINT and SIGHUP to a channel the main thread polls.
-fn spawn_signal_forwarder(tx: mpsc::Sender<i32>) -> anyhow::Result<()> {
+/// What the main thread acts on.
+enum Event {
+    /// SIGTERM or SIGINT: drain (a second one: close now).
+    Signal(i32),
+    /// SIGHUP, a watched file changed, or `POST /reload` (which waits for
+    /// the outcome on the given channel).
+    Reload(Option<ReloadRequest>),
+}
+
+fn spawn_signal_forwarder(tx: mpsc::Sender<Event>) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("cannot install signal handlers")?;
@@ -300,7 +343,12 @@ fn spawn_signal_forwarder(tx: mpsc::Sender<i32>) -> anyhow::Result<()> {
         .name("tlsplice-signals".into())
         .spawn(move || {
             for sig in signals.forever() {
-                if tx.send(sig).is_err() {
+                let event = if sig == SIGHUP {
+                    Event::Reload(None)
+                } else {
+                    Event::Signal(sig)
+                };
+                if tx.send(event).is_err() {
                     return;
                 }
             }
@@ -473,6 +521,7 @@ async fn connection(
     peer: SocketAddr,
 ) {
     let mut record = AccessRecord::new(peer, &listener.name);
+    worker.counters.open.fetch_add(1, Ordering::Relaxed);
     // A bug in one connection must not take the worker's other connections
     // down with it: contain the panic, log it, close this connection only.
     let served = AssertUnwindSafe(serve(&worker, &listener, stream, &mut record))
@@ -489,6 +538,7 @@ async fn connection(
     });
     record.emit(&reason);
     worker.counters.record(&record, &reason);
+    worker.counters.open.fetch_sub(1, Ordering::Relaxed);
     worker.active.set(worker.active.get() - 1);
 }
 

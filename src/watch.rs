@@ -7,7 +7,6 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -65,7 +64,7 @@ impl Debounce {
 pub fn spawn(
     files: Vec<PathBuf>,
     interval: Duration,
-    reload: mpsc::Sender<i32>,
+    reload: impl Fn() -> bool + Send + 'static,
 ) -> std::io::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name("tlsplice-watch".into())
@@ -76,7 +75,7 @@ pub fn spawn(
                 thread::sleep(interval);
                 if debounce.observe(stamps(), Instant::now()) {
                     tracing::info!("watched files changed: reloading");
-                    if reload.send(signal_hook::consts::SIGHUP).is_err() {
+                    if !reload() {
                         return;
                     }
                 }

@@ -64,6 +64,8 @@ struct FileConfig {
     max_connections: Option<Spanned<i64>>,
     /// Kernel TLS offload: "auto", "require" or "off"; default "auto".
     ktls: Option<Spanned<String>>,
+    /// Admin listener address; default none.
+    admin: Option<Spanned<String>>,
     /// `[[listener]]` tables; at least one.
     #[serde(default)]
     listener: Vec<Spanned<FileListener>>,
@@ -332,6 +334,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
             .as_ref()
             .map(|v| loc.at(v, f("max_connections"))),
         ktls: file.ktls.as_ref().map(|v| loc.at(v, f("ktls"))),
+        admin: file.admin.as_ref().map(|v| loc.at(v, f("admin"))),
         listeners,
     };
     Ok((raw, unknown))
@@ -346,6 +349,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "drain_timeout",
     "max_connections",
     "ktls",
+    "admin",
     "listener",
 ];
 

@@ -51,6 +51,8 @@ pub struct Flags {
     pub max_connections: Option<usize>,
     /// `--ktls auto|require|off`.
     pub ktls: Option<String>,
+    /// `--admin ADDR`.
+    pub admin: Option<String>,
 }
 
 fn at<T>(key: &str, value: T) -> At<T> {
@@ -128,6 +130,7 @@ impl Flags {
             drain_timeout: duration("drain_timeout", &self.drain_timeout),
             max_connections: count("max_connections", self.max_connections),
             ktls: self.ktls.as_ref().map(|v| at("ktls", v.clone())),
+            admin: self.admin.as_ref().map(|v| at("admin", v.clone())),
             listeners: vec![listener],
         }
     }

@@ -114,6 +114,8 @@ pub struct Config {
     pub max_connections_per_worker: usize,
     /// Kernel TLS offload policy.
     pub ktls: KtlsMode,
+    /// Address of the admin listener (/metrics, /healthz, /ready, /reload).
+    pub admin: Option<SocketAddr>,
     /// The listeners.
     pub listeners: Vec<ListenerConfig>,
     /// File this config was read from; `None` when built from flags.

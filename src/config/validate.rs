@@ -141,6 +141,8 @@ pub(crate) struct RawConfig {
     pub max_connections: Option<At<i64>>,
     /// `ktls`.
     pub ktls: Option<At<String>>,
+    /// `admin`.
+    pub admin: Option<At<String>>,
     /// The listeners, in order.
     pub listeners: Vec<RawListener>,
 }
@@ -236,6 +238,20 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         },
     };
 
+    let admin = raw
+        .admin
+        .as_ref()
+        .and_then(|v| match v.value.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                c.errors.push(v.site.error(format!(
+                    "{:?} is not IP:port (e.g. \"127.0.0.1:9901\")",
+                    v.value
+                )));
+                None
+            }
+        });
+
     if raw.listeners.is_empty() {
         let field = match raw.source {
             Source::File => "listener",
@@ -276,6 +292,7 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         drain_timeout,
         max_connections_per_worker,
         ktls,
+        admin,
         listeners,
         source: raw.path,
         warnings: c.warnings,
