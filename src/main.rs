@@ -89,6 +89,9 @@ struct ServeArgs {
     /// Admin listener (GET /metrics, /healthz, /ready; POST /reload), e.g. 127.0.0.1:9901.
     #[arg(long)]
     admin: Option<String>,
+    /// PROXY protocol header to backends: v1, v2 (with TLS and client-certificate TLVs) or off.
+    #[arg(long)]
+    proxy_protocol: Option<String>,
     /// CRL file (PEM or DER) for client certificates (repeatable).
     #[arg(long)]
     crl: Vec<PathBuf>,
@@ -125,6 +128,7 @@ impl ServeArgs {
             max_connections: self.max_connections,
             ktls: self.ktls.clone(),
             admin: self.admin.clone(),
+            proxy_protocol: self.proxy_protocol.clone(),
             crl: self.crl.clone(),
             allow: self.allow.clone(),
             ocsp_staple: self.ocsp_staple.clone(),

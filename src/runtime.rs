@@ -27,14 +27,15 @@ use rustls::ServerConfig;
 
 use crate::admin::{AdminState, ReloadRequest};
 use crate::close::{AccessRecord, CloseReason, Counters};
-use crate::config::{Backend, Config, KtlsMode, ListenerConfig};
+use crate::config::{Backend, Config, KtlsMode, ListenerConfig, ProxyProtocol};
+use crate::connect::proxy_protocol::{self, ClientInfo};
 use crate::connect::{self, BackendPool};
 use crate::handshake::{self, HandshakeError};
 use crate::ktls::handover::{handover, Handover};
 use crate::ktls::probe::{self, Capabilities};
 use crate::pool::Buffers;
 use crate::relay::{splice, userspace};
-use crate::tls::verify::{identify, Allowlist, CacheConfig, VerifyCache};
+use crate::tls::verify::{identify, Allowlist, CacheConfig, Fingerprint, VerifyCache};
 use crate::tls::{certs, server_config};
 use crate::trigger::Trigger;
 
@@ -71,6 +72,8 @@ pub struct Served {
     pub backends: Vec<Backend>,
     /// The allowlist, to name the client after its handshake.
     pub allowlist: Allowlist,
+    /// PROXY protocol header for backends.
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// A listener's current [`Served`], shared by all workers.
@@ -93,6 +96,7 @@ impl Served {
             tls,
             backends: listener.backends.clone(),
             allowlist: listener.tls.allowlist.clone(),
+            proxy_protocol: listener.proxy_protocol,
         })
     }
 }
@@ -513,6 +517,34 @@ async fn accept_loop(worker: Rc<Worker>, listener_state: Rc<ListenerState>, list
     }
 }
 
+/// The PROXY protocol header describing this client to the backend.
+fn proxy_header(
+    version: ProxyProtocol,
+    stream: &TcpStream,
+    record: &AccessRecord,
+    established: &handshake::Established,
+) -> Vec<u8> {
+    let conn = &established.conn;
+    let end_entity = conn.peer_certificates().and_then(|c| c.first());
+    let cn = end_entity.and_then(certs::common_name);
+    let info = ClientInfo {
+        alpn: conn.alpn_protocol(),
+        sni: established.hello.server_name.as_deref(),
+        tls_version: conn.protocol_version().map(|v| match v {
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            _ => "unknown",
+        }),
+        cipher: record.suite.as_deref(),
+        cn: cn.as_deref(),
+        cert_presented: end_entity.is_some(),
+        cert_sha256: end_entity.map(|c| *Fingerprint::of(c).as_bytes()),
+        identity: record.identity.as_deref(),
+    };
+    let local = stream.local_addr().unwrap_or(record.client);
+    proxy_protocol::encode(version, record.client, local, &info)
+}
+
 /// One client connection, from accept to its access-log line.
 async fn connection(
     worker: Rc<Worker>,
@@ -588,6 +620,14 @@ async fn serve(
             Err(e) => return CloseReason::BackendUnavailable(e.to_string()),
         };
     record.backend = Some(chosen.name.clone());
+    let mut backend = backend;
+    if let Some(version) = served.proxy_protocol {
+        let header = proxy_header(version, &stream, record, &established);
+        let (res, _) = monoio::io::AsyncWriteRentExt::write_all(&mut backend, header).await;
+        if let Err(e) = res {
+            return CloseReason::BackendError(format!("PROXY header: {e}"));
+        }
+    }
 
     let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
     let outcome = if limits.ktls == KtlsMode::Off || !worker.ktls.any() {

@@ -106,6 +106,8 @@ struct FileListener {
     cert_password_env: Option<Spanned<String>>,
     /// Allowlist rules; default none (every verified client admitted).
     allow: Option<Spanned<StringList>>,
+    /// PROXY protocol to backends: "v1", "v2" or "off"; default off.
+    proxy_protocol: Option<Spanned<String>>,
 }
 
 /// A list of strings, or one string standing for a list of one.
@@ -291,6 +293,10 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
                     .as_ref()
                     .map(|v| loc.at(v, field("cert_password_env"))),
                 allow: inner.allow.as_ref().map(|v| loc.list(v, field("allow"))),
+                proxy_protocol: inner
+                    .proxy_protocol
+                    .as_ref()
+                    .map(|v| loc.at(v, field("proxy_protocol"))),
                 tls_versions: inner
                     .tls_versions
                     .as_ref()
@@ -371,6 +377,7 @@ const LISTENER_KEYS: &[&str] = &[
     "cert_password_file",
     "cert_password_env",
     "ocsp_staple",
+    "proxy_protocol",
 ];
 
 /// An error for a key the schema does not have. `key` is serde_ignored's

@@ -53,6 +53,8 @@ pub struct Flags {
     pub ktls: Option<String>,
     /// `--admin ADDR`.
     pub admin: Option<String>,
+    /// `--proxy-protocol v1|v2|off`.
+    pub proxy_protocol: Option<String>,
 }
 
 fn at<T>(key: &str, value: T) -> At<T> {
@@ -108,6 +110,10 @@ impl Flags {
                     .collect::<Vec<_>>(),
             ),
             allow: list("allow", &self.allow),
+            proxy_protocol: self
+                .proxy_protocol
+                .as_ref()
+                .map(|v| at("proxy_protocol", v.clone())),
             ocsp_staple: path("ocsp_staple", &self.ocsp_staple),
             cert_password_file: path("cert_password_file", &self.cert_password_file),
             cert_password_env: self

@@ -23,6 +23,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::tls::verify::{Allowlist, Crl};
 
+pub use crate::connect::proxy_protocol::Version as ProxyProtocol;
+
 pub mod duration;
 pub mod file;
 mod flags;
@@ -158,6 +160,8 @@ pub struct ListenerConfig {
     pub tls: TlsSettings,
     /// Backends, tried round-robin.
     pub backends: Vec<Backend>,
+    /// PROXY protocol header sent to backends, if any.
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// Server-side TLS settings of a listener, with its key material loaded.

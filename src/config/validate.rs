@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::duration::{format_duration, parse_duration};
 use super::{
     Backend, CipherSuite, ClientAuth, Config, ConfigError, ConfigErrors, KtlsMode, ListenerConfig,
-    Location, TlsSettings, TlsVersion,
+    Location, ProxyProtocol, TlsSettings, TlsVersion,
 };
 use crate::tls::certs;
 use crate::tls::verify::{load_crls, load_pkcs12, AllowEntry, Allowlist, Crl};
@@ -184,6 +184,8 @@ pub(crate) struct RawListener {
     pub cert_password_env: Option<At<String>>,
     /// `allow`.
     pub allow: Option<RawList>,
+    /// `proxy_protocol`.
+    pub proxy_protocol: Option<At<String>>,
 }
 
 /// A loaded client CA bundle and the file it came from.
@@ -443,6 +445,21 @@ impl Checker {
                 list.value.iter().filter_map(|b| self.backend(b)).collect()
             }
         };
+        let proxy_protocol = match &l.proxy_protocol {
+            None => None,
+            Some(v) => match v.value.as_str() {
+                "v1" => Some(ProxyProtocol::V1),
+                "v2" => Some(ProxyProtocol::V2),
+                "off" => None,
+                other => {
+                    self.errors.push(
+                        v.site
+                            .error(format!("must be \"v1\", \"v2\" or \"off\", not {other:?}")),
+                    );
+                    None
+                }
+            },
+        };
 
         if self.errors.len() > errors_before {
             return None;
@@ -453,6 +470,7 @@ impl Checker {
             backlog,
             tls: tls?,
             backends,
+            proxy_protocol,
         })
     }
 

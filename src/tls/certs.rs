@@ -464,6 +464,13 @@ pub fn subject(cert: &CertificateDer<'_>) -> String {
     }
 }
 
+/// The first subject common name, if the certificate has one.
+pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let c = parse(cert).ok()?;
+    let cn = c.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
 /// RFC 4514 order is the reverse of the encoded order.
 fn name_to_string(name: &X509Name<'_>) -> String {
     let mut out = String::new();

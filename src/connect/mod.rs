@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 
+pub mod proxy_protocol;
+
 use crate::config::Backend;
 
 /// A worker's round-robin position over a listener's backends.
