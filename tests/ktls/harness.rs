@@ -860,11 +860,12 @@ pub struct Access {
 
 /// The access line's fields, in the order tlsplice writes them. Values may
 /// contain spaces (reasons, fallbacks), so each runs to the next key.
-const ACCESS_KEYS: [&str; 15] = [
+const ACCESS_KEYS: [&str; 16] = [
     "client",
     "listener",
     "sni",
     "subject",
+    "identity",
     "alpn",
     "version",
     "suite",
