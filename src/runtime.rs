@@ -194,7 +194,7 @@ pub fn run(
     if !monoio::utils::detect_uring() {
         tracing::warn!("io_uring is not available here; workers use the epoll driver");
     }
-    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = allowed_cpus();
     let (done_tx, done_rx) = mpsc::channel::<usize>();
     let mut controls = Vec::new();
     let mut handles = Vec::new();
@@ -213,6 +213,7 @@ pub fn run(
             .collect();
         let done_tx = done_tx.clone();
         let caps = caps.clone();
+        let cpu = cores[id % cores.len()];
         let handle = thread::Builder::new()
             .name(format!("tlsplice-w{id}"))
             .spawn(move || {
@@ -220,7 +221,7 @@ pub fn run(
                 let _done = DoneSignal(done_tx, id);
                 let result = worker_thread(WorkerSetup {
                     id,
-                    core: id % cores,
+                    core: cpu,
                     listeners,
                     limits,
                     ktls: caps,
@@ -318,6 +319,28 @@ pub fn run(
         cache.evictions
     );
     Ok(())
+}
+
+/// The CPUs this process may run on (its affinity mask, as `taskset` sets
+/// it), in order; worker N is pinned to the N-th of them.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity writes at most
+    // its size, and CPU_ISSET reads within it.
+    let allowed: Vec<usize> = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+                .collect()
+        } else {
+            Vec::new()
+        }
+    };
+    if allowed.is_empty() {
+        (0..thread::available_parallelism().map_or(1, |n| n.get())).collect()
+    } else {
+        allowed
+    }
 }
 
 /// Tells the main thread a worker ended, on drop (so also on unwind).
