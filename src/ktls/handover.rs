@@ -23,8 +23,10 @@ use super::crypto_info::{
 };
 use super::probe::Capabilities;
 use super::socket::{enable_ulp, set_crypto, Way};
+use crate::config;
 use crate::handshake::{drive, write_out, Established, Progress};
 use crate::tls::records::TlsOut;
+use crate::tls::server_config::cipher_family;
 
 /// A session the kernel now encrypts and decrypts.
 pub struct KernelSession {
@@ -81,20 +83,11 @@ fn ulp_fault() -> Option<io::Error> {
 
 /// The kernel cipher type for a rustls suite, if it has one.
 pub fn kernel_cipher(suite: CipherSuite) -> Option<u16> {
-    match suite {
-        CipherSuite::TLS13_AES_128_GCM_SHA256
-        | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-        | CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => Some(CIPHER_AES_GCM_128),
-        CipherSuite::TLS13_AES_256_GCM_SHA384
-        | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
-        | CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => Some(CIPHER_AES_GCM_256),
-        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
-        | CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
-        | CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => {
-            Some(CIPHER_CHACHA20_POLY1305)
-        }
-        _ => None,
-    }
+    cipher_family(suite).map(|c| match c {
+        config::CipherSuite::Aes128Gcm => CIPHER_AES_GCM_128,
+        config::CipherSuite::Aes256Gcm => CIPHER_AES_GCM_256,
+        config::CipherSuite::Chacha20Poly1305 => CIPHER_CHACHA20_POLY1305,
+    })
 }
 
 /// How many more bytes complete the record that starts `buf` (0 when `buf`

@@ -100,7 +100,7 @@ fn provider_for(
     };
     for want in wanted {
         for suite in &all {
-            if suite_matches(*suite, *want) && version_enabled(*suite, versions) {
+            if cipher_family(suite.suite()) == Some(*want) && version_enabled(*suite, versions) {
                 provider.cipher_suites.push(*suite);
             }
         }
@@ -111,27 +111,20 @@ fn provider_for(
     Ok(provider)
 }
 
-fn suite_matches(suite: SupportedCipherSuite, want: CipherSuite) -> bool {
-    let id = suite.suite();
-    match want {
-        CipherSuite::Aes128Gcm => matches!(
-            id,
-            Suite::TLS13_AES_128_GCM_SHA256
-                | Suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-                | Suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
-        ),
-        CipherSuite::Aes256Gcm => matches!(
-            id,
-            Suite::TLS13_AES_256_GCM_SHA384
-                | Suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
-                | Suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
-        ),
-        CipherSuite::Chacha20Poly1305 => matches!(
-            id,
-            Suite::TLS13_CHACHA20_POLY1305_SHA256
-                | Suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
-                | Suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
-        ),
+/// The configurable cipher a rustls suite belongs to (TLS 1.3 suite or one
+/// of the TLS 1.2 ECDHE ones); `None` for suites tlsplice does not offer.
+pub fn cipher_family(suite: Suite) -> Option<CipherSuite> {
+    match suite {
+        Suite::TLS13_AES_128_GCM_SHA256
+        | Suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | Suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => Some(CipherSuite::Aes128Gcm),
+        Suite::TLS13_AES_256_GCM_SHA384
+        | Suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | Suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => Some(CipherSuite::Aes256Gcm),
+        Suite::TLS13_CHACHA20_POLY1305_SHA256
+        | Suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        | Suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => Some(CipherSuite::Chacha20Poly1305),
+        _ => None,
     }
 }
 
