@@ -1,11 +1,12 @@
 //! tlsplice: a mutual-TLS terminator.
 //!
 //! Modules follow one connection's path: [`accept`], [`handshake`],
-//! [`connect`], [`relay`], [`close`]; [`runtime`] runs the workers and
+//! [`admit`], [`connect`], [`relay`], [`close`]; [`runtime`] runs the workers and
 //! [`config`] and [`tls`] hold what they are built from.
 
 pub mod accept;
 pub mod admin;
+pub mod admit;
 pub mod close;
 pub mod config;
 pub mod connect;

@@ -56,7 +56,7 @@ mod policy;
 mod verifier;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 #[cfg(test)]
 mod tests;
 
