@@ -157,11 +157,6 @@ impl Table {
             })
             .sum()
     }
-
-    /// Whether no client is known.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]

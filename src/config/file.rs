@@ -25,6 +25,16 @@
 //! tls_versions = ["1.2", "1.3"]   # default both
 //! cipher_suites = ["AES_128_GCM", "AES_256_GCM", "CHACHA20_POLY1305"]  # default all
 //! backends = ["127.0.0.1:8080"]   # required; host:port, resolved at load
+//!
+//! default_tier = "free"       # top level; default: the tier named "default", if any
+//!
+//! [[tier]]                    # throttling tiers, tried in order; default none
+//! name = "partner"            # required; letters, digits, `_`, `-`, `.`
+//! clients = ["alias:acme=clients/acme.crt", "cn:partner-*"]  # allowlist rule syntax
+//! new_connections_per_second = 50   # per client; default unlimited
+//! burst = 100                 # default: new_connections_per_second
+//! max_connections = 20        # open at once per client, all workers; default unlimited
+//! bytes_per_second = 1048576  # per client, each direction; default unlimited
 //! ```
 //!
 //! Durations are strings such as `"1m30s"` or integers (seconds). List
@@ -43,7 +53,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::validate::{At, RawConfig, RawDuration, RawList, RawListener, Site, Source};
+use super::validate::{At, RawConfig, RawDuration, RawList, RawListener, RawTier, Site, Source};
 use super::{ConfigError, Location};
 
 /// Top level of the config file. Unknown keys are not a parse error
@@ -69,6 +79,28 @@ struct FileConfig {
     /// `[[listener]]` tables; at least one.
     #[serde(default)]
     listener: Vec<Spanned<FileListener>>,
+    /// Tier of clients no tier's rules match; default: the tier named "default".
+    default_tier: Option<Spanned<String>>,
+    /// `[[tier]]` tables; default none (no throttling).
+    #[serde(default)]
+    tier: Vec<Spanned<FileTier>>,
+}
+
+/// One `[[tier]]` table.
+#[derive(Debug, Deserialize)]
+struct FileTier {
+    /// Name in logs and metrics; required.
+    name: Option<Spanned<String>>,
+    /// Allowlist-syntax rules picking the tier's clients; default none.
+    clients: Option<Spanned<StringList>>,
+    /// New connections a second per client; default unlimited.
+    new_connections_per_second: Option<Spanned<i64>>,
+    /// Connections a quiet client may open at once; default the rate.
+    burst: Option<Spanned<i64>>,
+    /// Open connections per client; default unlimited.
+    max_connections: Option<Spanned<i64>>,
+    /// Bytes a second per client in each direction; default unlimited.
+    bytes_per_second: Option<Spanned<i64>>,
 }
 
 /// One `[[listener]]` table.
@@ -313,6 +345,38 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
         })
         .collect();
 
+    let tiers = file
+        .tier
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let field = |key: &str| format!("tier[{i}].{key}");
+            let inner = t.get_ref();
+            RawTier {
+                location: loc.location(t.span()),
+                field: format!("tier[{i}]"),
+                name: inner.name.as_ref().map(|v| loc.at(v, field("name"))),
+                clients: inner
+                    .clients
+                    .as_ref()
+                    .map(|v| loc.list(v, field("clients"))),
+                new_connections_per_second: inner
+                    .new_connections_per_second
+                    .as_ref()
+                    .map(|v| loc.at(v, field("new_connections_per_second"))),
+                burst: inner.burst.as_ref().map(|v| loc.at(v, field("burst"))),
+                max_connections: inner
+                    .max_connections
+                    .as_ref()
+                    .map(|v| loc.at(v, field("max_connections"))),
+                bytes_per_second: inner
+                    .bytes_per_second
+                    .as_ref()
+                    .map(|v| loc.at(v, field("bytes_per_second"))),
+            }
+        })
+        .collect();
+
     let raw = RawConfig {
         source: Source::File,
         path: Some(path.to_path_buf()),
@@ -342,6 +406,11 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
         ktls: file.ktls.as_ref().map(|v| loc.at(v, f("ktls"))),
         admin: file.admin.as_ref().map(|v| loc.at(v, f("admin"))),
         listeners,
+        default_tier: file
+            .default_tier
+            .as_ref()
+            .map(|v| loc.at(v, f("default_tier"))),
+        tiers,
     };
     Ok((raw, unknown))
 }
@@ -357,6 +426,18 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "ktls",
     "admin",
     "listener",
+    "default_tier",
+    "tier",
+];
+
+/// Keys of a `[[tier]]` table.
+const TIER_KEYS: &[&str] = &[
+    "name",
+    "clients",
+    "new_connections_per_second",
+    "burst",
+    "max_connections",
+    "bytes_per_second",
 ];
 
 /// Keys of a `[[listener]]` table.
@@ -390,13 +471,24 @@ fn unknown_key_error(path: &Path, text: &str, key: &str) -> ConfigError {
         [table, index, name] => {
             let index: usize = index.parse().unwrap_or(0);
             let field = format!("{table}[{index}].{name}");
-            (Some((*table, index)), *name, field, LISTENER_KEYS)
+            let known = if *table == "tier" {
+                TIER_KEYS
+            } else {
+                LISTENER_KEYS
+            };
+            (Some((*table, index)), *name, field, known)
         }
         _ => (None, key, key.to_string(), TOP_LEVEL_KEYS),
     };
     let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
     let offset = locate_key(text, table, name).unwrap_or(0);
     let (line, column) = line_column(text, offset);
+    // TOML puts a key written after a table header into that table.
+    let hint = if table.is_some() && TOP_LEVEL_KEYS.contains(&name) {
+        format!("; `{name}` is a top-level key: write it above the first [[table]]")
+    } else {
+        String::new()
+    };
     ConfigError {
         location: Location::File {
             path: path.to_path_buf(),
@@ -405,7 +497,7 @@ fn unknown_key_error(path: &Path, text: &str, key: &str) -> ConfigError {
         },
         field,
         message: format!(
-            "unknown field `{name}`, expected one of {}",
+            "unknown field `{name}`, expected one of {}{hint}",
             expected.join(", ")
         ),
     }

@@ -138,6 +138,9 @@ impl Flags {
             ktls: self.ktls.as_ref().map(|v| at("ktls", v.clone())),
             admin: self.admin.as_ref().map(|v| at("admin", v.clone())),
             listeners: vec![listener],
+            // Tiers are tables of rules and limits: config file only.
+            default_tier: None,
+            tiers: Vec::new(),
         }
     }
 }

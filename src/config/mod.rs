@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::admit::Tiers;
 use crate::tls::verify::{Allowlist, Crl};
 
 pub use crate::connect::proxy_protocol::Version as ProxyProtocol;
@@ -120,6 +121,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// The listeners.
     pub listeners: Vec<ListenerConfig>,
+    /// Throttling tiers, applied on every listener; empty: no throttling.
+    pub tiers: Tiers,
     /// File this config was read from; `None` when built from flags.
     pub source: Option<PathBuf>,
     /// Non-fatal problems, such as an expired server certificate or a

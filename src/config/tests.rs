@@ -652,7 +652,131 @@ fn check_example(name: &str, c: &Config, root: &Path) {
             assert_eq!(c.listeners[1].tls.client_auth, ClientAuth::Optional);
             assert!(first.backends.len() > 1);
             assert!(!first.tls.alpn.is_empty());
+            let names: Vec<&str> = c.tiers.tiers().iter().map(|t| &*t.name).collect();
+            assert_eq!(names, ["partner", "free"]);
+            assert_eq!(c.tiers.default_tier().map(|t| &*t.name), Some("free"));
         }
         _ => unreachable!(),
     }
+}
+
+#[test]
+fn tiers_parse_with_defaults_and_default_tier() {
+    let pki = Pki::new();
+    let path = write(
+        &pki,
+        &format!(
+            r#"{LISTENER}
+[[tier]]
+name = "gold"
+clients = ["cn:gold-*", "alias:acme=pki/client.crt"]
+max_connections = 7
+
+[[tier]]
+name = "default"
+new_connections_per_second = 50
+bytes_per_second = 65536
+"#
+        ),
+    );
+    let c = load_file(&path).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let tiers = c.tiers.tiers();
+    assert_eq!(tiers.len(), 2);
+    assert_eq!(tiers[0].limits.max_connections, Some(7));
+    assert_eq!(tiers[0].limits.new_connections, None);
+    assert_eq!(tiers[0].clients.entries().len(), 2);
+    let rate = tiers[1].limits.new_connections.unwrap();
+    assert_eq!((rate.per_second, rate.burst), (50, 50));
+    assert_eq!(tiers[1].limits.bytes_per_second, Some(65536));
+    // No default_tier: the tier named "default" is the default.
+    assert_eq!(c.tiers.default_tier().map(|t| &*t.name), Some("default"));
+}
+
+#[test]
+fn tier_errors_name_file_line_and_field() {
+    let pki = Pki::new();
+    let base = LISTENER.lines().count();
+    let (path, errs) = errors(
+        &pki,
+        &format!(
+            r#"default_tier = "platinum"
+{LISTENER}[[tier]]
+name = "gold"
+burst = 5
+max_connections = 0
+clients = ["cn:"]
+
+[[tier]]
+name = "gold"
+
+[[tier]]
+name = "bad name"
+new_connections_per_second = 10
+colour = "red"
+"#
+        ),
+    );
+    let p = path.display();
+    let at = |line: usize, col: usize, rest: &str| {
+        // Line 1 is default_tier, then the listener.
+        let line = if line == 1 { 1 } else { base + line };
+        format!("{p}:{line}:{col}: {rest}")
+    };
+    assert_eq!(
+        errs,
+        vec![
+            at(
+                14,
+                1,
+                "tier[2].colour: unknown field `colour`, expected one of `name`, `clients`, \
+                 `new_connections_per_second`, `burst`, `max_connections`, `bytes_per_second`"
+            ),
+            at(4, 9, "tier[0].burst: burst needs new_connections_per_second in the same tier"),
+            at(5, 19, "tier[0].max_connections: must be between 1 and 10000000, not 0"),
+            at(6, 12, "tier[0].clients[0]: subject CN pattern is empty"),
+            at(9, 8, "tier[1].name: tier \"gold\" is defined twice"),
+            at(
+                12,
+                8,
+                "tier[2].name: \"bad name\" is not a tier name: use letters, digits, `_`, `-` and `.`"
+            ),
+            at(
+                1,
+                16,
+                "default_tier: no tier is named \"platinum\"; the tiers are \"gold\""
+            ),
+        ],
+    );
+}
+
+#[test]
+fn unreachable_tier_is_a_warning() {
+    let pki = Pki::new();
+    let path = write(
+        &pki,
+        &format!("{LISTENER}[[tier]]\nname = \"lonely\"\nmax_connections = 1\n"),
+    );
+    let c = load_file(&path).unwrap();
+    assert_eq!(c.warnings.len(), 1);
+    assert!(
+        c.warnings[0].to_string().ends_with(
+            "tier[0]: tier \"lonely\" has no clients rules and is not the default tier: no client is ever in it"
+        ),
+        "{}",
+        c.warnings[0]
+    );
+    assert!(c.tiers.default_tier().is_none());
+}
+
+#[test]
+fn top_level_key_inside_a_table_gets_a_hint() {
+    let pki = Pki::new();
+    let (_, errs) = errors(&pki, &format!("{LISTENER}default_tier = \"x\"\n"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0]
+            .ends_with("; `default_tier` is a top-level key: write it above the first [[table]]"),
+        "{errs:?}"
+    );
 }

@@ -18,6 +18,7 @@ use super::{
     Backend, CipherSuite, ClientAuth, Config, ConfigError, ConfigErrors, KtlsMode, ListenerConfig,
     Location, ProxyProtocol, TlsSettings, TlsVersion,
 };
+use crate::admit::{ConnectionRate, Limits, Tier, Tiers};
 use crate::tls::certs;
 use crate::tls::verify::{load_crls, load_pkcs12, AllowEntry, Allowlist, Crl};
 
@@ -52,6 +53,12 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_WORKERS: i64 = 1024;
 const MAX_CONNECTIONS: i64 = 10_000_000;
 const MAX_BACKLOG: i64 = 65_535;
+/// Highest tier connection rate and burst: past any single client's need.
+const MAX_TIER_RATE: i64 = 1_000_000;
+/// Highest tier byte rate: 1 TiB/s, i.e. unlimited in practice.
+const MAX_TIER_BYTES: i64 = 1 << 40;
+/// The tier that is the default when `default_tier` is not set.
+const DEFAULT_TIER_NAME: &str = "default";
 
 /// Which input a [`RawConfig`] came from; decides field names and hints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +152,31 @@ pub(crate) struct RawConfig {
     pub admin: Option<At<String>>,
     /// The listeners, in order.
     pub listeners: Vec<RawListener>,
+    /// `default_tier`.
+    pub default_tier: Option<At<String>>,
+    /// The `[[tier]]` tables, in order.
+    pub tiers: Vec<RawTier>,
+}
+
+/// One throttling tier, unchecked.
+#[derive(Debug)]
+pub(crate) struct RawTier {
+    /// Where the tier starts; a missing name is reported here.
+    pub location: Location,
+    /// The table's field (`tier[0]`).
+    pub field: String,
+    /// `name`.
+    pub name: Option<At<String>>,
+    /// `clients`: allowlist-syntax rules.
+    pub clients: Option<RawList>,
+    /// `new_connections_per_second`.
+    pub new_connections_per_second: Option<At<i64>>,
+    /// `burst`.
+    pub burst: Option<At<i64>>,
+    /// `max_connections`.
+    pub max_connections: Option<At<i64>>,
+    /// `bytes_per_second`.
+    pub bytes_per_second: Option<At<i64>>,
 }
 
 /// One listener, unchecked.
@@ -283,6 +315,8 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         }
     }
 
+    let tiers = c.tiers(&raw);
+
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
@@ -296,6 +330,7 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         ktls,
         admin,
         listeners,
+        tiers,
         source: raw.path,
         warnings: c.warnings,
     })
@@ -791,11 +826,17 @@ impl Checker {
         (paths, crls)
     }
 
-    /// Allowlist rules: `alias:NAME=CERT_FILE`, `sha256:HEX`, `cn:GLOB`,
-    /// `dns:GLOB`, `uri:GLOB`, `spiffe://...` (a SPIFFE ID glob).
+    /// The listener's allowlist.
     fn allowlist(&mut self, l: &RawListener) -> Allowlist {
+        Allowlist::new(self.client_rules(l.allow.as_ref()))
+    }
+
+    /// Client rules, for the allowlist and the tiers alike:
+    /// `alias:NAME=CERT_FILE`, `sha256:HEX`, `cn:GLOB`, `dns:GLOB`,
+    /// `uri:GLOB`, `spiffe://...` (a SPIFFE ID glob).
+    fn client_rules(&mut self, list: Option<&RawList>) -> Vec<AllowEntry> {
         let mut entries: Vec<AllowEntry> = Vec::new();
-        for item in l.allow.iter().flat_map(|list| &list.value) {
+        for item in list.iter().flat_map(|list| &list.value) {
             let rule = item.value.as_str();
             let entry = match rule.split_once(':') {
                 Some(("alias", rest)) => match rest.split_once('=') {
@@ -830,7 +871,129 @@ impl Checker {
                 Err(m) => self.errors.push(item.site.error(m)),
             }
         }
-        Allowlist::new(entries)
+        entries
+    }
+
+    /// The `[[tier]]` tables and the default tier.
+    fn tiers(&mut self, raw: &RawConfig) -> Tiers {
+        let mut tiers: Vec<Tier> = Vec::new();
+        let mut names: Vec<&str> = Vec::new();
+        for t in &raw.tiers {
+            if let Some(tier) = self.tier(t, &names) {
+                tiers.push(tier);
+            }
+            names.extend(t.name.as_ref().map(|n| n.value.as_str()));
+        }
+        let default = match &raw.default_tier {
+            Some(d) => {
+                let found = tiers.iter().position(|t| *t.name == *d.value);
+                if found.is_none() && !raw.tiers.is_empty() {
+                    names.dedup();
+                    let names: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+                    self.errors.push(d.site.error(format!(
+                        "no tier is named {:?}; the tiers are {}",
+                        d.value,
+                        names.join(", ")
+                    )));
+                } else if raw.tiers.is_empty() {
+                    self.errors
+                        .push(d.site.error("set, but no [[tier]] table is defined"));
+                }
+                found
+            }
+            None => tiers.iter().position(|t| &*t.name == DEFAULT_TIER_NAME),
+        };
+        for (i, (t, raw_tier)) in tiers.iter().zip(&raw.tiers).enumerate() {
+            if t.clients.is_empty() && default != Some(i) {
+                self.warnings.push(
+                    Site {
+                        location: raw_tier.location.clone(),
+                        field: raw_tier.field.clone(),
+                    }
+                    .error(format!(
+                        "tier {:?} has no clients rules and is not the default tier: no client is ever in it",
+                        &*t.name
+                    )),
+                );
+            }
+        }
+        Tiers::new(tiers, default)
+    }
+
+    /// One tier; `None` after reporting its problems.
+    fn tier(&mut self, t: &RawTier, earlier: &[&str]) -> Option<Tier> {
+        let errors_before = self.errors.len();
+        let name = match &t.name {
+            None => {
+                self.errors.push(
+                    Site {
+                        location: t.location.clone(),
+                        field: format!("{}.name", t.field),
+                    }
+                    .error("missing; every tier needs a name for logs and metrics"),
+                );
+                None
+            }
+            Some(n)
+                if n.value.is_empty()
+                    || !n
+                        .value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) =>
+            {
+                self.errors.push(n.site.error(format!(
+                    "{:?} is not a tier name: use letters, digits, `_`, `-` and `.`",
+                    n.value
+                )));
+                None
+            }
+            Some(n) if earlier.contains(&n.value.as_str()) => {
+                self.errors
+                    .push(n.site.error(format!("tier {:?} is defined twice", n.value)));
+                None
+            }
+            Some(n) => Some(n.value.clone()),
+        };
+        let rate = t
+            .new_connections_per_second
+            .as_ref()
+            .and_then(|v| self.int_in(v, 1, MAX_TIER_RATE));
+        let burst = t
+            .burst
+            .as_ref()
+            .and_then(|v| self.int_in(v, 1, MAX_TIER_RATE));
+        if let (Some(b), None) = (&t.burst, &t.new_connections_per_second) {
+            self.errors.push(
+                b.site
+                    .error("burst needs new_connections_per_second in the same tier"),
+            );
+        }
+        let max_connections = t
+            .max_connections
+            .as_ref()
+            .and_then(|v| self.int_in(v, 1, MAX_CONNECTIONS));
+        let bytes_per_second = t
+            .bytes_per_second
+            .as_ref()
+            .and_then(|v| self.int_in(v, 1, MAX_TIER_BYTES));
+        let clients = Allowlist::new(self.client_rules(t.clients.as_ref()));
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        // The ranges above fit every target; `as` cannot truncate here.
+        let new_connections = rate.map(|per_second| ConnectionRate {
+            per_second: per_second as u32,
+            burst: burst.unwrap_or(per_second) as u32,
+        });
+        Some(Tier {
+            name: Arc::from(name?),
+            limits: Limits {
+                new_connections,
+                max_connections: max_connections.map(|m| m as u32),
+                bytes_per_second: bytes_per_second.map(|b| b as u64),
+            },
+            clients,
+        })
     }
 
     /// The client CA bundle and its path; `(None, [])` when not needed,
