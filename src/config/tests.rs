@@ -744,7 +744,7 @@ colour = "red"
             at(
                 1,
                 16,
-                "default_tier: no tier is named \"platinum\"; the tiers are \"gold\""
+                "default_tier: no tier is named \"platinum\"; the tiers are \"gold\", \"bad name\""
             ),
         ],
     );
