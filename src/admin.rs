@@ -13,6 +13,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
+use crate::admit::{RefusalReason, Throttle};
 use crate::close::{Counters, HANDSHAKE_BUCKETS_MS, REASON_CODES};
 use crate::tls::verify::{CacheStats, VerifyCache};
 
@@ -22,6 +23,8 @@ pub struct AdminState {
     pub counters: Vec<Arc<Counters>>,
     /// The client verification cache.
     pub cache: Arc<VerifyCache>,
+    /// The throttling tiers' state.
+    pub throttle: Arc<Throttle>,
     /// Set once shutdown began: `/ready` turns 503 so load balancers stop
     /// sending new connections.
     pub draining: AtomicBool,
@@ -68,6 +71,7 @@ pub fn route(method: &str, path: &str, state: &AdminState) -> Answer {
             body: render_metrics(
                 state.counters.iter().map(|c| &**c),
                 &state.cache.stats(),
+                &state.throttle,
                 state.draining.load(Ordering::Relaxed),
             ),
         },
@@ -96,6 +100,7 @@ pub fn route(method: &str, path: &str, state: &AdminState) -> Answer {
 pub fn render_metrics<'a>(
     counters: impl IntoIterator<Item = &'a Counters> + Clone,
     cache: &CacheStats,
+    throttle: &Throttle,
     draining: bool,
 ) -> String {
     let sum = |f: &dyn Fn(&Counters) -> u64| counters.clone().into_iter().map(f).sum::<u64>();
@@ -237,7 +242,84 @@ pub fn render_metrics<'a>(
         "1 while shutting down.",
         u64::from(draining),
     );
+    render_throttle(&mut out, throttle);
     out
+}
+
+/// The throttle's counters: admissions and refusals per tier, pacing.
+fn render_throttle(out: &mut String, throttle: &Throttle) {
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let by_tier = throttle.stats().by_tier();
+    // Tier names are validated to [A-Za-z0-9_.-]: safe as label values.
+    family(
+        "tlsplice_throttle_admitted_total",
+        "counter",
+        "Connections admitted by a throttling tier.",
+        by_tier
+            .iter()
+            .map(|(tier, c)| (format!("{{tier=\"{tier}\"}}"), c.admitted.to_string()))
+            .collect(),
+    );
+    family(
+        "tlsplice_throttle_refused_total",
+        "counter",
+        "Connections refused by a throttling tier, by limit.",
+        by_tier
+            .iter()
+            .flat_map(|(tier, c)| {
+                [
+                    (RefusalReason::Rate, c.refused_rate),
+                    (RefusalReason::Concurrency, c.refused_concurrency),
+                ]
+                .map(|(reason, n)| {
+                    (
+                        format!("{{tier=\"{tier}\",reason=\"{}\"}}", reason.code()),
+                        n.to_string(),
+                    )
+                })
+            })
+            .collect(),
+    );
+    let stats = throttle.stats();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let one = |v: String| vec![(String::new(), v)];
+    family(
+        "tlsplice_throttle_pacing_waits_total",
+        "counter",
+        "Times a relay waited for a client's bytes_per_second budget.",
+        one(load(&stats.pacing_waits).to_string()),
+    );
+    family(
+        "tlsplice_throttle_pacing_wait_seconds_total",
+        "counter",
+        "Time relays waited for clients' bytes_per_second budget.",
+        one(format!("{}", load(&stats.pacing_wait_us) as f64 / 1e6)),
+    );
+    family(
+        "tlsplice_throttle_paced_bytes_total",
+        "counter",
+        "Bytes held back before forwarding to keep a client within its tier.",
+        one(load(&stats.paced_bytes).to_string()),
+    );
+    let (clients, evictions) = throttle.entries();
+    family(
+        "tlsplice_throttle_clients",
+        "gauge",
+        "Clients the throttle keeps state for.",
+        one(clients.to_string()),
+    );
+    family(
+        "tlsplice_throttle_evictions_total",
+        "counter",
+        "Idle clients forgotten to make room.",
+        one(evictions.to_string()),
+    );
 }
 
 /// Binds the admin listener and serves it on a thread of its own.
@@ -287,6 +369,7 @@ fn answer(stream: TcpStream, state: &AdminState) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admit::Tiers;
     use crate::close::{AccessRecord, CloseReason};
     use crate::tls::verify::CacheConfig;
 
@@ -295,6 +378,7 @@ mod tests {
         let state = AdminState {
             counters: vec![Arc::default(), Arc::default()],
             cache: Arc::new(VerifyCache::new(CacheConfig::default())),
+            throttle: Throttle::new(Tiers::default(), 16),
             draining: AtomicBool::new(false),
             reload: Box::new(move |r| tx.send(r).is_ok()),
         };
@@ -323,6 +407,50 @@ mod tests {
             "tlsplice_handshake_seconds_bucket{le=\"+Inf\"} 2",
             "tlsplice_handshake_seconds_count 2",
             "tlsplice_draining 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn throttle_metrics_by_tier_and_reason() {
+        use crate::admit::{Client, ConnectionRate, Limits, Tier, Verdict};
+        let (mut state, _rx) = state();
+        let limits = Limits {
+            new_connections: Some(ConnectionRate {
+                per_second: 1,
+                burst: 1,
+            }),
+            ..Limits::default()
+        };
+        let tier = Tier {
+            name: "free".into(),
+            limits,
+            clients: Default::default(),
+        };
+        state.throttle = Throttle::new(Tiers::new(vec![tier], Some(0)), 16);
+        let client = Client {
+            end_entity: None,
+            identity: None,
+            address: Some("127.0.0.1".parse().unwrap()),
+        };
+        let now = std::time::Instant::now();
+        let admitted = state.throttle.admit(&client, now);
+        assert!(matches!(admitted, Verdict::Admitted(_)));
+        assert!(matches!(
+            state.throttle.admit(&client, now),
+            Verdict::Refused(_)
+        ));
+        let text = route("GET", "/metrics", &state).body;
+        for line in [
+            "tlsplice_throttle_admitted_total{tier=\"free\"} 1",
+            "tlsplice_throttle_refused_total{tier=\"free\",reason=\"rate\"} 1",
+            "tlsplice_throttle_refused_total{tier=\"free\",reason=\"max_connections\"} 0",
+            "tlsplice_throttle_clients 1",
+            "tlsplice_throttle_pacing_waits_total 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -20,6 +20,9 @@ pub enum CloseReason {
     HandshakeFailed(String),
     /// The client went away before finishing the handshake.
     ClientGoneInHandshake,
+    /// The client's throttling tier refused the connection; the detail
+    /// names the tier and the limit.
+    Throttled(String),
     /// No backend accepted the connection.
     BackendUnavailable(String),
     /// No bytes moved in either direction for the idle timeout.
@@ -44,6 +47,7 @@ impl CloseReason {
             Self::NotTls(_) => "not_tls",
             Self::HandshakeFailed(_) => "handshake_failed",
             Self::ClientGoneInHandshake => "client_gone_in_handshake",
+            Self::Throttled(_) => "throttled",
             Self::BackendUnavailable(_) => "backend_unavailable",
             Self::IdleTimeout => "idle_timeout",
             Self::Shutdown => "shutdown",
@@ -57,6 +61,7 @@ impl CloseReason {
         match self {
             Self::NotTls(d)
             | Self::HandshakeFailed(d)
+            | Self::Throttled(d)
             | Self::BackendUnavailable(d)
             | Self::ClientError(d)
             | Self::BackendError(d)
@@ -95,6 +100,8 @@ pub struct AccessRecord {
     pub subject: Option<String>,
     /// The client's identity: the allowlist entry it matched (alias or rule).
     pub identity: Option<String>,
+    /// The client's throttling tier.
+    pub tier: Option<String>,
     /// Backend the connection was relayed to.
     pub backend: Option<String>,
     /// Data path: `userspace` (rustls records) or `ktls`.
@@ -123,6 +130,7 @@ impl AccessRecord {
             suite: None,
             subject: None,
             identity: None,
+            tier: None,
             backend: None,
             path: "userspace",
             ktls_fallback: None,
@@ -145,6 +153,7 @@ impl AccessRecord {
             sni = %opt(&self.sni),
             subject = %opt(&self.subject),
             identity = %opt(&self.identity),
+            tier = %opt(&self.tier),
             alpn = %opt(&self.alpn),
             version = %opt(&self.version),
             suite = %opt(&self.suite),
@@ -204,13 +213,14 @@ pub struct Counters {
 pub const HANDSHAKE_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
 
 /// Every close reason code, in counter order.
-pub const REASON_CODES: [&str; 12] = [
+pub const REASON_CODES: [&str; 13] = [
     "done",
     "max_connections",
     "handshake_timeout",
     "not_tls",
     "handshake_failed",
     "client_gone_in_handshake",
+    "throttled",
     "backend_unavailable",
     "idle_timeout",
     "shutdown",
@@ -302,6 +312,7 @@ mod counter_tests {
             CloseReason::NotTls(String::new()),
             CloseReason::HandshakeFailed(String::new()),
             CloseReason::ClientGoneInHandshake,
+            CloseReason::Throttled(String::new()),
             CloseReason::BackendUnavailable(String::new()),
             CloseReason::IdleTimeout,
             CloseReason::Shutdown,
@@ -320,8 +331,8 @@ mod counter_tests {
         }
         b.record(&rec, &CloseReason::Done);
         let s = Counters::summary([&a, &b]);
-        assert!(s.contains("ktls=13 "), "{s}");
-        assert!(s.contains("bytes_up=65 "), "{s}");
+        assert!(s.contains("ktls=14 "), "{s}");
+        assert!(s.contains("bytes_up=70 "), "{s}");
         assert!(s.contains(" done=2"), "{s}");
         assert!(s.contains(" backend_error=1"), "{s}");
     }

@@ -17,6 +17,7 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
 use rustls::ServerConfig;
 
+use crate::admit::{self, Refusal, Verdict};
 use crate::pool::Buffers;
 use crate::tls::client_hello::{self, ClientHello, ClientHelloError};
 use crate::tls::records::TlsOut;
@@ -45,6 +46,9 @@ pub struct Established {
     pub early_plaintext: Vec<u8>,
     /// The client already sent close_notify.
     pub client_closed: bool,
+    /// The throttle's verdict, when it was reached inside the handshake
+    /// (a verified client certificate); see [`crate::admit`].
+    pub verdict: Option<Verdict>,
 }
 
 /// Why a handshake did not complete.
@@ -56,6 +60,9 @@ pub enum HandshakeError {
     /// rustls refused the handshake (the matching alert was sent).
     #[error("{0}")]
     Tls(#[from] rustls::Error),
+    /// The client's throttling tier refused it (access_denied was sent).
+    #[error("throttled: {0}")]
+    Throttled(Refusal),
     /// The client closed the connection before the handshake completed.
     #[error("client closed the connection during the handshake")]
     ClientGone,
@@ -108,8 +115,15 @@ pub async fn accept(
         return Err(e.into());
     }
 
+    let mut verdict = None;
     loop {
-        match drive(&mut conn, &mut incoming, &mut out, &mut early_plaintext) {
+        let progress = drive(&mut conn, &mut incoming, &mut out, &mut early_plaintext);
+        // The verifier ran inside `drive`, if at all: collect its verdict
+        // before any other connection on this thread can run.
+        if let Some(v) = admit::take_handed_over() {
+            verdict = Some(v);
+        }
+        match progress {
             Ok(Progress::Transmit) => write_out(stream, &mut out).await?,
             Ok(Progress::NeedInput) => {
                 if read_more(stream, &mut incoming).await? == 0 {
@@ -127,7 +141,10 @@ pub async fn accept(
             Err(e) => {
                 flush_alert(&mut conn, &mut incoming, &mut out);
                 let _ = write_out(stream, &mut out).await;
-                return Err(e.into());
+                return Err(match verdict {
+                    Some(Verdict::Refused(refusal)) => HandshakeError::Throttled(refusal),
+                    _ => e.into(),
+                });
             }
         }
     }
@@ -139,7 +156,20 @@ pub async fn accept(
         incoming,
         early_plaintext,
         client_closed,
+        verdict,
     })
+}
+
+/// Ends an established connection with close_notify, before any data was
+/// relayed: a post-handshake refusal (no alert can be sent any more).
+pub async fn close(stream: &mut TcpStream, established: &mut Established) -> io::Result<()> {
+    let mut out = TlsOut::with_capacity(64);
+    let UnbufferedStatus { state, .. } = established.conn.process_tls_records(&mut []);
+    if let Ok(ConnectionState::WriteTraffic(mut w)) = state {
+        out.close_notify(&mut w)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+    }
+    write_out(stream, &mut out).await
 }
 
 /// What the connection needs next.

@@ -26,6 +26,7 @@ use monoio::net::{TcpListener, TcpStream};
 use rustls::ServerConfig;
 
 use crate::admin::{AdminState, ReloadRequest};
+use crate::admit::{self, Client, Throttle, Verdict};
 use crate::close::{AccessRecord, CloseReason, Counters};
 use crate::config::{Backend, Config, KtlsMode, ListenerConfig, ProxyProtocol};
 use crate::connect::proxy_protocol::{self, ClientInfo};
@@ -74,6 +75,8 @@ pub struct Served {
     pub allowlist: Allowlist,
     /// PROXY protocol header for backends.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// The process-wide throttle (its tiers are reloaded with the rest).
+    pub throttle: Arc<Throttle>,
 }
 
 /// A listener's current [`Served`], shared by all workers.
@@ -89,25 +92,32 @@ struct ListenerPlan {
 }
 
 impl Served {
-    fn build(listener: &ListenerConfig, cache: &Arc<VerifyCache>) -> anyhow::Result<Self> {
-        let tls = server_config::build(&listener.tls, cache)
+    fn build(
+        listener: &ListenerConfig,
+        cache: &Arc<VerifyCache>,
+        throttle: &Arc<Throttle>,
+    ) -> anyhow::Result<Self> {
+        let tls = server_config::build(&listener.tls, cache, throttle)
             .with_context(|| format!("listener {}", listener.name))?;
         Ok(Self {
             tls,
             backends: listener.backends.clone(),
             allowlist: listener.tls.allowlist.clone(),
             proxy_protocol: listener.proxy_protocol,
+            throttle: throttle.clone(),
         })
     }
 }
 
 /// Applies a reloaded configuration: every listener's TLS state and backends
-/// are built first, and only if all succeed are they swapped in. Listener
-/// names and addresses, workers and timeouts need a restart.
+/// are built first, and only if all succeed are they swapped in, with the
+/// throttling tiers. Listener names and addresses, workers and timeouts
+/// need a restart.
 fn apply_reload(
     plans: &[ListenerPlan],
     config: &Config,
     cache: &Arc<VerifyCache>,
+    throttle: &Arc<Throttle>,
 ) -> anyhow::Result<()> {
     let same_listeners = plans.len() == config.listeners.len()
         && plans
@@ -120,8 +130,9 @@ fn apply_reload(
     let built = config
         .listeners
         .iter()
-        .map(|l| Served::build(l, cache))
+        .map(|l| Served::build(l, cache, throttle))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    throttle.set_tiers(config.tiers.clone());
     for (plan, served) in plans.iter().zip(built) {
         plan.served.store(Arc::new(served));
     }
@@ -168,10 +179,13 @@ pub fn run(
     // One verification cache for the process: workers share verdicts, and
     // reloads start new generations in it.
     let verify_cache = Arc::new(VerifyCache::new(CacheConfig::default()));
+    // One throttle for the process, too: limits hold across workers and
+    // listeners, and client buckets outlive reloads.
+    let throttle = Throttle::new(config.tiers.clone(), admit::DEFAULT_CAPACITY);
     let mut plans = Vec::new();
     let mut bound = Vec::new();
     for listener in &config.listeners {
-        let served = Served::build(listener, &verify_cache)?;
+        let served = Served::build(listener, &verify_cache, &throttle)?;
         let mut sockets: Vec<Vec<std::net::TcpListener>> =
             (0..workers).map(|_| Vec::new()).collect();
         for addr in &listener.listen {
@@ -244,6 +258,7 @@ pub fn run(
             let state = Arc::new(AdminState {
                 counters: counters.clone(),
                 cache: verify_cache.clone(),
+                throttle: throttle.clone(),
                 draining: AtomicBool::new(false),
                 reload: Box::new(move |reply| {
                     admin_events.send(Event::Reload(Some(reply))).is_ok()
@@ -270,8 +285,8 @@ pub fn run(
     while remaining > 0 {
         match signals.recv_timeout(Duration::from_millis(100)) {
             Ok(Event::Reload(reply)) => {
-                let result =
-                    reload().and_then(|config| apply_reload(&plans, &config, &verify_cache));
+                let result = reload()
+                    .and_then(|config| apply_reload(&plans, &config, &verify_cache, &throttle));
                 // One log line per event, whatever the error spans.
                 let result = result.map_err(|e| format!("{e:#}").replace('\n', "; "));
                 match &result {
@@ -613,10 +628,14 @@ async fn serve(
         handshake::accept(&mut stream, &worker.buffers, |_hello| served.tls.clone()),
     )
     .await;
-    let established = match handshake {
+    let mut established = match handshake {
         Err(_) => return CloseReason::HandshakeTimeout,
         Ok(Err(HandshakeError::NotTls(e))) => return CloseReason::NotTls(e.to_string()),
         Ok(Err(HandshakeError::ClientGone)) => return CloseReason::ClientGoneInHandshake,
+        Ok(Err(HandshakeError::Throttled(refusal))) => {
+            record.tier = Some(refusal.tier.to_string());
+            return CloseReason::Throttled(refusal.to_string());
+        }
         Ok(Err(e)) => return CloseReason::HandshakeFailed(e.to_string()),
         Ok(Ok(established)) => established,
     };
@@ -637,6 +656,33 @@ async fn serve(
     record.identity =
         identify(&served.allowlist, conn.peer_certificates()).map(|id| id.label().to_owned());
 
+    // Clients the verifier did not see (no certificate, or a resumed
+    // session) are decided now; a refusal can only be a close_notify.
+    let verdict = match established.verdict.take() {
+        Some(verdict) => verdict,
+        None => served.throttle.admit(
+            &Client {
+                end_entity: conn.peer_certificates().and_then(|c| c.first()),
+                identity: record.identity.as_deref(),
+                address: Some(record.client.ip()),
+            },
+            Instant::now(),
+        ),
+    };
+    let admission = match verdict {
+        Verdict::Unthrottled => None,
+        Verdict::Admitted(admission) => {
+            record.tier = Some(admission.tier().to_owned());
+            Some(admission)
+        }
+        Verdict::Refused(refusal) => {
+            record.tier = Some(refusal.tier.to_string());
+            let _ = handshake::close(&mut stream, &mut established).await;
+            return CloseReason::Throttled(refusal.to_string());
+        }
+    };
+    let pacer = admission.as_ref().and_then(admit::Admission::pacer);
+
     let (backend, chosen) =
         match connect::connect(&listener.pool, &served.backends, limits.connect_timeout).await {
             Ok(ok) => ok,
@@ -654,7 +700,16 @@ async fn serve(
 
     let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
     let outcome = if limits.ktls == KtlsMode::Off || !worker.ktls.any() {
-        userspace::run(established, stream, backend, idle, drain, &worker.buffers).await
+        userspace::run(
+            established,
+            stream,
+            backend,
+            idle,
+            drain,
+            &worker.buffers,
+            pacer.as_ref(),
+        )
+        .await
     } else {
         match handover(established, &mut stream, &worker.ktls).await {
             Ok(Handover::Kernel(session)) => {
@@ -666,6 +721,7 @@ async fn serve(
                     idle,
                     drain,
                     &worker.buffers.pipes,
+                    pacer.as_ref(),
                 )
                 .await
             }
@@ -674,7 +730,16 @@ async fn serve(
             }
             Ok(Handover::Userspace(established, why)) => {
                 record.ktls_fallback = Some(why);
-                userspace::run(*established, stream, backend, idle, drain, &worker.buffers).await
+                userspace::run(
+                    *established,
+                    stream,
+                    backend,
+                    idle,
+                    drain,
+                    &worker.buffers,
+                    pacer.as_ref(),
+                )
+                .await
             }
             Err(e) => return CloseReason::ClientError(e.to_string()),
         }

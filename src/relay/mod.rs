@@ -7,6 +7,7 @@ pub mod userspace;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+use crate::admit::{Allowance, Direction, Pacer};
 use crate::close::CloseReason;
 use crate::trigger::Trigger;
 
@@ -42,5 +43,37 @@ pub(crate) async fn watchdog(
                 }
             }
         }
+    }
+}
+
+/// Holds `n` bytes already read back until the client's byte budget
+/// (its tier's `bytes_per_second`) allows them: delayed, never dropped.
+pub(crate) async fn pace(pacer: Option<&Pacer>, dir: Direction, n: usize) {
+    if let Some(pacer) = pacer {
+        let wait = pacer.charge(dir, n as u64, Instant::now());
+        if !wait.is_zero() {
+            monoio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// How many bytes the next splice may move, at most `max`, once the
+/// client's byte budget has some; charge what it moved with [`spent`].
+pub(crate) async fn paced_len(pacer: Option<&Pacer>, dir: Direction, max: u32) -> u32 {
+    let Some(pacer) = pacer else { return max };
+    loop {
+        match pacer.allowance(dir, u64::from(max), Instant::now()) {
+            Allowance::Now(n) => return u32::try_from(n).unwrap_or(max).min(max),
+            Allowance::Wait(wait) => monoio::time::sleep(wait).await,
+        }
+    }
+}
+
+/// Charges bytes a splice moved against the client's byte budget; any
+/// debt (other connections of the client spent it too) is waited out by
+/// the next [`paced_len`].
+pub(crate) fn spent(pacer: Option<&Pacer>, dir: Direction, n: u32) {
+    if let Some(pacer) = pacer {
+        pacer.charge(dir, u64::from(n), Instant::now());
     }
 }

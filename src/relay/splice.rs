@@ -20,7 +20,8 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHal
 use monoio::net::unix::Pipe;
 use monoio::net::TcpStream;
 
-use super::{watchdog, RelayOutcome};
+use super::{pace, paced_len, spent, watchdog, RelayOutcome};
+use crate::admit::{Direction, Pacer};
 use crate::close::CloseReason;
 use crate::ktls::crypto_info::CIPHER_CHACHA20_POLY1305;
 use crate::ktls::handover::KernelSession;
@@ -64,6 +65,7 @@ impl Shared {
 
 /// Relays a kernel TLS session until both directions close, one side
 /// fails, the connection idles for `idle_timeout`, or `drain_expired` fires.
+/// With a `pacer`, each splice is capped to the client's byte budget.
 pub async fn run(
     session: KernelSession,
     client: TcpStream,
@@ -71,6 +73,7 @@ pub async fn run(
     idle_timeout: Duration,
     drain_expired: &Trigger,
     pipes: &PipePool,
+    pacer: Option<&Pacer>,
 ) -> RelayOutcome {
     let client_fd = client.as_raw_fd();
     let record_limit = if session.cipher == CIPHER_CHACHA20_POLY1305 {
@@ -108,7 +111,8 @@ pub async fn run(
                     &mut client_rd,
                     &mut backend_wr,
                     record_limit,
-                    pipes
+                    pipes,
+                    pacer
                 ),
                 backend_to_client(
                     &shared,
@@ -116,7 +120,8 @@ pub async fn run(
                     &mut backend_rd,
                     &mut client_wr,
                     record_limit,
-                    pipes
+                    pipes,
+                    pacer
                 ),
             );
             finished.fire();
@@ -163,6 +168,7 @@ async fn client_to_backend(
     backend: &mut OwnedWriteHalf<TcpStream>,
     record_limit: u64,
     pipes: &PipePool,
+    pacer: Option<&Pacer>,
 ) {
     let (mut pipe_rd, mut pipe_wr) = match pipes.take() {
         Ok(p) => p,
@@ -171,12 +177,14 @@ async fn client_to_backend(
     let mut records = 0u64;
     let mut control = vec![0u8; MAX_RECORD as usize];
     loop {
-        match client.splice_to_pipe(&mut pipe_wr, SPLICE_CHUNK).await {
+        let len = paced_len(pacer, Direction::Up, SPLICE_CHUNK).await;
+        match client.splice_to_pipe(&mut pipe_wr, len).await {
             Ok(0) => {
                 // EOF, or a zero-length data record: recvmsg tells which.
                 match recv_record(client_fd, &mut control) {
                     Ok((0, _)) => break,
                     Ok((n, RECORD_APPLICATION_DATA)) => {
+                        pace(pacer, Direction::Up, n).await;
                         if !forward(shared, backend, &control[..n]).await {
                             return;
                         }
@@ -191,6 +199,7 @@ async fn client_to_backend(
                 }
             }
             Ok(n) => {
+                spent(pacer, Direction::Up, n);
                 records += 1;
                 if !drain_pipe(shared, &mut pipe_rd, backend, n).await {
                     return;
@@ -210,6 +219,7 @@ async fn client_to_backend(
                         if n == 0 {
                             break;
                         }
+                        pace(pacer, Direction::Up, n).await;
                         if !forward(shared, backend, &control[..n]).await {
                             return;
                         }
@@ -309,6 +319,7 @@ async fn backend_to_client(
     client: &mut OwnedWriteHalf<TcpStream>,
     record_limit: u64,
     pipes: &PipePool,
+    pacer: Option<&Pacer>,
 ) {
     let (mut pipe_rd, mut pipe_wr) = match pipes.take() {
         Ok(p) => p,
@@ -316,9 +327,11 @@ async fn backend_to_client(
     };
     let mut records = 0u64;
     loop {
-        match backend.splice_to_pipe(&mut pipe_wr, SPLICE_CHUNK).await {
+        let len = paced_len(pacer, Direction::Down, SPLICE_CHUNK).await;
+        match backend.splice_to_pipe(&mut pipe_wr, len).await {
             Ok(0) => break,
             Ok(mut n) => {
+                spent(pacer, Direction::Down, n);
                 shared.touch();
                 while n > 0 {
                     match client.splice_from_pipe(&mut pipe_rd, n).await {

@@ -23,7 +23,8 @@ use monoio::net::TcpStream;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
 
-use super::{watchdog, RelayOutcome};
+use super::{pace, watchdog, RelayOutcome};
+use crate::admit::{Direction, Pacer};
 use crate::close::CloseReason;
 use crate::handshake::{flush_alert, Established, INCOMING_CAPACITY};
 use crate::pool::Buffers;
@@ -74,7 +75,8 @@ impl Shared {
 
 /// Relays between an established client session and a connected backend
 /// until both directions are closed, one side fails, the connection idles
-/// for `idle_timeout`, or `drain_expired` fires.
+/// for `idle_timeout`, or `drain_expired` fires. With a `pacer`, bytes
+/// wait for the client's byte budget before they are forwarded.
 pub async fn run(
     established: Established,
     client: TcpStream,
@@ -82,6 +84,7 @@ pub async fn run(
     idle_timeout: Duration,
     drain_expired: &Trigger,
     buffers: &Buffers,
+    pacer: Option<&Pacer>,
 ) -> RelayOutcome {
     let Established {
         conn,
@@ -117,6 +120,7 @@ pub async fn run(
         (&mut incoming, &mut up_plain),
         client_closed,
         cancel.clone(),
+        pacer,
     );
     let down = backend_to_client(
         &shared,
@@ -124,6 +128,7 @@ pub async fn run(
         &mut client_wr,
         (&mut down_plain, &mut down_out),
         cancel.clone(),
+        pacer,
     );
     let both = async {
         let r = monoio::join!(up, down);
@@ -189,6 +194,7 @@ async fn client_to_backend(
     (incoming, plain): (&mut Vec<u8>, &mut Vec<u8>),
     client_closed: bool,
     cancel: CancelHandle,
+    pacer: Option<&Pacer>,
 ) -> u64 {
     if incoming.capacity() < INCOMING_CAPACITY {
         incoming.reserve(INCOMING_CAPACITY - incoming.len());
@@ -204,6 +210,7 @@ async fn client_to_backend(
         };
         if !plain.is_empty() {
             let n = plain.len() as u64;
+            pace(pacer, Direction::Up, plain.len()).await;
             let (res, buf) = backend
                 .write_all(std::mem::take(plain), cancel.clone())
                 .await;
@@ -310,6 +317,7 @@ async fn backend_to_client(
     client: &mut OwnedWriteHalf<TcpStream>,
     (plain, out): (&mut Vec<u8>, &mut TlsOut),
     cancel: CancelHandle,
+    pacer: Option<&Pacer>,
 ) -> u64 {
     if plain.capacity() < BACKEND_READ {
         plain.reserve(BACKEND_READ);
@@ -332,6 +340,7 @@ async fn backend_to_client(
         };
         if n > 0 {
             shared.touch();
+            pace(pacer, Direction::Down, n).await;
         }
         if let Err(e) = encrypt(shared, &plain[..n], out) {
             shared.fail(CloseReason::ClientError(format!("TLS: {e}")));

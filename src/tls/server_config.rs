@@ -8,6 +8,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CipherSuite as Suite, ServerConfig, SupportedCipherSuite};
 
+use crate::admit::Throttle;
 use crate::config::{CipherSuite, ClientAuth, TlsSettings, TlsVersion};
 use crate::tls::verify::{ClientAuthMode, TrustError, TrustSettings, TrustVerifier, VerifyCache};
 
@@ -34,9 +35,12 @@ pub enum ServerConfigError {
 /// Client chains are checked through `cache`, shared by every listener and
 /// kept across reloads; each build starts a new cache generation, so a
 /// reloaded trust store never sees verdicts made under the old one.
+/// Client certificates are admitted through `throttle`'s tiers as they are
+/// verified, so a throttled client is refused with an alert.
 pub fn build(
     settings: &TlsSettings,
     cache: &Arc<VerifyCache>,
+    throttle: &Arc<Throttle>,
 ) -> Result<Arc<ServerConfig>, ServerConfigError> {
     let provider = Arc::new(provider_for(&settings.cipher_suites, &settings.versions)?);
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = settings
@@ -58,6 +62,7 @@ pub fn build(
             let mut trust = TrustSettings::new(mode, settings.client_ca.clone());
             trust.crls = settings.crls.clone();
             trust.allowlist = settings.allowlist.clone();
+            trust.throttle = Some(throttle.clone());
             let verifier =
                 TrustVerifier::new(&trust, provider.clone(), cache.clone(), UnixTime::now())?;
             for warning in verifier.warnings() {

@@ -860,12 +860,13 @@ pub struct Access {
 
 /// The access line's fields, in the order tlsplice writes them. Values may
 /// contain spaces (reasons, fallbacks), so each runs to the next key.
-const ACCESS_KEYS: [&str; 16] = [
+const ACCESS_KEYS: [&str; 17] = [
     "client",
     "listener",
     "sni",
     "subject",
     "identity",
+    "tier",
     "alpn",
     "version",
     "suite",

@@ -21,6 +21,7 @@ use x509_parser::prelude::FromDer;
 use super::cache::{CacheKey, Verdict, VerifyCache};
 use super::crl::Crl;
 use super::policy::Allowlist;
+use crate::admit::{self, Client, Throttle};
 
 /// Whether a client must present a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +92,8 @@ pub struct TrustSettings {
     pub allowlist: Allowlist,
     /// When to stop listing CAs in the CertificateRequest.
     pub hint_limits: HintLimits,
+    /// Throttling tiers, decided right after the allowlist; none: no throttling.
+    pub throttle: Option<Arc<Throttle>>,
 }
 
 impl TrustSettings {
@@ -107,6 +110,7 @@ impl TrustSettings {
             enforce_crl_expiry: false,
             allowlist: Allowlist::default(),
             hint_limits: HintLimits::default(),
+            throttle: None,
         }
     }
 }
@@ -170,10 +174,14 @@ pub enum TrustWarning {
 /// - expired or not yet valid: `certificate_expired`;
 /// - chain verifies but no allowlist entry matches: `access_denied`
 ///   (`CertificateError::ApplicationVerificationFailure`);
+/// - the client's throttling tier refuses the connection: `access_denied`
+///   (the verdict, with the tier and the reason, is handed to the
+///   connection through [`crate::admit::hand_over`]);
 /// - CertificateVerify signature wrong: `decrypt_error`.
 pub struct TrustVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     allowlist: Allowlist,
+    throttle: Option<Arc<Throttle>>,
     cache: Arc<VerifyCache>,
     generation: u64,
     /// The earliest CRL `nextUpdate`: no trusted verdict outlives it.
@@ -258,6 +266,7 @@ impl TrustVerifier {
         Ok(TrustVerifier {
             inner: builder.build()?,
             allowlist: settings.allowlist.clone(),
+            throttle: settings.throttle.clone(),
             generation: cache.next_generation(),
             cache,
             crls_valid_until: settings.crls.iter().map(Crl::next_update).min(),
@@ -365,11 +374,34 @@ impl ClientCertVerifier for TrustVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
         self.validate_chain(end_entity, intermediates, now)?;
-        if !self.allowlist.admits(end_entity) {
-            // rustls sends access_denied for this error.
-            return Err(Error::InvalidCertificate(
+        // rustls sends access_denied for this error.
+        let denied = || {
+            Err(Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
-            ));
+            ))
+        };
+        let throttle = self.throttle.as_ref().filter(|t| t.is_active());
+        let Some(throttle) = throttle else {
+            if !self.allowlist.admits(end_entity) {
+                return denied();
+            }
+            return Ok(ClientCertVerified::assertion());
+        };
+        let Some(identity) = self.allowlist.identify(end_entity) else {
+            return denied();
+        };
+        let client = Client {
+            end_entity: Some(end_entity),
+            identity: Some(identity.label()),
+            address: None,
+        };
+        // Decided here, not after the handshake, so that a refused client
+        // gets an alert: see the `admit` module documentation.
+        let verdict = throttle.admit(&client, std::time::Instant::now());
+        let refused = matches!(verdict, admit::Verdict::Refused(_));
+        admit::hand_over(verdict);
+        if refused {
+            return denied();
         }
         Ok(ClientCertVerified::assertion())
     }
