@@ -26,7 +26,7 @@ use monoio::net::{TcpListener, TcpStream};
 use rustls::ServerConfig;
 
 use crate::admin::{AdminState, ReloadRequest};
-use crate::admit::{self, Client, Throttle, Verdict};
+use crate::admit::{self, Client, ClientKey, Throttle, Verdict};
 use crate::close::{AccessRecord, CloseReason, Counters};
 use crate::config::{Backend, Config, KtlsMode, ListenerConfig, ProxyProtocol};
 use crate::connect::proxy_protocol::{self, ClientInfo};
@@ -634,6 +634,9 @@ async fn serve(
         Ok(Err(HandshakeError::ClientGone)) => return CloseReason::ClientGoneInHandshake,
         Ok(Err(HandshakeError::Throttled(refusal))) => {
             record.tier = Some(refusal.tier.to_string());
+            if let ClientKey::Identity(label) = &refusal.client {
+                record.identity = Some(label.to_string());
+            }
             return CloseReason::Throttled(refusal.to_string());
         }
         Ok(Err(e)) => return CloseReason::HandshakeFailed(e.to_string()),

@@ -4,31 +4,10 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::*;
 use rustls::AlertDescription;
-
-/// Admitted: an echo round trip works. Refused: the alert the client got.
-fn outcome(server: &Server, opts: &ClientOpts) -> Result<(), rustls::Error> {
-    let mut tls = match tls_connect(server.addr(), opts.build()) {
-        Ok(tls) => tls,
-        Err(e) => return Err(rustls_error(&e).expect("TLS alert").clone()),
-    };
-    // TLS 1.3: the verdict on the client certificate shows on the first read.
-    let _ = tls.write_all(b"ping\n").and_then(|()| tls.flush());
-    let mut buf = [0u8; 5];
-    match tls.read_exact(&mut buf) {
-        Ok(()) => {
-            assert_eq!(&buf, b"ping\n");
-            Ok(())
-        }
-        Err(e) => Err(rustls_error(&e)
-            .unwrap_or_else(|| panic!("refused without an alert: {e}"))
-            .clone()),
-    }
-}
 
 #[test]
 fn revoked_client_refused_then_admitted_after_reload() {

@@ -77,6 +77,8 @@ impl RefusalReason {
 pub struct Refusal {
     /// The client's tier.
     pub tier: Arc<str>,
+    /// Who was refused.
+    pub client: ClientKey,
     /// Which limit.
     pub reason: RefusalReason,
     /// The limit in words, for the log.
@@ -251,6 +253,7 @@ impl Throttle {
                 });
                 Verdict::Refused(Refusal {
                     tier: tier.name.clone(),
+                    client: key.client,
                     reason,
                     detail,
                 })

@@ -145,6 +145,20 @@ fn leaf(
     (cert, key)
 }
 
+/// Writes a certificate and its key as `<name>.crt` and `<name>.key` in `dir`.
+fn save_identity(dir: &Path, name: &str, (cert, key): (rcgen::Certificate, KeyPair)) -> Identity {
+    let cert_path = dir.join(format!("{name}.crt"));
+    let key_path = dir.join(format!("{name}.key"));
+    fs::write(&cert_path, cert.pem()).unwrap();
+    fs::write(&key_path, key.serialize_pem()).unwrap();
+    Identity {
+        cert_path,
+        key_path,
+        cert_der: cert.der().clone(),
+        key_der: key.serialize_der(),
+    }
+}
+
 /// A throwaway PKI in its own temp dir.
 ///
 /// - `ca.crt` signs the server and the valid client certificates;
@@ -183,18 +197,7 @@ impl Pki {
         let other_ca_path = dir.path().join("other-ca.crt");
         fs::write(&other_ca_path, other.cert.pem()).unwrap();
 
-        let write = |name: &str, (cert, key): (rcgen::Certificate, KeyPair)| -> Identity {
-            let cert_path = dir.path().join(format!("{name}.crt"));
-            let key_path = dir.path().join(format!("{name}.key"));
-            fs::write(&cert_path, cert.pem()).unwrap();
-            fs::write(&key_path, key.serialize_pem()).unwrap();
-            Identity {
-                cert_path,
-                key_path,
-                cert_der: cert.der().clone(),
-                key_der: key.serialize_der(),
-            }
-        };
+        let write = |name: &str, pair| save_identity(dir.path(), name, pair);
         use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
         let server = write(
             "server",
@@ -304,7 +307,7 @@ impl Pki {
     /// generation is the slow part of the PKI).
     pub fn server_rsa(&self) -> &Identity {
         self.rsa.get_or_init(|| {
-            let (cert, key) = leaf(
+            let pair = leaf(
                 &self.ca,
                 "localhost",
                 SERVER_SANS,
@@ -312,17 +315,22 @@ impl Pki {
                 KeyType::Rsa2048,
                 false,
             );
-            let cert_path = self.path().join("server-rsa.crt");
-            let key_path = self.path().join("server-rsa.key");
-            fs::write(&cert_path, cert.pem()).unwrap();
-            fs::write(&key_path, key.serialize_pem()).unwrap();
-            Identity {
-                cert_path,
-                key_path,
-                cert_der: cert.der().clone(),
-                key_der: key.serialize_der(),
-            }
+            save_identity(self.path(), "server-rsa", pair)
         })
+    }
+
+    /// A further valid client certificate from the test CA, with subject
+    /// CN `cn`, written as `<name>.crt` and `<name>.key`.
+    pub fn issue_client(&self, name: &str, cn: &str) -> Identity {
+        let pair = leaf(
+            &self.ca,
+            cn,
+            &[],
+            &[ExtendedKeyUsagePurpose::ClientAuth],
+            KeyType::EcdsaP256,
+            false,
+        );
+        save_identity(self.path(), name, pair)
     }
 
     pub fn server_identity(&self, key_type: KeyType) -> &Identity {
@@ -1142,6 +1150,27 @@ pub fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
     e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
 }
 
+/// One connection through an echo backend. Admitted: the round trip works.
+/// Refused: the TLS error (alert) the client got; with TLS 1.3 the verdict
+/// on the client certificate shows on the first read.
+pub fn outcome(server: &Server, opts: &ClientOpts) -> Result<(), rustls::Error> {
+    let mut tls = match tls_connect(server.addr(), opts.build()) {
+        Ok(tls) => tls,
+        Err(e) => return Err(rustls_error(&e).expect("TLS alert").clone()),
+    };
+    let _ = tls.write_all(b"ping\n").and_then(|()| tls.flush());
+    let mut buf = [0u8; 5];
+    match tls.read_exact(&mut buf) {
+        Ok(()) => {
+            assert_eq!(&buf, b"ping\n");
+            Ok(())
+        }
+        Err(e) => Err(rustls_error(&e)
+            .unwrap_or_else(|| panic!("refused without an alert: {e}"))
+            .clone()),
+    }
+}
+
 /// Writes `msg`, reads exactly `msg.len()` bytes back and checks they match.
 pub fn echo_round_trip(tls: &mut impl ReadWrite, msg: &[u8]) {
     tls.write_all(msg).expect("write through tlsplice");
@@ -1307,6 +1336,72 @@ pub fn close_notify(tls: &mut Tls) -> io::Result<()> {
         tls.conn.write_tls(&mut tls.sock)?;
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Admin listener
+// ---------------------------------------------------------------------------
+
+/// The admin listener's address, from the server's log.
+pub fn admin_addr(server: &Server) -> SocketAddr {
+    server
+        .log
+        .wait_line(WAIT, &["admin listening on"])
+        .and_then(|l| l.rsplit(' ').next().and_then(|a| a.parse().ok()))
+        .expect("admin address logged")
+}
+
+/// One HTTP/1.1 request to the admin listener: (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Parses Prometheus text with prometheus_client (the reference parser)
+/// and returns `name{labels} value` lines, sorted.
+pub fn parse_with_prometheus_client(text: &str) -> Vec<String> {
+    require_tool("python3");
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nfor f in p(sys.stdin.read()):\n  for s in f.samples:\n    l=','.join(f'{k}=\"{v}\"' for k,v in sorted(s.labels.items()))\n    print(f'{s.name}{{{l}}} {s.value:g}')\n",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client rejected /metrics (pip install prometheus_client?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
 }
 
 // ---------------------------------------------------------------------------
