@@ -606,9 +606,11 @@ async fn connection(
         tracing::error!(client = %peer, "connection task panicked: {what}");
         CloseReason::Internal(what)
     });
-    record.emit(&reason);
+    // Counted before the log line, so whoever sees the line (a test, an
+    // operator) finds it in /metrics too.
     worker.counters.record(&record, &reason);
     worker.counters.open.fetch_sub(1, Ordering::Relaxed);
+    record.emit(&reason);
     worker.active.set(worker.active.get() - 1);
 }
 
