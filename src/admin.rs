@@ -373,6 +373,16 @@ mod tests {
     use crate::close::{AccessRecord, CloseReason};
     use crate::tls::verify::CacheConfig;
 
+    /// Fails unless every one of `lines` is a whole line of `text`.
+    fn assert_lines(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(
+                text.lines().any(|l| l == *line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
     fn state() -> (AdminState, mpsc::Receiver<ReloadRequest>) {
         let (tx, rx) = mpsc::channel();
         let state = AdminState {
@@ -396,23 +406,21 @@ mod tests {
         rec.handshake = Some(Duration::from_millis(30));
         state.counters[1].record(&rec, &CloseReason::IdleTimeout);
         let text = route("GET", "/metrics", &state).body;
-        for line in [
-            "tlsplice_connections_closed_total{reason=\"done\"} 1",
-            "tlsplice_connections_closed_total{reason=\"idle_timeout\"} 1",
-            "tlsplice_connections_relayed_total{path=\"userspace\"} 2",
-            "tlsplice_bytes_total{direction=\"up\"} 20",
-            "tlsplice_handshake_seconds_bucket{le=\"0.002\"} 0",
-            "tlsplice_handshake_seconds_bucket{le=\"0.005\"} 1",
-            "tlsplice_handshake_seconds_bucket{le=\"0.05\"} 2",
-            "tlsplice_handshake_seconds_bucket{le=\"+Inf\"} 2",
-            "tlsplice_handshake_seconds_count 2",
-            "tlsplice_draining 0",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing {line:?} in\n{text}"
-            );
-        }
+        assert_lines(
+            &text,
+            &[
+                "tlsplice_connections_closed_total{reason=\"done\"} 1",
+                "tlsplice_connections_closed_total{reason=\"idle_timeout\"} 1",
+                "tlsplice_connections_relayed_total{path=\"userspace\"} 2",
+                "tlsplice_bytes_total{direction=\"up\"} 20",
+                "tlsplice_handshake_seconds_bucket{le=\"0.002\"} 0",
+                "tlsplice_handshake_seconds_bucket{le=\"0.005\"} 1",
+                "tlsplice_handshake_seconds_bucket{le=\"0.05\"} 2",
+                "tlsplice_handshake_seconds_bucket{le=\"+Inf\"} 2",
+                "tlsplice_handshake_seconds_count 2",
+                "tlsplice_draining 0",
+            ],
+        );
     }
 
     #[test]
@@ -445,18 +453,16 @@ mod tests {
             Verdict::Refused(_)
         ));
         let text = route("GET", "/metrics", &state).body;
-        for line in [
-            "tlsplice_throttle_admitted_total{tier=\"free\"} 1",
-            "tlsplice_throttle_refused_total{tier=\"free\",reason=\"rate\"} 1",
-            "tlsplice_throttle_refused_total{tier=\"free\",reason=\"max_connections\"} 0",
-            "tlsplice_throttle_clients 1",
-            "tlsplice_throttle_pacing_waits_total 0",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing {line:?} in\n{text}"
-            );
-        }
+        assert_lines(
+            &text,
+            &[
+                "tlsplice_throttle_admitted_total{tier=\"free\"} 1",
+                "tlsplice_throttle_refused_total{tier=\"free\",reason=\"rate\"} 1",
+                "tlsplice_throttle_refused_total{tier=\"free\",reason=\"max_connections\"} 0",
+                "tlsplice_throttle_clients 1",
+                "tlsplice_throttle_pacing_waits_total 0",
+            ],
+        );
     }
 
     #[test]

@@ -704,49 +704,47 @@ async fn serve(
     }
 
     let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
-    let outcome = if limits.ktls == KtlsMode::Off || !worker.ktls.any() {
-        userspace::run(
-            established,
-            stream,
-            backend,
-            idle,
-            drain,
-            &worker.buffers,
-            pacer.as_ref(),
-        )
-        .await
+    // The kernel session, or the connection to relay in userspace.
+    let path = if limits.ktls == KtlsMode::Off || !worker.ktls.any() {
+        Err(established)
     } else {
         match handover(established, &mut stream, &worker.ktls).await {
-            Ok(Handover::Kernel(session)) => {
-                record.path = "ktls";
-                splice::run(
-                    *session,
-                    stream,
-                    backend,
-                    idle,
-                    drain,
-                    &worker.buffers.pipes,
-                    pacer.as_ref(),
-                )
-                .await
-            }
+            Ok(Handover::Kernel(session)) => Ok(session),
             Ok(Handover::Userspace(_, why)) if limits.ktls == KtlsMode::Require => {
                 return CloseReason::ClientError(format!("ktls = require, but {why}"));
             }
             Ok(Handover::Userspace(established, why)) => {
                 record.ktls_fallback = Some(why);
-                userspace::run(
-                    *established,
-                    stream,
-                    backend,
-                    idle,
-                    drain,
-                    &worker.buffers,
-                    pacer.as_ref(),
-                )
-                .await
+                Err(*established)
             }
             Err(e) => return CloseReason::ClientError(e.to_string()),
+        }
+    };
+    let outcome = match path {
+        Ok(session) => {
+            record.path = "ktls";
+            splice::run(
+                *session,
+                stream,
+                backend,
+                idle,
+                drain,
+                &worker.buffers.pipes,
+                pacer.as_ref(),
+            )
+            .await
+        }
+        Err(established) => {
+            userspace::run(
+                established,
+                stream,
+                backend,
+                idle,
+                drain,
+                &worker.buffers,
+                pacer.as_ref(),
+            )
+            .await
         }
     };
     record.bytes_up = outcome.bytes_up;

@@ -55,6 +55,15 @@ fn client<'a>(pki: &'a Pki, id: &'a Identity) -> ClientOpts<'a> {
     ClientOpts::new(pki).tls13().identity(Some(id))
 }
 
+/// The access line of a connection refused by `tier`.
+fn throttled_line(server: &Server, tier: &str) -> String {
+    let tier = format!("tier={tier} ");
+    server
+        .log
+        .wait_line(WAIT, &["access", "reason=throttled", &tier])
+        .unwrap_or_else(|| panic!("no throttled access line with {tier}"))
+}
+
 /// The sample `name{labels} value` from /metrics, parsed by prometheus_client.
 fn metric(admin: std::net::SocketAddr, sample: &str) -> Option<f64> {
     let (status, text) = http(admin, "GET", "/metrics");
@@ -246,11 +255,7 @@ name = "default"
         outcome(&server, &client(&pki, &pooled)),
         Err(rustls::Error::AlertReceived(AlertDescription::AccessDenied))
     );
-    let line = server
-        .log
-        .wait_line(WAIT, &["access", "reason=throttled"])
-        .expect("throttled access line");
-    assert!(line.contains("tier=pool"), "{line}");
+    let line = throttled_line(&server, "pool");
     assert!(line.contains("max_connections = 2"), "{line}");
 
     // Another identity (the default tier, no limits) is not counted with it.
@@ -295,11 +300,7 @@ max_connections = 1
     let (data, end) = read_until_end(&mut second);
     assert!(data.is_empty());
     assert!(end.is_ok(), "expected a clean close_notify, got {end:?}");
-    let line = server
-        .log
-        .wait_line(WAIT, &["access", "reason=throttled"])
-        .expect("throttled access line");
-    assert!(line.contains("tier=anonymous"), "{line}");
+    let line = throttled_line(&server, "anonymous");
     assert!(line.contains("identity=-"), "{line}");
     // A client with a certificate is in the same default tier but counted
     // under its identity, not its address.

@@ -23,6 +23,16 @@ fn tier(name: &str, rule: Option<&str>, limits: Limits) -> Tier {
     }
 }
 
+/// A throttle whose only tier, `name`, is the default.
+fn only_tier(name: &str, limits: Limits) -> Arc<Throttle> {
+    Throttle::new(Tiers::new(vec![tier(name, None, limits)], Some(0)), 64)
+}
+
+/// A client certificate with subject CN `c`.
+fn cert() -> CertificateDer<'static> {
+    leaf(&Ca::root("admit CA"), &LeafSpec::cn("c")).cert
+}
+
 fn rate(per_second: u32, burst: u32) -> Limits {
     Limits {
         new_connections: Some(ConnectionRate { per_second, burst }),
@@ -90,12 +100,8 @@ fn rate_and_burst_per_identity_and_others_unaffected() {
 
 #[test]
 fn refusal_names_tier_and_limit() {
-    let ca = Ca::root("admit CA");
-    let cert = leaf(&ca, &LeafSpec::cn("c")).cert;
-    let throttle = Throttle::new(
-        Tiers::new(vec![tier("free", None, rate(1, 1))], Some(0)),
-        64,
-    );
+    let cert = cert();
+    let throttle = only_tier("free", rate(1, 1));
     let t0 = Instant::now();
     let c = with_cert(&cert, "cn:c");
     let first = throttle.admit(&c, t0);
@@ -119,13 +125,12 @@ fn refusal_names_tier_and_limit() {
 
 #[test]
 fn max_connections_released_when_admission_drops() {
-    let ca = Ca::root("admit CA");
-    let cert = leaf(&ca, &LeafSpec::cn("c")).cert;
+    let cert = cert();
     let limits = Limits {
         max_connections: Some(2),
         ..Limits::default()
     };
-    let throttle = Throttle::new(Tiers::new(vec![tier("t", None, limits)], Some(0)), 64);
+    let throttle = only_tier("t", limits);
     let t0 = Instant::now();
     let c = with_cert(&cert, "cn:c");
     let a1 = throttle.admit(&c, t0);
@@ -149,13 +154,12 @@ fn max_connections_released_when_admission_drops() {
 
 #[test]
 fn concurrency_refusal_spends_no_rate_token() {
-    let ca = Ca::root("admit CA");
-    let cert = leaf(&ca, &LeafSpec::cn("c")).cert;
+    let cert = cert();
     let limits = Limits {
         max_connections: Some(1),
         ..rate(1, 2)
     };
-    let throttle = Throttle::new(Tiers::new(vec![tier("t", None, limits)], Some(0)), 64);
+    let throttle = only_tier("t", limits);
     let t0 = Instant::now();
     let c = with_cert(&cert, "cn:c");
     let held = throttle.admit(&c, t0);
@@ -201,8 +205,7 @@ fn clients_without_certificate_get_the_default_tier_by_address() {
 
 #[test]
 fn no_tier_no_limits() {
-    let ca = Ca::root("admit CA");
-    let cert = leaf(&ca, &LeafSpec::cn("c")).cert;
+    let cert = cert();
     let throttle = Throttle::new(Tiers::new(vec![tier("x", Some("x"), rate(1, 1))], None), 64);
     assert!(throttle.is_active());
     let c = with_cert(&cert, "cn:c");
@@ -220,9 +223,8 @@ fn no_tier_no_limits() {
 
 #[test]
 fn reload_keeps_buckets_of_a_tier_that_keeps_its_name() {
-    let ca = Ca::root("admit CA");
-    let cert = leaf(&ca, &LeafSpec::cn("c")).cert;
-    let throttle = Throttle::new(Tiers::new(vec![tier("t", None, rate(1, 3))], Some(0)), 64);
+    let cert = cert();
+    let throttle = only_tier("t", rate(1, 3));
     let t0 = Instant::now();
     let c = with_cert(&cert, "cn:c");
     assert_eq!(admitted(&throttle, &c, t0, 0..3), 3);
@@ -241,13 +243,12 @@ fn reload_keeps_buckets_of_a_tier_that_keeps_its_name() {
 
 #[test]
 fn pacing_shares_the_byte_budget_per_direction() {
-    let ca = Ca::root("admit CA");
-    let cert = leaf(&ca, &LeafSpec::cn("c")).cert;
+    let cert = cert();
     let limits = Limits {
         bytes_per_second: Some(100_000),
         ..Limits::default()
     };
-    let throttle = Throttle::new(Tiers::new(vec![tier("t", None, limits)], Some(0)), 64);
+    let throttle = only_tier("t", limits);
     let t0 = Instant::now();
     let c = with_cert(&cert, "cn:c");
     let (Verdict::Admitted(a1), Verdict::Admitted(a2)) =
@@ -272,7 +273,7 @@ fn pacing_shares_the_byte_budget_per_direction() {
     assert_eq!(stats.pacing_waits.load(Ordering::Relaxed), 2);
     assert_eq!(stats.paced_bytes.load(Ordering::Relaxed), 50_000);
     // A tier without a byte limit has no pacer.
-    let unpaced = Throttle::new(Tiers::new(vec![tier("t", None, rate(5, 5))], Some(0)), 64);
+    let unpaced = only_tier("t", rate(5, 5));
     let Verdict::Admitted(a) = unpaced.admit(&c, t0) else {
         panic!("admitted")
     };
