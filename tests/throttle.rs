@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -258,6 +259,31 @@ name = "default"
     let line = throttled_line(&server, "pool");
     assert!(line.contains("max_connections = 2"), "{line}");
 
+    // OpenSSL over TLS 1.2, where the client certificate is judged before
+    // the handshake ends, gets the same alert.
+    require_tool("openssl");
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-tls1_2",
+        "-servername",
+        "localhost",
+        "-connect",
+    ])
+    .arg(server.addr().to_string())
+    .arg("-CAfile")
+    .arg(&pki.ca_path)
+    .arg("-cert")
+    .arg(&pooled.cert_path)
+    .arg("-key")
+    .arg(&pooled.key_path)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let (status, _, err) = run_bounded(cmd, WAIT);
+    assert!(!status.success(), "openssl was admitted: {err}");
+    assert!(err.contains("access denied"), "{err}");
+
     // Another identity (the default tier, no limits) is not counted with it.
     assert_eq!(outcome(&server, &client(&pki, &pki.client)), Ok(()));
 
@@ -369,4 +395,38 @@ bytes_per_second = {RATE}
     assert!(line.contains(&format!("bytes_down={TOTAL}")), "{line}");
     let paced = metric(admin, "tlsplice_throttle_paced_bytes_total{}").unwrap();
     assert!(paced > 0.0, "no bytes were paced");
+}
+
+#[test]
+fn reloaded_limits_apply_and_open_connections_still_count() {
+    let pki = Pki::new();
+    let backend = Backend::echo();
+    let tiers = |max: u32| {
+        format!("\n[[tier]]\nname = \"pool\"\nclients = [\"cn:test-*\"]\nmax_connections = {max}\n")
+    };
+    let path = config(&pki, &backend, "required", "", &tiers(1));
+    let server = serve(&path);
+    let opts = client(&pki, &pki.client);
+    let mut held = tls_connect(server.addr(), opts.build()).unwrap();
+    echo_round_trip(&mut held, b"held\n");
+    assert_eq!(
+        outcome(&server, &opts),
+        Err(rustls::Error::AlertReceived(AlertDescription::AccessDenied))
+    );
+
+    // Same tier name, higher limit: the held connection still counts, so
+    // exactly one more fits.
+    config(&pki, &backend, "required", "", &tiers(2));
+    server.signal(libc::SIGHUP);
+    server
+        .log
+        .wait_line(WAIT, &["reloaded"])
+        .expect("reload logged");
+    let mut second = tls_connect(server.addr(), opts.build()).unwrap();
+    echo_round_trip(&mut second, b"second\n");
+    assert_eq!(
+        outcome(&server, &opts),
+        Err(rustls::Error::AlertReceived(AlertDescription::AccessDenied))
+    );
+    echo_round_trip(&mut held, b"held still\n");
 }
