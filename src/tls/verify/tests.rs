@@ -556,3 +556,49 @@ fn build_errors_and_warnings() {
         verifier.warnings()
     );
 }
+
+#[test]
+fn throttled_client_gets_access_denied_and_the_verdict_is_handed_over() {
+    use crate::admit::{self, ConnectionRate, Limits, Throttle, Tier, Tiers, Verdict};
+    let server = ServerIdentity::new();
+    let root = Ca::root("clients");
+    let bob = leaf(&root, &LeafSpec::cn("bob"));
+    let tier = Tier {
+        name: Arc::from("one-shot"),
+        limits: Limits {
+            new_connections: Some(ConnectionRate {
+                per_second: 1,
+                burst: 1,
+            }),
+            ..Limits::default()
+        },
+        clients: Allowlist::new(vec![AllowEntry::subject_cn("*").unwrap()]),
+    };
+    let mut settings = TrustSettings::new(ClientAuthMode::Required, vec![root.cert.clone()]);
+    settings.throttle = Some(Throttle::new(Tiers::new(vec![tier], None), 64));
+    let verifier = build(&settings, &cache());
+    for (i, versions) in BOTH.iter().enumerate() {
+        // A client per version: each has one connection to spend.
+        let alice = leaf(&root, &LeafSpec::cn(&format!("alice-{i}")));
+        let _ = admit::take_handed_over();
+        let first = connect(&server, &verifier, Some((&alice, &[])), versions);
+        assert!(first.ok(), "{first:?}");
+        match admit::take_handed_over() {
+            Some(Verdict::Admitted(a)) => assert_eq!(a.tier(), "one-shot"),
+            other => panic!("{other:?}"),
+        }
+        let again = connect(&server, &verifier, Some((&alice, &[])), versions);
+        refused_with(
+            &again,
+            CertificateError::ApplicationVerificationFailure,
+            AlertDescription::AccessDenied,
+        );
+        match admit::take_handed_over() {
+            Some(Verdict::Refused(r)) => assert_eq!(&*r.tier, "one-shot"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Bob has his own bucket.
+    let out = connect(&server, &verifier, Some((&bob, &[])), &[&TLS13]);
+    assert!(out.ok(), "{out:?}");
+}
