@@ -598,8 +598,7 @@ impl Server {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Server {
-        let bin = tlsplice_bin();
-        let mut cmd = Command::new(&bin);
+        let mut cmd = Command::new(tlsplice_bin());
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .arg("--cert")
@@ -613,14 +612,39 @@ impl Server {
             .arg(backend.to_string())
             .args(["--workers", "1", "--ktls", ktls])
             .args(extra)
-            .envs(env.iter().copied())
-            .env(
-                "RUST_LOG",
-                std::env::var("TLSPLICE_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .envs(env.iter().copied());
+        Self::launch(cmd)
+    }
+
+    /// Starts tlsplice from a config file: the listener [`Server::start`]
+    /// makes (kTLS auto), with `extra` TOML tables after it.
+    pub fn start_config(pki: &Pki, backend: SocketAddr, extra: &str) -> Server {
+        let path = pki.path("tlsplice.toml");
+        let text = format!(
+            "workers = 1\nktls = \"auto\"\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\n\
+             cert = {:?}\nkey = {:?}\nclient_ca = {:?}\nclient_auth = \"required\"\n\
+             backends = [\"{backend}\"]\n{extra}",
+            pki.path("server.crt"),
+            pki.path("server.key"),
+            pki.path("ca.crt"),
+        );
+        fs::write(&path, text).expect("write config");
+        let mut cmd = Command::new(tlsplice_bin());
+        cmd.arg("serve").arg("--config").arg(&path);
+        Self::launch(cmd)
+    }
+
+    /// Runs `cmd` (a `tlsplice serve` command line) with the log captured,
+    /// and waits for its `listening on` line.
+    fn launch(mut cmd: Command) -> Server {
+        let bin = tlsplice_bin();
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("TLSPLICE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));

@@ -76,7 +76,35 @@ fn bulk(name: &'static str, version: &'static SupportedProtocolVersion, suite: C
     let server = Server::start(&pki, backend.addr, "auto");
     assert_probe_found_all(&server);
     let before = TlsStat::read();
+    let (out, access) = exact_both_ways(name, &pki, &server, &backend, n, version, suite);
+    assert_eq!(
+        access.get("version"),
+        version_name(version),
+        "{}",
+        access.line
+    );
+    assert_eq!(access.get("suite"), format!("{suite:?}"), "{}", access.line);
+    assert_eq!(access.get("subject"), "CN=client", "{}", access.line);
+    assert_offloaded_since(&before, 1);
+    let secs = out.elapsed.as_secs_f64();
+    println!(
+        "[ktls] {name}: {} MiB each way in {secs:.2}s ({:.1} MiB/s each way)",
+        n / MIB,
+        (n / MIB) as f64 / secs
+    );
+}
 
+/// Moves `n` bytes each way through `server` (the backend sends its
+/// stream at once) and checks both arrive byte-exact on the kernel path.
+fn exact_both_ways(
+    name: &str,
+    pki: &Pki,
+    server: &Server,
+    backend: &Backend,
+    n: u64,
+    version: &'static SupportedProtocolVersion,
+    suite: CipherSuite,
+) -> (Outcome, Access) {
     let mut client = Client::connect(server.addr, pki.client_config(version, Some(suite)));
     client.handshake(handshake_deadline());
     let mut plan = Plan::new(Some(Source::new(UP, n)), DOWN, transfer_deadline(2 * n));
@@ -105,22 +133,52 @@ fn bulk(name: &'static str, version: &'static SupportedProtocolVersion, suite: C
         "sha256 client->backend"
     );
     access.assert_ktls_done();
-    assert_eq!(
-        access.get("version"),
-        version_name(version),
-        "{}",
-        access.line
-    );
-    assert_eq!(access.get("suite"), format!("{suite:?}"), "{}", access.line);
-    assert_eq!(access.get("subject"), "CN=client", "{}", access.line);
     assert_eq!(access.num("bytes_up"), n, "{}", access.line);
     assert_eq!(access.num("bytes_down"), n, "{}", access.line);
+    (out, access)
+}
+
+/// A throttling tier's `bytes_per_second` on the kernel path: each splice
+/// is capped to the client's budget, and every byte still arrives, no
+/// sooner than the rate allows (lower bound only, generous).
+#[test]
+fn paced_splice_delivers_every_byte() {
+    let name = "paced_splice_delivers_every_byte";
+    let Some(_run) = begin(name) else { return };
+    const RATE: u64 = 512 * 1024;
+    let n = 2 * MIB;
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Concurrent {
+        send: n,
+        seed: DOWN,
+    });
+    let tier = format!(
+        "\n[[tier]]\nname = \"paced\"\nclients = [\"cn:client\"]\nbytes_per_second = {RATE}\n"
+    );
+    let server = Server::start_config(&pki, backend.addr, &tier);
+    let before = TlsStat::read();
+    let (out, access) = exact_both_ways(
+        name,
+        &pki,
+        &server,
+        &backend,
+        n,
+        &TLS13,
+        CipherSuite::TLS13_AES_128_GCM_SHA256,
+    );
+    assert_eq!(access.get("tier"), "paced", "{}", access.line);
     assert_offloaded_since(&before, 1);
-    let secs = out.elapsed.as_secs_f64();
+    // One second's worth may go at once; the rest at RATE, each way.
+    let floor = Duration::from_secs_f64((n - RATE) as f64 / RATE as f64 * 0.75);
+    assert!(
+        out.elapsed >= floor,
+        "{n} bytes at {RATE} B/s took only {:?}",
+        out.elapsed
+    );
     println!(
-        "[ktls] {name}: {} MiB each way in {secs:.2}s ({:.1} MiB/s each way)",
+        "[ktls] {name}: {} MiB each way in {:?}",
         n / MIB,
-        (n / MIB) as f64 / secs
+        out.elapsed
     );
 }
 
