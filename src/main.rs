@@ -108,6 +108,10 @@ struct ServeArgs {
     /// Environment variable holding the password of a PKCS#12 --cert.
     #[arg(long)]
     cert_password_env: Option<String>,
+    /// Session ticket keys shared by a fleet: one base64 80-byte key per
+    /// line, newest first (re-read on SIGHUP and when the file changes).
+    #[arg(long)]
+    ticket_keys: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -134,6 +138,7 @@ impl ServeArgs {
             ocsp_staple: self.ocsp_staple.clone(),
             cert_password_file: self.cert_password_file.clone(),
             cert_password_env: self.cert_password_env.clone(),
+            ticket_keys: self.ticket_keys.clone(),
         }
     }
 }

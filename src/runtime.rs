@@ -23,6 +23,7 @@ use arc_swap::ArcSwap;
 use futures_channel::oneshot;
 use futures_util::FutureExt as _;
 use monoio::net::{TcpListener, TcpStream};
+use rustls::server::ProducesTickets;
 use rustls::ServerConfig;
 
 use crate::admin::{AdminState, ReloadRequest};
@@ -35,6 +36,7 @@ use crate::ktls::handover::{handover, Handover};
 use crate::ktls::probe::{self, Capabilities};
 use crate::pool::Buffers;
 use crate::relay::{splice, userspace};
+use crate::tls::tickets::Ticketers;
 use crate::tls::verify::{identify, Allowlist, CacheConfig, Fingerprint, VerifyCache};
 use crate::tls::{certs, server_config};
 use crate::trigger::Trigger;
@@ -89,8 +91,12 @@ struct ListenerPlan {
 }
 
 impl Served {
-    fn build(listener: &ListenerConfig, cache: &Arc<VerifyCache>) -> anyhow::Result<Self> {
-        let tls = server_config::build(&listener.tls, cache)
+    fn build(
+        listener: &ListenerConfig,
+        cache: &Arc<VerifyCache>,
+        ticketer: &Arc<dyn ProducesTickets>,
+    ) -> anyhow::Result<Self> {
+        let tls = server_config::build(&listener.tls, cache, ticketer)
             .with_context(|| format!("listener {}", listener.name))?;
         Ok(Self {
             tls,
@@ -108,6 +114,7 @@ fn apply_reload(
     plans: &[ListenerPlan],
     config: &Config,
     cache: &Arc<VerifyCache>,
+    ticketers: &mut Ticketers,
 ) -> anyhow::Result<()> {
     let same_listeners = plans.len() == config.listeners.len()
         && plans
@@ -117,10 +124,13 @@ fn apply_reload(
     if !same_listeners {
         anyhow::bail!("listener names or addresses changed; restart to apply that");
     }
+    let ticketer = ticketers
+        .for_settings(&config.tickets)
+        .context("session tickets")?;
     let built = config
         .listeners
         .iter()
-        .map(|l| Served::build(l, cache))
+        .map(|l| Served::build(l, cache, &ticketer))
         .collect::<anyhow::Result<Vec<_>>>()?;
     for (plan, served) in plans.iter().zip(built) {
         plan.served.store(Arc::new(served));
@@ -168,10 +178,22 @@ pub fn run(
     // One verification cache for the process: workers share verdicts, and
     // reloads start new generations in it.
     let verify_cache = Arc::new(VerifyCache::new(CacheConfig::default()));
+    let mut ticketers = Ticketers::default();
+    let ticketer = ticketers
+        .for_settings(&config.tickets)
+        .context("session tickets")?;
+    if let Some(file) = &config.tickets.keys {
+        tracing::info!(
+            "session tickets: {} key(s) from {}, sealing with key {}",
+            file.keys.len(),
+            file.path.display(),
+            file.keys[0].name_hex()
+        );
+    }
     let mut plans = Vec::new();
     let mut bound = Vec::new();
     for listener in &config.listeners {
-        let served = Served::build(listener, &verify_cache)?;
+        let served = Served::build(listener, &verify_cache, &ticketer)?;
         let mut sockets: Vec<Vec<std::net::TcpListener>> =
             (0..workers).map(|_| Vec::new()).collect();
         for addr in &listener.listen {
@@ -270,8 +292,9 @@ pub fn run(
     while remaining > 0 {
         match signals.recv_timeout(Duration::from_millis(100)) {
             Ok(Event::Reload(reply)) => {
-                let result =
-                    reload().and_then(|config| apply_reload(&plans, &config, &verify_cache));
+                let result = reload().and_then(|config| {
+                    apply_reload(&plans, &config, &verify_cache, &mut ticketers)
+                });
                 // One log line per event, whatever the error spans.
                 let result = result.map_err(|e| format!("{e:#}").replace('\n', "; "));
                 match &result {

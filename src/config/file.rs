@@ -66,6 +66,10 @@ struct FileConfig {
     ktls: Option<Spanned<String>>,
     /// Admin listener address; default none.
     admin: Option<Spanned<String>>,
+    /// Session ticket key file shared by a fleet; default: keys in memory.
+    ticket_keys: Option<Spanned<PathBuf>>,
+    /// Lifetime clients are told for session tickets; default 1h.
+    ticket_lifetime: Option<Spanned<RawDuration>>,
     /// `[[listener]]` tables; at least one.
     #[serde(default)]
     listener: Vec<Spanned<FileListener>>,
@@ -341,6 +345,14 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
             .map(|v| loc.at(v, f("max_connections"))),
         ktls: file.ktls.as_ref().map(|v| loc.at(v, f("ktls"))),
         admin: file.admin.as_ref().map(|v| loc.at(v, f("admin"))),
+        ticket_keys: file
+            .ticket_keys
+            .as_ref()
+            .map(|v| loc.at(v, f("ticket_keys"))),
+        ticket_lifetime: file
+            .ticket_lifetime
+            .as_ref()
+            .map(|v| loc.at(v, f("ticket_lifetime"))),
         listeners,
     };
     Ok((raw, unknown))
@@ -356,6 +368,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "max_connections",
     "ktls",
     "admin",
+    "ticket_keys",
+    "ticket_lifetime",
     "listener",
 ];
 

@@ -55,6 +55,8 @@ pub struct Flags {
     pub admin: Option<String>,
     /// `--proxy-protocol v1|v2|off`.
     pub proxy_protocol: Option<String>,
+    /// `--ticket-keys FILE`.
+    pub ticket_keys: Option<PathBuf>,
 }
 
 fn at<T>(key: &str, value: T) -> At<T> {
@@ -137,6 +139,11 @@ impl Flags {
             max_connections: count("max_connections", self.max_connections),
             ktls: self.ktls.as_ref().map(|v| at("ktls", v.clone())),
             admin: self.admin.as_ref().map(|v| at("admin", v.clone())),
+            ticket_keys: self
+                .ticket_keys
+                .as_ref()
+                .map(|v| at("ticket_keys", v.clone())),
+            ticket_lifetime: None,
             listeners: vec![listener],
         }
     }

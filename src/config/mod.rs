@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::tls::tickets::TicketKey;
 use crate::tls::verify::{Allowlist, Crl};
 
 pub use crate::connect::proxy_protocol::Version as ProxyProtocol;
@@ -118,6 +119,8 @@ pub struct Config {
     pub ktls: KtlsMode,
     /// Address of the admin listener (/metrics, /healthz, /ready, /reload).
     pub admin: Option<SocketAddr>,
+    /// Session tickets: shared keys and lifetime.
+    pub tickets: TicketSettings,
     /// The listeners.
     pub listeners: Vec<ListenerConfig>,
     /// File this config was read from; `None` when built from flags.
@@ -141,10 +144,30 @@ impl Config {
             files.extend(t.client_ca_path.iter().cloned());
             files.extend(t.crl_paths.iter().cloned());
         }
+        files.extend(self.tickets.keys.iter().map(|k| k.path.clone()));
         files.sort();
         files.dedup();
         files
     }
+}
+
+/// How session tickets are sealed and how long clients keep them.
+#[derive(Debug)]
+pub struct TicketSettings {
+    /// Keys shared with the rest of the fleet; `None` keeps rotating keys in
+    /// memory, private to this process.
+    pub keys: Option<TicketKeyFile>,
+    /// Lifetime announced with each ticket.
+    pub lifetime: Duration,
+}
+
+/// A ticket key file as loaded.
+#[derive(Debug)]
+pub struct TicketKeyFile {
+    /// Where the keys came from (watched for rotation).
+    pub path: PathBuf,
+    /// The keys, newest (sealing) first.
+    pub keys: Vec<TicketKey>,
 }
 
 /// One listening service: addresses, TLS identity and policy, backends.

@@ -16,9 +16,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::duration::{format_duration, parse_duration};
 use super::{
     Backend, CipherSuite, ClientAuth, Config, ConfigError, ConfigErrors, KtlsMode, ListenerConfig,
-    Location, ProxyProtocol, TlsSettings, TlsVersion,
+    Location, ProxyProtocol, TicketKeyFile, TicketSettings, TlsSettings, TlsVersion,
 };
 use crate::tls::certs;
+use crate::tls::tickets::parse_key_file;
 use crate::tls::verify::{load_crls, load_pkcs12, AllowEntry, Allowlist, Crl};
 
 /// Whether a certificate file is a PKCS#12 bundle, by its extension.
@@ -44,7 +45,12 @@ pub(crate) mod defaults {
     pub const MAX_CONNECTIONS: usize = 10_000;
     /// Listen backlog.
     pub const BACKLOG: u32 = 1024;
+    /// How long clients are told to keep a session ticket.
+    pub const TICKET_LIFETIME: Duration = Duration::from_secs(3600);
 }
+
+/// TLS 1.3 caps a ticket's lifetime at seven days (RFC 8446, 4.6.1).
+const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Upper bound for every timeout: far beyond any sensible setting, and small
 /// enough that adding it to an `Instant` can never overflow.
@@ -143,6 +149,10 @@ pub(crate) struct RawConfig {
     pub ktls: Option<At<String>>,
     /// `admin`.
     pub admin: Option<At<String>>,
+    /// `ticket_keys`.
+    pub ticket_keys: Option<At<PathBuf>>,
+    /// `ticket_lifetime`.
+    pub ticket_lifetime: Option<At<RawDuration>>,
     /// The listeners, in order.
     pub listeners: Vec<RawListener>,
 }
@@ -254,6 +264,8 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
             }
         });
 
+    let tickets = c.tickets(&raw);
+
     if raw.listeners.is_empty() {
         let field = match raw.source {
             Source::File => "listener",
@@ -295,6 +307,7 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         max_connections_per_worker,
         ktls,
         admin,
+        tickets,
         listeners,
         source: raw.path,
         warnings: c.warnings,
@@ -347,6 +360,50 @@ impl Checker {
             Ok(d) => return d,
         }
         default
+    }
+
+    /// The session ticket settings; a key file is read and checked now, and
+    /// a bad line in it is reported at that line of the key file.
+    fn tickets(&mut self, raw: &RawConfig) -> TicketSettings {
+        let mut lifetime = self.duration(&raw.ticket_lifetime, defaults::TICKET_LIFETIME, false);
+        if let Some(v) = raw
+            .ticket_lifetime
+            .as_ref()
+            .filter(|_| lifetime > MAX_TICKET_LIFETIME)
+        {
+            self.errors.push(
+                v.site
+                    .error("must be at most 7d (TLS 1.3's limit for tickets)"),
+            );
+            lifetime = defaults::TICKET_LIFETIME;
+        }
+        let keys = raw.ticket_keys.as_ref().and_then(|v| {
+            let path = self.path(v)?;
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) => {
+                    self.errors
+                        .push(v.site.error(format!("cannot read {}: {e}", path.display())));
+                    return None;
+                }
+            };
+            match parse_key_file(&text) {
+                Ok(keys) => Some(TicketKeyFile { path, keys }),
+                Err(e) => {
+                    self.errors.push(ConfigError {
+                        location: Location::File {
+                            path: path.clone(),
+                            line: e.line,
+                            column: 1,
+                        },
+                        field: v.site.field.clone(),
+                        message: e.message,
+                    });
+                    None
+                }
+            }
+        });
+        TicketSettings { keys, lifetime }
     }
 
     /// Resolves a configured path against the config file's directory.
