@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use futures_channel::oneshot;
 use futures_util::FutureExt as _;
+use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 use rustls::server::ProducesTickets;
 use rustls::ServerConfig;
@@ -213,6 +214,13 @@ pub fn run(
         });
     }
 
+    if std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "0")
+    {
+        tracing::info!(
+            "net.ipv4.tcp_migrate_req is 0: when this process stops beside a newer one, \
+             connections still in its accept queues are reset instead of moved (README, Restarts)"
+        );
+    }
     if !monoio::utils::detect_uring() {
         tracing::warn!("io_uring is not available here; workers use the epoll driver");
     }
@@ -524,12 +532,19 @@ async fn worker(setup: WorkerSetup) -> anyhow::Result<()> {
 }
 
 async fn accept_loop(worker: Rc<Worker>, listener_state: Rc<ListenerState>, listener: TcpListener) {
+    // Stopping cancels the pending accept rather than dropping it: an accept
+    // the kernel completed in the meantime still returns its connection,
+    // which is served, instead of a socket nobody owns.
+    let canceller = Canceller::new();
+    let cancel = canceller.handle();
+    let stopper = worker.clone();
+    monoio::spawn(async move {
+        stopper.stop_accepting.wait().await;
+        canceller.cancel();
+    });
     loop {
-        let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = worker.stop_accepting.wait() => return,
-        };
-        match accepted {
+        match listener.cancelable_accept(cancel.clone()).await {
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => return,
             Ok((stream, peer)) => {
                 if worker.active.get() >= worker.limits.max_connections {
                     let record = AccessRecord::new(peer, &listener_state.name);
