@@ -198,8 +198,8 @@ impl ProducesTickets for KeyFileTicketer {
 }
 
 /// Hands out the ticketer for a configuration. Without a key file, keys
-/// live in memory and rotate every ticket lifetime (the previous key still
-/// opens tickets for one more lifetime); they are kept across reloads, so a
+/// live in memory and rotate every half ticket lifetime (the previous key
+/// still opens tickets for one more half); they are kept across reloads, so a
 /// reload does not cost every client a full handshake.
 #[derive(Debug, Default)]
 pub struct Ticketers {
@@ -220,8 +220,12 @@ impl Ticketers {
         match &self.memory {
             Some((kept, ticketer)) if *kept == lifetime => Ok(ticketer.clone()),
             _ => {
+                // A rotated key still opens tickets for one more period and
+                // the rotator announces twice its period: rotating every
+                // half lifetime honours the configured lifetime exactly.
+                let period = (lifetime / 2).max(1);
                 let ticketer: Arc<dyn ProducesTickets> =
-                    Arc::new(TicketRotator::new(lifetime, random_ticketer)?);
+                    Arc::new(TicketRotator::new(period, random_ticketer)?);
                 self.memory = Some((lifetime, ticketer.clone()));
                 Ok(ticketer)
             }
@@ -370,6 +374,31 @@ mod tests {
         assert!(portal.decrypt(&ticket).is_none());
         // Nor does an unscoped ticket from the same keys open.
         assert!(api.decrypt(&keys.encrypt(b"state").unwrap()).is_none());
+    }
+
+    #[test]
+    fn announced_lifetime_is_the_configured_one_with_or_without_a_key_file() {
+        let lifetime = std::time::Duration::from_secs(3600);
+        let mut ticketers = Ticketers::default();
+        let memory = TicketSettings {
+            keys: None,
+            lifetime,
+        };
+        let in_memory = ticketers.for_settings(&memory).unwrap();
+        assert_eq!(in_memory.lifetime(), 3600);
+        // Kept across reloads with the same lifetime.
+        let again = ticketers.for_settings(&memory).unwrap();
+        let ticket = in_memory.encrypt(b"state").unwrap();
+        assert_eq!(again.decrypt(&ticket).unwrap(), b"state");
+
+        let file = TicketSettings {
+            keys: Some(crate::config::TicketKeyFile {
+                path: "fleet.keys".into(),
+                keys: keys(&[3]),
+            }),
+            lifetime,
+        };
+        assert_eq!(ticketers.for_settings(&file).unwrap().lifetime(), 3600);
     }
 
     #[test]
