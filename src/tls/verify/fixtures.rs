@@ -62,6 +62,36 @@ impl Ca {
         }
     }
 
+    /// The CA's private key (PKCS#8), to sign test OCSP responses.
+    pub fn key_pkcs8(&self) -> Vec<u8> {
+        self.key.serialize_der()
+    }
+
+    /// A delegated OCSP responder certificate issued by this CA, with the
+    /// OCSP-signing extended key usage when `ocsp_signing`.
+    pub fn responder(&self, ocsp_signing: bool) -> Leaf {
+        let key = KeyPair::generate().expect("responder key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "ocsp responder");
+        params.distinguished_name = dn;
+        params.extended_key_usages = if ocsp_signing {
+            vec![ExtendedKeyUsagePurpose::OcspSigning]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        };
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        let cert = params
+            .signed_by(&key, &self.issuer, &self.key)
+            .expect("responder cert");
+        Leaf {
+            cert: cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
     /// A CRL from this CA listing these serial numbers, valid until
     /// `next_update`.
     pub fn crl(
@@ -117,6 +147,8 @@ pub(crate) struct LeafSpec {
     pub uris: Vec<String>,
     pub serial: Option<u64>,
     pub not_after: Option<SystemTime>,
+    /// An Authority Information Access OCSP URL.
+    pub ocsp_url: Option<String>,
 }
 
 impl LeafSpec {
@@ -162,6 +194,9 @@ pub(crate) fn leaf(ca: &Ca, spec: &LeafSpec) -> Leaf {
         params.serial_number = Some(SerialNumber::from(serial));
     }
     params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    if let Some(url) = &spec.ocsp_url {
+        params.custom_extensions.push(aia_ocsp_extension(url));
+    }
     if let Some(not_after) = spec.not_after {
         params.not_after = time::OffsetDateTime::from(not_after);
     }
@@ -174,6 +209,18 @@ pub(crate) fn leaf(ca: &Ca, spec: &LeafSpec) -> Leaf {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     }
+}
+
+/// An Authority Information Access extension naming one OCSP responder.
+pub(crate) fn aia_ocsp_extension(url: &str) -> rcgen::CustomExtension {
+    use super::der::{encode, implicit, sequence, OID};
+    // AccessDescription { id-ad-ocsp, uniformResourceIdentifier [6] }
+    let oid = encode(OID, &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01]);
+    let description = sequence(&[&oid, &encode(implicit(6), url.as_bytes())]);
+    rcgen::CustomExtension::from_oid_content(
+        &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+        sequence(&[&description]),
+    )
 }
 
 /// Seconds since the epoch, whole, as rcgen and X.509 store them.

@@ -67,7 +67,8 @@ impl CertId {
         }
     }
 
-    fn encode(&self) -> Vec<u8> {
+    /// The DER `CertID`.
+    pub(crate) fn encode(&self) -> Vec<u8> {
         sequence(&[
             &sequence(&[&encode(OID, OID_SHA1), &encode(NULL, &[])]),
             &encode(OCTET_STRING, &self.name_hash),
