@@ -67,7 +67,7 @@ mod tests;
 pub use cache::{CacheConfig, CacheKey, CacheStats, Verdict, VerifyCache};
 pub use crl::{load_crls, Crl, CrlError};
 pub use ocsp::{OcspSettings, ResponderUrl};
-pub use pkcs12::{load_pkcs12, Pkcs12Error};
+pub use pkcs12::{load_pkcs12, load_pkcs12_certificate, Pkcs12Error};
 pub use policy::{identify, AllowEntry, Allowlist, Fingerprint, Identity, PolicyError, RuleKind};
 pub use verifier::{
     ClientAuthMode, HintLimits, RevocationScope, TrustError, TrustSettings, TrustVerifier,
