@@ -322,7 +322,10 @@ impl TrustVerifier {
                         Outcome::Good { until: answer } => {
                             until = until.map(|u| u.min(answer));
                         }
-                        Outcome::Revoked => {
+                        Outcome::Revoked { responder } => {
+                            tracing::warn!(
+                                "OCSP responder {responder} reports the client certificate revoked; refusing the client"
+                            );
                             self.cache
                                 .insert_refused(key, CertificateError::Revoked, now);
                             return Err(Error::InvalidCertificate(CertificateError::Revoked));

@@ -77,7 +77,7 @@ impl Default for OcspSettings {
 }
 
 /// Why a certificate's status could not be learned.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum OcspFailure {
     /// The chain does not contain the certificate's issuer.
     #[error("OCSP: the issuer of the client certificate is not in the chain or the trust store")]
@@ -120,6 +120,14 @@ pub enum OcspFailure {
     },
 }
 
+// rustls prints a refusal's cause with `{:?}` (the access log's reason):
+// the sentence reads better there than the structure.
+impl std::fmt::Debug for OcspFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
 /// What an OCSP check concluded.
 #[derive(Debug)]
 pub enum Outcome {
@@ -128,8 +136,11 @@ pub enum Outcome {
         /// `nextUpdate` or now plus the cache TTL, whichever is first.
         until: UnixTime,
     },
-    /// Revoked.
-    Revoked,
+    /// Revoked, says this responder.
+    Revoked {
+        /// The responder's URL.
+        responder: String,
+    },
     /// No trustworthy answer.
     Failed(OcspFailure),
 }
@@ -245,7 +256,9 @@ impl OcspChecker {
                     until: UnixTime::since_unix_epoch(Duration::from_secs(until)),
                 })
             }
-            CertStatus::Revoked => Ok(Outcome::Revoked),
+            CertStatus::Revoked => Ok(Outcome::Revoked {
+                responder: url.to_string(),
+            }),
             CertStatus::Unknown => Err(OcspFailure::Unknown {
                 url: url.to_string(),
             }),
