@@ -176,6 +176,107 @@ fn pkcs12_server_identity() {
     assert!(err.contains("server.p12"), "{err}");
 }
 
+/// Exports `id` (certificate and key) as PKCS#12 with `password`.
+fn export_pkcs12(id: &Identity, p12: &std::path::Path, password: &str) {
+    let status = std::process::Command::new("openssl")
+        .args(["pkcs12", "-export", "-passout"])
+        .arg(format!("pass:{password}"))
+        .arg("-in")
+        .arg(&id.cert_path)
+        .arg("-inkey")
+        .arg(&id.key_path)
+        .arg("-out")
+        .arg(p12)
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl pkcs12 -export");
+}
+
+/// A client's PKCS#12 bundle, uploaded under an alias in a
+/// `[[listener.clients]]` table with its password in a file (or the
+/// environment): that client is admitted and known by the alias; a client
+/// of the same CA that is not listed gets access_denied.
+#[test]
+fn pkcs12_client_alias_from_clients_table() {
+    require_tool("openssl");
+    let pki = Pki::new();
+    let backend = Backend::echo();
+    let billing = pki.path().join("billing.p12");
+    export_pkcs12(&pki.client, &billing, "b1lling");
+    let password = pki.path().join("billing.pass");
+    std::fs::write(&password, "b1lling\n").unwrap();
+    let reports = pki.issue_client("reports", None);
+    let reports_p12 = pki.path().join("reports.p12");
+    export_pkcs12(&reports, &reports_p12, "r3ports");
+    let config = pki.path().join("tlsplice.toml");
+    let write_config = |reports_table: &str| {
+        let text = format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\
+             backends = [\"{}\"]\n\n[[listener.clients]]\nalias = \"billing\"\ncert = \"billing.p12\"\n\
+             password_file = \"billing.pass\"\n{reports_table}",
+            pki.server.cert_path, pki.server.key_path, pki.ca_path, backend.addr
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    write_config("");
+    let args = [
+        "serve".to_string(),
+        "--config".into(),
+        config.display().to_string(),
+    ];
+    let server = Server::spawn_args(&args, 1);
+
+    let client = ClientOpts::new(&pki).identity(Some(&pki.client));
+    assert_eq!(outcome(&server, &client), Ok(()));
+    server
+        .log
+        .wait_line(Duration::from_secs(10), &["access", "identity=billing"])
+        .unwrap_or_else(|| panic!("alias identity:\n{}", server.log.text()));
+    let stranger = ClientOpts::new(&pki).identity(Some(&reports));
+    assert_eq!(
+        outcome(&server, &stranger),
+        Err(rustls::Error::AlertReceived(AlertDescription::AccessDenied))
+    );
+    drop(server);
+
+    // The second alias's password comes from the environment; unset, the
+    // error names the field and the variable.
+    write_config(
+        "\n[[listener.clients]]\nalias = \"reports\"\ncert = \"reports.p12\"\npassword_env = \"TLSPLICE_TEST_REPORTS_PASSWORD\"\n",
+    );
+    let (status, _, err) = run_tlsplice(&["check", "-c", config.to_str().unwrap()], None);
+    assert!(!status.success());
+    assert!(
+        err.contains("listener[0].clients[1].password_env: environment variable TLSPLICE_TEST_REPORTS_PASSWORD is not set"),
+        "{err}"
+    );
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(&args)
+        .env("TLSPLICE_TEST_REPORTS_PASSWORD", "r3ports")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let log = LogBuf::capture(child.stderr.take().unwrap());
+    let addr = log.wait_for(WAIT, |lines| listening_addrs(lines).first().copied());
+    let admitted = addr.map(|addr| {
+        let mut tls = tls_connect(addr, ClientOpts::new(&pki).identity(Some(&reports)).build())
+            .expect("handshake");
+        echo_round_trip(&mut tls, b"hello\n");
+        drop(tls);
+        // The access line is written when the connection closes.
+        log.wait_line(Duration::from_secs(10), &["access", "identity=reports"])
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        admitted.flatten().is_some(),
+        "reports not admitted under its alias:\n{}",
+        log.text()
+    );
+}
+
 /// An OCSP response produced by `openssl ocsp` is stapled, and `openssl
 /// s_client -status` shows it as a good response for the server certificate.
 #[test]
