@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -167,25 +167,9 @@ fn forward(client: TcpStream, target: SocketAddr) {
     let _ = up.join();
 }
 
-/// Admitted: an echo round trip works. Refused: the alert the client got.
+/// Admitted (an echo round trip works) or the alert `client` got.
 fn outcome(server: &Server, client: &Identity, pki: &Pki) -> Result<(), rustls::Error> {
-    let opts = ClientOpts::new(pki).identity(Some(client));
-    let mut tls = match tls_connect(server.addr(), opts.build()) {
-        Ok(tls) => tls,
-        Err(e) => return Err(rustls_error(&e).expect("TLS alert").clone()),
-    };
-    // TLS 1.3: the verdict on the client certificate shows on the first read.
-    let _ = tls.write_all(b"ping\n").and_then(|()| tls.flush());
-    let mut buf = [0u8; 5];
-    match tls.read_exact(&mut buf) {
-        Ok(()) => {
-            assert_eq!(&buf, b"ping\n");
-            Ok(())
-        }
-        Err(e) => Err(rustls_error(&e)
-            .unwrap_or_else(|| panic!("refused without an alert: {e}"))
-            .clone()),
-    }
+    admission(server, &ClientOpts::new(pki).identity(Some(client)))
 }
 
 /// `openssl s_client` (TLS 1.2, so the verdict comes inside the handshake)

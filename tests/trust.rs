@@ -4,31 +4,10 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::*;
 use rustls::AlertDescription;
-
-/// Admitted: an echo round trip works. Refused: the alert the client got.
-fn outcome(server: &Server, opts: &ClientOpts) -> Result<(), rustls::Error> {
-    let mut tls = match tls_connect(server.addr(), opts.build()) {
-        Ok(tls) => tls,
-        Err(e) => return Err(rustls_error(&e).expect("TLS alert").clone()),
-    };
-    // TLS 1.3: the verdict on the client certificate shows on the first read.
-    let _ = tls.write_all(b"ping\n").and_then(|()| tls.flush());
-    let mut buf = [0u8; 5];
-    match tls.read_exact(&mut buf) {
-        Ok(()) => {
-            assert_eq!(&buf, b"ping\n");
-            Ok(())
-        }
-        Err(e) => Err(rustls_error(&e)
-            .unwrap_or_else(|| panic!("refused without an alert: {e}"))
-            .clone()),
-    }
-}
 
 #[test]
 fn revoked_client_refused_then_admitted_after_reload() {
@@ -42,7 +21,7 @@ fn revoked_client_refused_then_admitted_after_reload() {
     let client = ClientOpts::new(&pki).identity(Some(&pki.client));
 
     assert_eq!(
-        outcome(&server, &client),
+        admission(&server, &client),
         Err(rustls::Error::AlertReceived(
             AlertDescription::CertificateRevoked
         ))
@@ -59,7 +38,7 @@ fn revoked_client_refused_then_admitted_after_reload() {
         .log
         .wait_line(Duration::from_secs(10), &["reloaded"])
         .expect("reload logged");
-    assert_eq!(outcome(&server, &client), Ok(()));
+    assert_eq!(admission(&server, &client), Ok(()));
 }
 
 #[test]
@@ -73,7 +52,7 @@ fn allowlist_alias_admitted_with_identity_unlisted_refused() {
     args.flag("--allow", &alias_rule);
     let server = args.spawn();
     let client = ClientOpts::new(&pki).identity(Some(&pki.client));
-    assert_eq!(outcome(&server, &client), Ok(()));
+    assert_eq!(admission(&server, &client), Ok(()));
     let line = server
         .log
         .wait_line(Duration::from_secs(10), &["access", "identity=billing"])
@@ -92,7 +71,7 @@ fn allowlist_alias_admitted_with_identity_unlisted_refused() {
         .flag("--allow", "cn:someone-else")
         .spawn();
     assert_eq!(
-        outcome(&bad, &client),
+        admission(&bad, &client),
         Err(rustls::Error::AlertReceived(AlertDescription::AccessDenied))
     );
     assert_eq!(
@@ -106,7 +85,7 @@ fn allowlist_alias_admitted_with_identity_unlisted_refused() {
     let glob = ServeArgs::new(&pki, backend.addr)
         .flag("--allow", "cn:test-*")
         .spawn();
-    assert_eq!(outcome(&glob, &client), Ok(()));
+    assert_eq!(admission(&glob, &client), Ok(()));
     glob.log
         .wait_line(
             Duration::from_secs(10),
@@ -148,16 +127,7 @@ fn pkcs12_server_identity() {
     let p12 = pki.path().join("server.p12");
     let password = pki.path().join("p12.pass");
     std::fs::write(&password, "s3cret\n").unwrap();
-    let status = std::process::Command::new("openssl")
-        .args(["pkcs12", "-export", "-passout", "pass:s3cret", "-in"])
-        .arg(&pki.server.cert_path)
-        .arg("-inkey")
-        .arg(&pki.server.key_path)
-        .arg("-out")
-        .arg(&p12)
-        .status()
-        .unwrap();
-    assert!(status.success(), "openssl pkcs12 -export");
+    export_pkcs12(&pki.server, &p12, "s3cret");
 
     let mut args = ServeArgs::new(&pki, backend.addr);
     args.remove("--key")
@@ -165,7 +135,7 @@ fn pkcs12_server_identity() {
         .flag("--cert-password-file", password.to_str().unwrap());
     let server = args.spawn();
     let client = ClientOpts::new(&pki).identity(Some(&pki.client));
-    assert_eq!(outcome(&server, &client), Ok(()));
+    assert_eq!(admission(&server, &client), Ok(()));
 
     std::fs::write(&password, "wrong\n").unwrap();
     let (status, _, err) = run_tlsplice(
@@ -227,14 +197,14 @@ fn pkcs12_client_alias_from_clients_table() {
     let server = Server::spawn_args(&args, 1);
 
     let client = ClientOpts::new(&pki).identity(Some(&pki.client));
-    assert_eq!(outcome(&server, &client), Ok(()));
+    assert_eq!(admission(&server, &client), Ok(()));
     server
         .log
         .wait_line(Duration::from_secs(10), &["access", "identity=billing"])
         .unwrap_or_else(|| panic!("alias identity:\n{}", server.log.text()));
     let stranger = ClientOpts::new(&pki).identity(Some(&reports));
     assert_eq!(
-        outcome(&server, &stranger),
+        admission(&server, &stranger),
         Err(rustls::Error::AlertReceived(AlertDescription::AccessDenied))
     );
     drop(server);

@@ -1174,6 +1174,27 @@ pub fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
     e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
 }
 
+/// Admitted: an echo round trip through the server works. Refused: the
+/// alert the client got. In TLS 1.3 the verdict on a client certificate
+/// shows on the first read, so both are only known after one.
+pub fn admission(server: &Server, opts: &ClientOpts) -> Result<(), rustls::Error> {
+    let mut tls = match tls_connect(server.addr(), opts.build()) {
+        Ok(tls) => tls,
+        Err(e) => return Err(rustls_error(&e).expect("TLS alert").clone()),
+    };
+    let _ = tls.write_all(b"ping\n").and_then(|()| tls.flush());
+    let mut buf = [0u8; 5];
+    match tls.read_exact(&mut buf) {
+        Ok(()) => {
+            assert_eq!(&buf, b"ping\n");
+            Ok(())
+        }
+        Err(e) => Err(rustls_error(&e)
+            .unwrap_or_else(|| panic!("refused without an alert: {e}"))
+            .clone()),
+    }
+}
+
 /// Writes `msg`, reads exactly `msg.len()` bytes back and checks they match.
 pub fn echo_round_trip(tls: &mut impl ReadWrite, msg: &[u8]) {
     tls.write_all(msg).expect("write through tlsplice");

@@ -67,31 +67,6 @@ impl Ca {
         self.key.serialize_der()
     }
 
-    /// A delegated OCSP responder certificate issued by this CA, with the
-    /// OCSP-signing extended key usage when `ocsp_signing`.
-    pub fn responder(&self, ocsp_signing: bool) -> Leaf {
-        let key = KeyPair::generate().expect("responder key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "ocsp responder");
-        params.distinguished_name = dn;
-        params.extended_key_usages = if ocsp_signing {
-            vec![ExtendedKeyUsagePurpose::OcspSigning]
-        } else {
-            vec![ExtendedKeyUsagePurpose::ClientAuth]
-        };
-        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-        let cert = params
-            .signed_by(&key, &self.issuer, &self.key)
-            .expect("responder cert");
-        Leaf {
-            cert: cert.der().clone(),
-            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-
     /// A CRL from this CA listing these serial numbers, valid until
     /// `next_update`.
     pub fn crl(
@@ -149,6 +124,9 @@ pub(crate) struct LeafSpec {
     pub not_after: Option<SystemTime>,
     /// An Authority Information Access OCSP URL.
     pub ocsp_url: Option<String>,
+    /// The OCSP-signing extended key usage (a delegated responder) instead
+    /// of clientAuth.
+    pub ocsp_signing: bool,
 }
 
 impl LeafSpec {
@@ -189,7 +167,11 @@ pub(crate) fn leaf(ca: &Ca, spec: &LeafSpec) -> Leaf {
         dn.push(DnType::CommonName, cn.as_str());
     }
     params.distinguished_name = dn;
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![if spec.ocsp_signing {
+        ExtendedKeyUsagePurpose::OcspSigning
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
     if let Some(serial) = spec.serial {
         params.serial_number = Some(SerialNumber::from(serial));
     }

@@ -301,30 +301,27 @@ mod tests {
         assert_eq!(cert, x.client.cert);
 
         let dir = x.p12.parent().unwrap();
-        let only = dir.join("only.p12");
-        let status = Command::new("openssl")
-            .args(["pkcs12", "-export", "-nokeys", "-passout", "pass:pw", "-in"])
-            .arg(dir.join("client.crt"))
-            .arg("-out")
-            .arg(&only)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        // Certificate-only bundles, as `openssl pkcs12 -nokeys` writes them.
+        let certs_only = |name: &str, extra: &[&str]| {
+            let out = dir.join(name);
+            let status = Command::new("openssl")
+                .args(["pkcs12", "-export", "-nokeys", "-passout", "pass:pw", "-in"])
+                .arg(dir.join("client.crt"))
+                .args(extra)
+                .arg("-out")
+                .arg(&out)
+                .status()
+                .unwrap();
+            assert!(status.success());
+            out
+        };
+        let only = certs_only("only.p12", &[]);
         assert_eq!(load_pkcs12_certificate(&only, "pw").unwrap(), x.client.cert);
         let e = load_pkcs12_certificate(&only, "nope").unwrap_err();
         assert!(matches!(e, Pkcs12Error::WrongPassword { .. }), "{e}");
         // Without a key, two certificates are ambiguous.
-        let two = dir.join("two.p12");
-        let status = Command::new("openssl")
-            .args(["pkcs12", "-export", "-nokeys", "-passout", "pass:pw", "-in"])
-            .arg(dir.join("client.crt"))
-            .arg("-certfile")
-            .arg(dir.join("ca.crt"))
-            .arg("-out")
-            .arg(&two)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let ca = dir.join("ca.crt");
+        let two = certs_only("two.p12", &["-certfile", ca.to_str().unwrap()]);
         let e = load_pkcs12_certificate(&two, "pw").unwrap_err();
         assert!(
             matches!(e, Pkcs12Error::NotOneCertificate { count: 2, .. }),

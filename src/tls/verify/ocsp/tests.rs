@@ -135,6 +135,16 @@ impl Spec<'_> {
     }
 }
 
+/// A delegated responder certificate from `ca`, with the OCSP-signing
+/// usage or (`false`) clientAuth only.
+fn responder(ca: &Ca, ocsp_signing: bool) -> Leaf {
+    let spec = LeafSpec {
+        ocsp_signing,
+        ..LeafSpec::cn("ocsp responder")
+    };
+    leaf(ca, &spec)
+}
+
 struct World {
     ca: Ca,
     client: Leaf,
@@ -269,7 +279,7 @@ fn wrong_signers_are_refused() {
     );
 
     // A delegated responder the issuer certified for OCSP signing.
-    let delegate = w.ca.responder(true);
+    let delegate = responder(&w.ca, true);
     let mut spec = Spec::good(w.id.clone(), &w.ca);
     spec.signer_key = delegate.key.secret_pkcs8_der().to_vec();
     spec.certs = vec![delegate.cert.clone()];
@@ -286,7 +296,7 @@ fn wrong_signers_are_refused() {
     );
 
     // Issued by the CA but without the OCSP-signing usage.
-    let not_ocsp = w.ca.responder(false);
+    let not_ocsp = responder(&w.ca, false);
     spec.signer_key = not_ocsp.key.secret_pkcs8_der().to_vec();
     spec.certs = vec![not_ocsp.cert.clone()];
     assert_eq!(
@@ -295,7 +305,7 @@ fn wrong_signers_are_refused() {
     );
 
     // OCSP-signing, but certified by another CA.
-    let foreign = other.responder(true);
+    let foreign = responder(&other, true);
     spec.signer_key = foreign.key.secret_pkcs8_der().to_vec();
     spec.certs = vec![foreign.cert.clone()];
     assert_eq!(
