@@ -336,10 +336,11 @@ impl TrustVerifier {
                             );
                             // Remembered only as long as a refusal would be,
                             // so the status is asked again soon.
-                            let retry = self.cache.config().negative_ttl.as_secs();
-                            until = Some(UnixTime::since_unix_epoch(Duration::from_secs(
-                                now.as_secs().saturating_add(retry),
-                            )));
+                            let retry = UnixTime::since_unix_epoch(Duration::from_secs(
+                                now.as_secs()
+                                    .saturating_add(self.cache.config().negative_ttl.as_secs()),
+                            ));
+                            until = until.map(|u| u.min(retry));
                         }
                         Outcome::Failed(failure) => {
                             tracing::warn!(
