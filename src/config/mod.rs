@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::tls::tickets::TicketKey;
-use crate::tls::verify::{Allowlist, Crl};
+use crate::tls::verify::{Allowlist, Crl, OcspSettings};
 
 pub use crate::connect::proxy_protocol::Version as ProxyProtocol;
 
@@ -133,7 +133,8 @@ pub struct Config {
 
 impl Config {
     /// Every file this configuration was built from: the config file, and
-    /// each listener's certificate, key, client CA and CRLs. A change to any
+    /// each listener's certificate, key, client CA, CRLs and allowlist
+    /// alias certificates. A change to any
     /// of them is worth a reload.
     pub fn files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self.source.iter().cloned().collect();
@@ -143,6 +144,7 @@ impl Config {
             files.push(t.key_path.clone());
             files.extend(t.client_ca_path.iter().cloned());
             files.extend(t.crl_paths.iter().cloned());
+            files.extend(t.client_cert_paths.iter().cloned());
         }
         files.extend(self.tickets.keys.iter().map(|k| k.path.clone()));
         files.sort();
@@ -218,6 +220,10 @@ pub struct TlsSettings {
     pub crl_paths: Vec<PathBuf>,
     /// Which verified clients are admitted; empty admits every verified one.
     pub allowlist: Allowlist,
+    /// Certificate files of allowlist aliases, for reload.
+    pub client_cert_paths: Vec<PathBuf>,
+    /// OCSP checking of client certificates; `None` when off.
+    pub client_ocsp: Option<OcspSettings>,
 }
 
 /// Whether connections move to kernel TLS after the handshake.

@@ -20,13 +20,26 @@ use super::{
 };
 use crate::tls::certs;
 use crate::tls::tickets::parse_key_file;
-use crate::tls::verify::{load_crls, load_pkcs12, AllowEntry, Allowlist, Crl};
+use crate::tls::verify::{
+    load_crls, load_pkcs12, load_pkcs12_certificate, AllowEntry, Allowlist, Crl, OcspSettings,
+    ResponderUrl,
+};
 
 /// Whether a certificate file is a PKCS#12 bundle, by its extension.
 fn is_pkcs12(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("p12") || e.eq_ignore_ascii_case("pfx"))
+}
+
+/// The one client certificate in a file named by an alias: PEM or DER (the
+/// first certificate), or PKCS#12 (the key's certificate, or the only one).
+fn client_certificate(path: &Path, password: &str) -> Result<CertificateDer<'static>, String> {
+    if is_pkcs12(path) {
+        return load_pkcs12_certificate(path, password).map_err(|e| e.to_string());
+    }
+    let mut chain = certs::load_certs(path).map_err(|e| e.to_string())?;
+    Ok(chain.swap_remove(0))
 }
 
 /// Defaults, shared by the file and the flags (and quoted in `docs/config.md`).
@@ -51,6 +64,8 @@ pub(crate) mod defaults {
 
 /// TLS 1.3 caps a ticket's lifetime at seven days (RFC 8446, 4.6.1).
 const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest OCSP query: the worker running it waits this long at most.
+const MAX_OCSP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Upper bound for every timeout: far beyond any sensible setting, and small
 /// enough that adding it to an `Instant` can never overflow.
@@ -76,7 +91,7 @@ impl Source {
             (Source::File, Some(i)) => format!("listener[{i}].{key}"),
             // The flag is singular because it is given once per backend.
             (Source::Flags, _) if key == "backends" => "--backend".to_string(),
-            (Source::Flags, _) => format!("--{}", key.replace('_', "-")),
+            (Source::Flags, _) => format!("--{}", key.replace(['_', '.'], "-")),
         }
     }
 }
@@ -196,6 +211,42 @@ pub(crate) struct RawListener {
     pub allow: Option<RawList>,
     /// `proxy_protocol`.
     pub proxy_protocol: Option<At<String>>,
+    /// `client_ocsp`.
+    pub client_ocsp: Option<RawOcsp>,
+    /// `[[listener.clients]]`: named client certificates.
+    pub clients: Vec<RawClient>,
+}
+
+/// The `client_ocsp` settings, unchecked.
+#[derive(Debug)]
+pub(crate) struct RawOcsp {
+    /// The table (or the flags), for problems with the settings as a whole.
+    pub site: Site,
+    /// `mode`: "check" or "off"; "check" when omitted.
+    pub mode: Option<At<String>>,
+    /// `responder`: URL overriding the certificate's AIA URL.
+    pub responder: Option<At<String>>,
+    /// `timeout`.
+    pub timeout: Option<At<RawDuration>>,
+    /// `fail`: "closed" or "open".
+    pub fail: Option<At<String>>,
+    /// `cache_ttl`.
+    pub cache_ttl: Option<At<RawDuration>>,
+}
+
+/// One `[[listener.clients]]` table, unchecked.
+#[derive(Debug)]
+pub(crate) struct RawClient {
+    /// The table, for missing keys.
+    pub site: Site,
+    /// `alias`.
+    pub alias: Option<At<String>>,
+    /// `cert`: PEM, DER or PKCS#12 file.
+    pub cert: Option<At<PathBuf>>,
+    /// `password_file`: password of a PKCS#12 `cert`.
+    pub password_file: Option<At<PathBuf>>,
+    /// `password_env`: environment variable holding it.
+    pub password_env: Option<At<String>>,
 }
 
 /// A loaded client CA bundle and the file it came from.
@@ -637,7 +688,7 @@ impl Checker {
                     ),
                 );
             }
-            let password = self.pkcs12_password(l);
+            let password = self.pkcs12_password(&l.cert_password_file, &l.cert_password_env);
             let loaded = self.path(v).and_then(|path| {
                 match load_pkcs12(&path, password.as_deref().unwrap_or("")) {
                     Ok((chain, key)) => {
@@ -708,10 +759,14 @@ impl Checker {
         self.tls_rest(i, l, errors_before, identity)
     }
 
-    /// The password of a PKCS#12 `cert`: from `cert_password_file` (first
-    /// line), or the variable `cert_password_env` names; none means empty.
-    fn pkcs12_password(&mut self, l: &RawListener) -> Option<String> {
-        if let Some(v) = &l.cert_password_file {
+    /// The password of a PKCS#12 file: from a password file (first line),
+    /// or the environment variable named; none means empty.
+    fn pkcs12_password(
+        &mut self,
+        file: &Option<At<PathBuf>>,
+        env: &Option<At<String>>,
+    ) -> Option<String> {
+        if let Some(v) = file {
             let path = self.path(v)?;
             return match std::fs::read_to_string(&path) {
                 Ok(text) => Some(text.lines().next().unwrap_or("").to_string()),
@@ -722,7 +777,7 @@ impl Checker {
                 }
             };
         }
-        if let Some(v) = &l.cert_password_env {
+        if let Some(v) = env {
             return match std::env::var(&v.value) {
                 Ok(password) => Some(password),
                 Err(_) => {
@@ -774,7 +829,8 @@ impl Checker {
         let alpn = self.alpn(l);
         let (crl_paths, crls) = self.crls(l);
         let ocsp_staple = self.ocsp_staple(l);
-        let allowlist = self.allowlist(l);
+        let (allowlist, client_cert_paths) = self.allowlist(l);
+        let client_ocsp = self.client_ocsp(l, client_auth);
         let versions = self.versions(l);
         let cipher_suites = self.cipher_suites(l);
 
@@ -798,6 +854,8 @@ impl Checker {
             crls,
             crl_paths,
             allowlist,
+            client_cert_paths,
+            client_ocsp,
         })
     }
 
@@ -849,9 +907,11 @@ impl Checker {
     }
 
     /// Allowlist rules: `alias:NAME=CERT_FILE`, `sha256:HEX`, `cn:GLOB`,
-    /// `dns:GLOB`, `uri:GLOB`, `spiffe://...` (a SPIFFE ID glob).
-    fn allowlist(&mut self, l: &RawListener) -> Allowlist {
+    /// `dns:GLOB`, `uri:GLOB`, `spiffe://...` (a SPIFFE ID glob), then the
+    /// `[[listener.clients]]` aliases; with the certificate files read.
+    fn allowlist(&mut self, l: &RawListener) -> (Allowlist, Vec<PathBuf>) {
         let mut entries: Vec<AllowEntry> = Vec::new();
+        let mut paths = Vec::new();
         for item in l.allow.iter().flat_map(|list| &list.value) {
             let rule = item.value.as_str();
             let entry = match rule.split_once(':') {
@@ -862,11 +922,10 @@ impl Checker {
                             site: item.site.clone(),
                         };
                         let Some(path) = self.path(&file_at) else { continue };
-                        certs::load_certs(&path)
-                            .map_err(|e| e.to_string())
-                            .and_then(|chain| {
-                                AllowEntry::alias(name, &chain[0]).map_err(|e| e.to_string())
-                            })
+                        paths.push(path.clone());
+                        client_certificate(&path, "").and_then(|cert| {
+                            AllowEntry::alias(name, &cert).map_err(|e| e.to_string())
+                        })
                     }
                     None => Err("an alias rule is alias:NAME=CERT_FILE".to_string()),
                 },
@@ -887,7 +946,131 @@ impl Checker {
                 Err(m) => self.errors.push(item.site.error(m)),
             }
         }
-        Allowlist::new(entries)
+        for client in &l.clients {
+            let Some(entry) = self.client_alias(client, &mut paths) else {
+                continue;
+            };
+            if entries.contains(&entry) {
+                self.errors.push(
+                    client.site.error(
+                        "this alias and certificate are already in the allowlist".to_string(),
+                    ),
+                );
+            } else {
+                entries.push(entry);
+            }
+        }
+        (Allowlist::new(entries), paths)
+    }
+
+    /// One `[[listener.clients]]` table: an alias for a certificate file
+    /// (PEM, DER, or PKCS#12 with its password).
+    fn client_alias(&mut self, c: &RawClient, paths: &mut Vec<PathBuf>) -> Option<AllowEntry> {
+        let missing = |key: &str, what: &str| {
+            Site {
+                location: c.site.location.clone(),
+                field: format!("{}.{key}", c.site.field),
+            }
+            .error(format!("missing; {what} is required"))
+        };
+        let Some(alias) = &c.alias else {
+            self.errors
+                .push(missing("alias", "the name this client is known by"));
+            return None;
+        };
+        let Some(cert) = &c.cert else {
+            self.errors
+                .push(missing("cert", "the client's certificate file"));
+            return None;
+        };
+        let path = self.path(cert)?;
+        let has_password = c.password_file.is_some() || c.password_env.is_some();
+        if has_password && !is_pkcs12(&path) {
+            let site = c.password_file.as_ref().map_or_else(
+                || &c.password_env.as_ref().expect("one is set").site,
+                |v| &v.site,
+            );
+            self.errors.push(site.error(format!(
+                "not used: {} is not a PKCS#12 file (.p12/.pfx)",
+                path.display()
+            )));
+            return None;
+        }
+        let password = self.pkcs12_password(&c.password_file, &c.password_env);
+        paths.push(path.clone());
+        let loaded = client_certificate(&path, password.as_deref().unwrap_or(""))
+            .and_then(|der| AllowEntry::alias(&alias.value, &der).map_err(|e| e.to_string()));
+        match loaded {
+            Ok(entry) => Some(entry),
+            Err(m) => {
+                self.errors.push(cert.site.error(m));
+                None
+            }
+        }
+    }
+
+    /// OCSP checking of client certificates; `None` when off.
+    fn client_ocsp(&mut self, l: &RawListener, auth: Option<ClientAuth>) -> Option<OcspSettings> {
+        let o = l.client_ocsp.as_ref()?;
+        let check = match &o.mode {
+            None => true,
+            Some(v) => match v.value.as_str() {
+                "check" => true,
+                "off" => false,
+                other => {
+                    self.errors.push(
+                        v.site
+                            .error(format!("must be \"check\" or \"off\", not {other:?}")),
+                    );
+                    false
+                }
+            },
+        };
+        let responder = o.responder.as_ref().and_then(|v| {
+            ResponderUrl::parse(&v.value)
+                .map_err(|e| self.errors.push(v.site.error(e.to_string())))
+                .ok()
+        });
+        let defaults = OcspSettings::default();
+        let timeout = self.duration(&o.timeout, defaults.timeout, false);
+        if let Some(v) = o.timeout.as_ref().filter(|_| timeout > MAX_OCSP_TIMEOUT) {
+            self.errors.push(v.site.error(format!(
+                "must be at most {}: a query holds up its worker's handshakes that long",
+                format_duration(MAX_OCSP_TIMEOUT)
+            )));
+        }
+        let fail_open = match &o.fail {
+            None => false,
+            Some(v) => match v.value.as_str() {
+                "closed" => false,
+                "open" => true,
+                other => {
+                    self.errors.push(
+                        v.site
+                            .error(format!("must be \"closed\" or \"open\", not {other:?}")),
+                    );
+                    false
+                }
+            },
+        };
+        // Zero is meaningful: never reuse a good answer.
+        let cache_ttl = self.duration(&o.cache_ttl, defaults.cache_ttl, true);
+        if !check {
+            return None;
+        }
+        if auth == Some(ClientAuth::Off) {
+            self.warnings.push(o.site.error(match self.source {
+                Source::File => "ignored because client_auth = \"off\"",
+                Source::Flags => "ignored because --client-auth is off",
+            }));
+            return None;
+        }
+        Some(OcspSettings {
+            responder,
+            timeout,
+            fail_open,
+            cache_ttl,
+        })
     }
 
     /// The client CA bundle and its path; `(None, [])` when not needed,

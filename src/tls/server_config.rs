@@ -64,6 +64,7 @@ pub fn build(
             let mut trust = TrustSettings::new(mode, settings.client_ca.clone());
             trust.crls = settings.crls.clone();
             trust.allowlist = settings.allowlist.clone();
+            trust.ocsp = settings.client_ocsp.clone();
             let verifier =
                 TrustVerifier::new(&trust, provider.clone(), cache.clone(), UnixTime::now())?;
             for warning in verifier.warnings() {
