@@ -62,12 +62,27 @@ pub(crate) enum Source {
     Flags,
 }
 
+/// The table a key belongs to, for naming it in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The top level.
+    Top,
+    /// `listener[i]`.
+    Listener(usize),
+    /// `listener[i].route[j]`.
+    Route(usize, usize),
+    /// `pool[i]`.
+    Pool(usize),
+}
+
 impl Source {
-    /// The name to report for `key`, at top level or in listener `listener`.
-    pub fn field(self, listener: Option<usize>, key: &str) -> String {
-        match (self, listener) {
-            (Source::File, None) => key.to_string(),
-            (Source::File, Some(i)) => format!("listener[{i}].{key}"),
+    /// The name to report for `key` inside `scope`.
+    pub fn field(self, scope: Scope, key: &str) -> String {
+        match (self, scope) {
+            (Source::File, Scope::Top) => key.to_string(),
+            (Source::File, Scope::Listener(i)) => format!("listener[{i}].{key}"),
+            (Source::File, Scope::Route(i, j)) => format!("listener[{i}].route[{j}].{key}"),
+            (Source::File, Scope::Pool(i)) => format!("pool[{i}].{key}"),
             // The flag is singular because it is given once per backend.
             (Source::Flags, _) if key == "backends" => "--backend".to_string(),
             (Source::Flags, _) => format!("--{}", key.replace('_', "-")),
@@ -145,6 +160,8 @@ pub(crate) struct RawConfig {
     pub admin: Option<At<String>>,
     /// The listeners, in order.
     pub listeners: Vec<RawListener>,
+    /// The `[[pool]]` tables, in order.
+    pub pools: Vec<RawPool>,
 }
 
 /// One listener, unchecked.
@@ -158,6 +175,21 @@ pub(crate) struct RawListener {
     pub listen: Option<RawList>,
     /// `backlog`.
     pub backlog: Option<At<i64>>,
+    /// The listener's own TLS settings: its default route.
+    pub tls: RawTls,
+    /// `backends` of the default route.
+    pub backends: Option<RawList>,
+    /// `pool` of the default route.
+    pub pool: Option<At<String>>,
+    /// `proxy_protocol`.
+    pub proxy_protocol: Option<At<String>>,
+    /// `[[listener.route]]` tables, in order.
+    pub routes: Vec<RawRoute>,
+}
+
+/// The TLS keys shared by a listener and its routes, unchecked.
+#[derive(Debug, Default)]
+pub(crate) struct RawTls {
     /// `cert`, as written (not yet resolved).
     pub cert: Option<At<PathBuf>>,
     /// `key`.
@@ -172,8 +204,6 @@ pub(crate) struct RawListener {
     pub tls_versions: Option<RawList>,
     /// `cipher_suites`.
     pub cipher_suites: Option<RawList>,
-    /// `backends`.
-    pub backends: Option<RawList>,
     /// `crl`.
     pub crl: Option<RawList>,
     /// `ocsp_staple`: DER OCSP response file for the server certificate.
@@ -184,8 +214,66 @@ pub(crate) struct RawListener {
     pub cert_password_env: Option<At<String>>,
     /// `allow`.
     pub allow: Option<RawList>,
-    /// `proxy_protocol`.
-    pub proxy_protocol: Option<At<String>>,
+}
+
+/// One `[[listener.route]]`, unchecked.
+#[derive(Debug)]
+pub(crate) struct RawRoute {
+    /// Where the route starts; missing keys are reported here.
+    pub location: Location,
+    /// `name`.
+    pub name: Option<At<String>>,
+    /// `server_names`.
+    pub server_names: Option<RawList>,
+    /// The route's TLS settings (`alpn` also selects the route).
+    pub tls: RawTls,
+    /// `backends`.
+    pub backends: Option<RawList>,
+    /// `pool`.
+    pub pool: Option<At<String>>,
+}
+
+/// One `[[pool]]`, unchecked.
+#[derive(Debug)]
+pub(crate) struct RawPool {
+    /// Where the pool starts; missing keys are reported here.
+    pub location: Location,
+    /// `name`.
+    pub name: Option<At<String>>,
+    /// `balance`.
+    pub balance: Option<At<String>>,
+    /// `backends`: strings or tables.
+    pub backends: Option<At<Vec<RawPoolBackend>>>,
+    /// `health_check`.
+    pub health_check: Option<RawHealthCheck>,
+    /// `eject_after`.
+    pub eject_after: Option<At<i64>>,
+    /// `eject_for`.
+    pub eject_for: Option<At<RawDuration>>,
+}
+
+/// One entry of a pool's `backends`.
+#[derive(Debug)]
+pub(crate) struct RawPoolBackend {
+    /// `address` (or the entry itself when it is a string).
+    pub address: At<String>,
+    /// `weight`.
+    pub weight: Option<At<i64>>,
+    /// `max_connections`.
+    pub max_connections: Option<At<i64>>,
+}
+
+/// A pool's `health_check` table, unchecked.
+#[derive(Debug)]
+pub(crate) struct RawHealthCheck {
+    /// `interval`.
+    pub interval: Option<At<RawDuration>>,
+    /// `timeout`.
+    pub timeout: Option<At<RawDuration>>,
+    /// `rise`.
+    pub rise: Option<At<i64>>,
+    /// `fall`.
+    pub fall: Option<At<i64>>,
 }
 
 /// A loaded client CA bundle and the file it came from.
