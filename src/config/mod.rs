@@ -138,7 +138,12 @@ impl Config {
     /// of them is worth a reload.
     pub fn files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self.source.iter().cloned().collect();
-        for t in self.listeners.iter().flat_map(|l| l.all_routes()).map(|r| &r.tls) {
+        for t in self
+            .listeners
+            .iter()
+            .flat_map(|l| l.all_routes())
+            .map(|r| &r.tls)
+        {
             files.push(t.cert_path.clone());
             files.push(t.key_path.clone());
             files.extend(t.client_ca_path.iter().cloned());

@@ -40,6 +40,18 @@ fn expect_one(pki: &Pki, text: &str, line: usize, column: usize, rest: &str) {
     assert_eq!(errs, vec![want], "config:\n{text}");
 }
 
+/// The TLS settings of a listener's own (default) route.
+fn own_tls(l: &ListenerConfig) -> &TlsSettings {
+    &l.default_route.as_ref().expect("a default route").tls
+}
+
+/// The backends of a listener's own (default) route.
+fn own_backends(c: &Config, l: &ListenerConfig) -> Vec<Backend> {
+    let pool = &l.default_route.as_ref().expect("a default route").pool;
+    let pool = c.pools.iter().find(|p| p.name == *pool).expect("its pool");
+    pool.backends.iter().map(|b| b.backend.clone()).collect()
+}
+
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
@@ -91,7 +103,7 @@ backends = "127.0.0.1:9090"
         vec![addr("127.0.0.1:8443"), addr("[::1]:8443")]
     );
     assert_eq!(main.backlog, 1024);
-    let tls = &main.tls;
+    let tls = own_tls(main);
     assert_eq!(tls.client_auth, ClientAuth::Required);
     assert_eq!(tls.cert_chain, vec![pki.server_cert_der.clone()]);
     assert_eq!(tls.client_ca, vec![pki.ca_cert_der.clone()]);
@@ -105,24 +117,24 @@ backends = "127.0.0.1:9090"
             CipherSuite::Chacha20Poly1305
         ]
     );
-    assert_eq!(main.backends[0].addr, addr("127.0.0.1:8080"));
-    assert_eq!(main.backends[1].name, "localhost:8081");
-    assert_eq!(main.backends[1].addr.port(), 8081);
-    assert!(main.backends[1].addr.ip().is_loopback());
+    assert_eq!(own_backends(&c, main)[0].addr, addr("127.0.0.1:8080"));
+    assert_eq!(own_backends(&c, main)[1].name, "localhost:8081");
+    assert_eq!(own_backends(&c, main)[1].addr.port(), 8081);
+    assert!(own_backends(&c, main)[1].addr.ip().is_loopback());
 
     let second = &c.listeners[1];
     assert_eq!(second.name, "listener1");
     assert_eq!(second.backlog, 16);
-    assert_eq!(second.tls.client_auth, ClientAuth::Off);
-    assert!(second.tls.client_ca.is_empty());
-    assert_eq!(second.tls.client_ca_path, None);
-    assert!(second.tls.alpn.is_empty());
-    assert_eq!(second.tls.versions, vec![TlsVersion::Tls13]);
+    assert_eq!(own_tls(second).client_auth, ClientAuth::Off);
+    assert!(own_tls(second).client_ca.is_empty());
+    assert_eq!(own_tls(second).client_ca_path, None);
+    assert!(own_tls(second).alpn.is_empty());
+    assert_eq!(own_tls(second).versions, vec![TlsVersion::Tls13]);
     assert_eq!(
-        second.tls.cipher_suites,
+        own_tls(second).cipher_suites,
         vec![CipherSuite::Chacha20Poly1305, CipherSuite::Aes256Gcm]
     );
-    assert_eq!(second.backends[0].addr, addr("127.0.0.1:9090"));
+    assert_eq!(own_backends(&c, second)[0].addr, addr("127.0.0.1:9090"));
 }
 
 #[test]
@@ -139,7 +151,7 @@ fn relative_paths_resolve_against_the_config_directory() {
     // The test's working directory has no pki/, so success proves the
     // paths were resolved against the file's directory.
     let c = load_file(&write(&pki, LISTENER)).unwrap();
-    let tls = &c.listeners[0].tls;
+    let tls = own_tls(&c.listeners[0]);
     assert_eq!(tls.cert_path, pki.root().join("pki/server.crt"));
     assert_eq!(tls.key_path, pki.root().join("pki/server.key"));
     assert_eq!(tls.client_ca_path, Some(pki.root().join("pki/ca.crt")));
@@ -157,8 +169,14 @@ fn relative_paths_resolve_against_the_config_directory() {
         );
     fs::write(&nested, text).unwrap();
     let c = load_file(&nested).unwrap();
-    assert_eq!(c.listeners[0].tls.cert_path, etc.join("../pki/server.crt"));
-    assert_eq!(c.listeners[0].tls.client_ca_path, Some(pki.path("ca.crt")));
+    assert_eq!(
+        own_tls(&c.listeners[0]).cert_path,
+        etc.join("../pki/server.crt")
+    );
+    assert_eq!(
+        own_tls(&c.listeners[0]).client_ca_path,
+        Some(pki.path("ca.crt"))
+    );
 }
 
 #[test]
@@ -383,7 +401,7 @@ fn no_backends() {
         &format!("\n{text}"),
         2,
         1,
-        "listener[0].backends: missing; at least one backend (host:port) is required",
+        "listener[0].backends: missing; at least one backend (host:port) is required, or a pool = \"NAME\"",
     );
     expect_one(
         &pki,
@@ -470,8 +488,8 @@ fn expired_server_certificate_is_a_warning() {
 fn client_ca_with_auth_off_is_a_warning() {
     let pki = Pki::new();
     let c = load_file(&write(&pki, &format!("{LISTENER}client_auth = \"off\"\n"))).unwrap();
-    assert_eq!(c.listeners[0].tls.client_auth, ClientAuth::Off);
-    assert!(c.listeners[0].tls.client_ca.is_empty());
+    assert_eq!(own_tls(&c.listeners[0]).client_auth, ClientAuth::Off);
+    assert!(own_tls(&c.listeners[0]).client_ca.is_empty());
     let w: Vec<String> = c.warnings.iter().map(|w| w.field.clone()).collect();
     assert_eq!(w, vec!["listener[0].client_ca"]);
     assert!(c.warnings[0].message.contains("ignored"));
@@ -538,9 +556,9 @@ fn flags_happy_path() {
     let l = &c.listeners[0];
     assert_eq!(l.name, "listener0");
     assert_eq!(l.listen, vec![addr("127.0.0.1:8443"), addr("[::1]:8443")]);
-    assert_eq!(l.tls.client_auth, ClientAuth::Optional);
-    assert_eq!(l.tls.alpn, vec![b"http/1.1".to_vec()]);
-    assert_eq!(l.tls.client_ca_path, Some(pki.path("ca.crt")));
+    assert_eq!(own_tls(l).client_auth, ClientAuth::Optional);
+    assert_eq!(own_tls(l).alpn, vec![b"http/1.1".to_vec()]);
+    assert_eq!(own_tls(l).client_ca_path, Some(pki.path("ca.crt")));
 
     // Client auth off needs no CA.
     let f = Flags {
@@ -549,7 +567,7 @@ fn flags_happy_path() {
         ..flags(&pki)
     };
     assert_eq!(
-        from_flags(&f).unwrap().listeners[0].tls.client_auth,
+        own_tls(&from_flags(&f).unwrap().listeners[0]).client_auth,
         ClientAuth::Off
     );
 }
@@ -633,25 +651,29 @@ fn example_configs_load() {
 
 fn check_example(name: &str, c: &Config, root: &Path) {
     let first = &c.listeners[0];
-    assert_eq!(first.tls.cert_path, root.join("pki/server.crt"), "{name}");
+    assert_eq!(
+        own_tls(first).cert_path,
+        root.join("pki/server.crt"),
+        "{name}"
+    );
     match name {
         "quickstart.toml" => {
             assert_eq!(first.listen, vec![addr("127.0.0.1:8443")]);
-            assert_eq!(first.tls.client_auth, ClientAuth::Required);
-            assert_eq!(first.backends[0].addr, addr("127.0.0.1:9000"));
+            assert_eq!(own_tls(first).client_auth, ClientAuth::Required);
+            assert_eq!(own_backends(c, first)[0].addr, addr("127.0.0.1:9000"));
         }
         "sidecar.toml" => {
             assert_eq!(c.workers, 2);
             assert_eq!(first.listen, vec![addr("0.0.0.0:8443"), addr("[::]:8443")]);
-            assert_eq!(first.tls.client_auth, ClientAuth::Required);
-            assert_eq!(first.backends.len(), 1);
+            assert_eq!(own_tls(first).client_auth, ClientAuth::Required);
+            assert_eq!(own_backends(c, first).len(), 1);
         }
         "edge.toml" => {
             assert_eq!(c.listeners.len(), 2);
-            assert_eq!(first.tls.client_auth, ClientAuth::Required);
-            assert_eq!(c.listeners[1].tls.client_auth, ClientAuth::Optional);
-            assert!(first.backends.len() > 1);
-            assert!(!first.tls.alpn.is_empty());
+            assert_eq!(own_tls(first).client_auth, ClientAuth::Required);
+            assert_eq!(own_tls(&c.listeners[1]).client_auth, ClientAuth::Optional);
+            assert!(own_backends(c, first).len() > 1);
+            assert!(!own_tls(first).alpn.is_empty());
         }
         _ => unreachable!(),
     }

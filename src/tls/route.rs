@@ -26,7 +26,9 @@ pub enum ServerNamePattern {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
     /// Not a DNS name (empty label, bad character, too long).
-    #[error("{0:?} is not a DNS name (letters, digits, '-' and '.'; labels of 1 to 63 characters)")]
+    #[error(
+        "{0:?} is not a DNS name (letters, digits, '-' and '.'; labels of 1 to 63 characters)"
+    )]
     NotDnsName(String),
     /// A `*` anywhere but as the whole first label.
     #[error("{0:?}: a wildcard must be the whole first label, as in \"*.example.com\"")]
@@ -138,7 +140,7 @@ impl NoRoute {
     /// The TLS alert the client gets.
     pub fn alert(&self) -> AlertDescription {
         match self {
-            Self::NoServerName | Self::UnknownName(_) => AlertDescription::UnrecognizedName,
+            Self::NoServerName | Self::UnknownName(_) => AlertDescription::UnrecognisedName,
             Self::NoProtocol { .. } => AlertDescription::NoApplicationProtocol,
         }
     }
@@ -233,7 +235,15 @@ mod tests {
         assert!(!w.matches("example.com"));
         assert!(!w.matches("a.b.example.com"));
         assert!(!w.matches("aexample.com"));
-        for bad in ["", "*", "a.*.com", "*a.example.com", "a..b", "a b.com", "**.x"] {
+        for bad in [
+            "",
+            "*",
+            "a.*.com",
+            "*a.example.com",
+            "a..b",
+            "a b.com",
+            "**.x",
+        ] {
             assert!(ServerNamePattern::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -255,13 +265,10 @@ mod tests {
             pick("example.org"),
             Err(NoRoute::UnknownName("example.org".into()))
         );
-        assert_eq!(
-            table.select(&hello(None, &[])),
-            Err(NoRoute::NoServerName)
-        );
+        assert_eq!(table.select(&hello(None, &[])), Err(NoRoute::NoServerName));
         assert_eq!(
             NoRoute::NoServerName.alert(),
-            AlertDescription::UnrecognizedName
+            AlertDescription::UnrecognisedName
         );
     }
 
