@@ -678,3 +678,126 @@ fn check_example(name: &str, c: &Config, root: &Path) {
         _ => unreachable!(),
     }
 }
+
+const ROUTES: &str = r#"[[pool]]
+name = "api"
+balance = "least-connections"
+backends = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3, max_connections = 50 }]
+health_check = { interval = "100ms", timeout = "50ms", rise = 1, fall = 2 }
+eject_after = 0
+
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8443"
+
+[[listener.route]]
+name = "api"
+server_names = ["API.example.com", "*.api.example.com"]
+cert = "pki/server.crt"
+key = "pki/server.key"
+client_ca = "pki/ca.crt"
+pool = "api"
+
+[[listener.route]]
+server_names = "www.example.com"
+cert = "pki/server.crt"
+key = "pki/server.key"
+client_auth = "off"
+alpn = ["h2"]
+backends = ["127.0.0.1:9003"]
+"#;
+
+#[test]
+fn routes_and_pools() {
+    let pki = Pki::new();
+    let c = load_file(&write(&pki, ROUTES)).unwrap();
+    let l = &c.listeners[0];
+    assert!(l.default_route.is_none());
+    assert_eq!(l.routes.len(), 2);
+    let (api, www) = (&l.routes[0], &l.routes[1]);
+    assert_eq!(api.name, "api");
+    assert_eq!(
+        api.server_names
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["api.example.com", "*.api.example.com"]
+    );
+    assert_eq!(api.pool, "api");
+    assert_eq!(www.name, "route1");
+    assert_eq!(www.tls.client_auth, ClientAuth::Off);
+    assert_eq!(www.tls.alpn, vec![b"h2".to_vec()]);
+    // The inline backends became an implicit round-robin pool.
+    assert_eq!(www.pool, "edge/route1");
+    assert_eq!(c.pools.len(), 2);
+    let pool = &c.pools[0];
+    assert_eq!(pool.balance, Balance::LeastConnections);
+    assert_eq!(pool.backends[1].weight, 3);
+    assert_eq!(pool.backends[1].max_connections, Some(50));
+    assert_eq!(pool.backends[0].weight, 1);
+    assert_eq!(
+        pool.health_check,
+        Some(HealthCheck {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(50),
+            rise: 1,
+            fall: 2
+        })
+    );
+    assert_eq!(pool.eject_after, None, "0 turns passive ejection off");
+    let implicit = &c.pools[1];
+    assert_eq!(implicit.balance, Balance::RoundRobin);
+    assert_eq!(implicit.eject_after, None);
+    assert!(implicit.health_check.is_none());
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn route_and_pool_mistakes_are_each_reported() {
+    let pki = Pki::new();
+    let text = ROUTES
+        .replace("pool = \"api\"", "pool = \"apis\"")
+        .replace("\"www.example.com\"", "[\"www.*.com\"]")
+        .replace("balance = \"least-connections\"", "balance = \"random\"")
+        .replace("rise = 1", "rise = 0")
+        .replace(
+            "listen = \"127.0.0.1:8443\"",
+            "listen = \"127.0.0.1:8443\"\nclient_ca = \"pki/ca.crt\"",
+        )
+        .replace("alpn = [\"h2\"]", "alpn = [\"h2\"]\npool = \"api\"");
+    let (path, errs) = errors(&pki, &text);
+    let p = path.display();
+    assert_eq!(
+        errs,
+        vec![
+            format!("{p}:3:11: pool[0].balance: must be \"round-robin\", \"least-connections\" or \"hash\", not \"random\""),
+            format!("{p}:5:63: pool[0].health_check.rise: must be between 1 and 100, not 0"),
+            format!("{p}:19:8: listener[0].route[0].pool: no [[pool]] is named \"apis\"; defined: none"),
+            format!("{p}:22:17: listener[0].route[1].server_names[0]: \"www.*.com\": a wildcard must be the whole first label, as in \"*.example.com\""),
+            format!("{p}:27:8: listener[0].route[1].pool: give either backends or pool, not both"),
+            format!("{p}:11:13: listener[0].client_ca: not used: this listener has routes and no default route (no cert, key or backends of its own); set it on a [[listener.route]]"),
+        ]
+    );
+}
+
+#[test]
+fn route_names_and_pool_references() {
+    let pki = Pki::new();
+    expect_one(
+        &pki,
+        &ROUTES.replace("name = \"api\"\nserver_names", "name = \"default\"\nserver_names"),
+        13,
+        8,
+        "listener[0].route[0].name: \"default\" names the listener's own route; choose another name",
+    );
+    let unused = ROUTES.replace("pool = \"api\"", "backends = \"127.0.0.1:9004\"");
+    let c = load_file(&write(&pki, &unused)).unwrap();
+    assert_eq!(c.warnings.len(), 1);
+    assert!(
+        c.warnings[0]
+            .to_string()
+            .ends_with("pool[0].name: pool \"api\" is not used by any route"),
+        "{}",
+        c.warnings[0]
+    );
+}
