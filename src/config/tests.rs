@@ -640,6 +640,16 @@ fn example_configs_load() {
         ("edge.toml", include_str!("../../configs/edge.toml")),
     ];
     let pki = Pki::new();
+    // edge.toml's two domains have certificates and a CA of their own.
+    for (from, to) in [
+        ("server.crt", "api.crt"),
+        ("server.key", "api.key"),
+        ("server.crt", "portal.crt"),
+        ("server.key", "portal.key"),
+        ("ca.crt", "partners-ca.crt"),
+    ] {
+        fs::copy(pki.path(from), pki.path(to)).unwrap();
+    }
     for (name, text) in examples {
         let path = pki.root().join(name);
         fs::write(&path, text).unwrap();
@@ -651,29 +661,34 @@ fn example_configs_load() {
 
 fn check_example(name: &str, c: &Config, root: &Path) {
     let first = &c.listeners[0];
-    assert_eq!(
-        own_tls(first).cert_path,
-        root.join("pki/server.crt"),
-        "{name}"
-    );
     match name {
         "quickstart.toml" => {
+            assert_eq!(own_tls(first).cert_path, root.join("pki/server.crt"));
             assert_eq!(first.listen, vec![addr("127.0.0.1:8443")]);
             assert_eq!(own_tls(first).client_auth, ClientAuth::Required);
             assert_eq!(own_backends(c, first)[0].addr, addr("127.0.0.1:9000"));
         }
         "sidecar.toml" => {
+            assert_eq!(own_tls(first).cert_path, root.join("pki/server.crt"));
             assert_eq!(c.workers, 2);
             assert_eq!(first.listen, vec![addr("0.0.0.0:8443"), addr("[::]:8443")]);
             assert_eq!(own_tls(first).client_auth, ClientAuth::Required);
             assert_eq!(own_backends(c, first).len(), 1);
         }
         "edge.toml" => {
-            assert_eq!(c.listeners.len(), 2);
-            assert_eq!(own_tls(first).client_auth, ClientAuth::Required);
-            assert_eq!(own_tls(&c.listeners[1]).client_auth, ClientAuth::Optional);
-            assert!(own_backends(c, first).len() > 1);
-            assert!(!own_tls(first).alpn.is_empty());
+            assert!(first.default_route.is_none());
+            let [api, portal] = &first.routes[..] else {
+                panic!("edge.toml has two routes")
+            };
+            assert_eq!(api.tls.cert_path, root.join("pki/api.crt"));
+            assert_eq!(api.tls.client_ca_path, Some(root.join("pki/partners-ca.crt")));
+            assert_eq!(portal.tls.client_auth, ClientAuth::Optional);
+            assert!(!api.tls.alpn.is_empty());
+            let pool = |name: &str| c.pools.iter().find(|p| p.name == name).unwrap();
+            assert_eq!(pool(&api.pool).balance, Balance::Hash);
+            assert_eq!(pool(&api.pool).backends.len(), 3);
+            assert!(pool(&api.pool).health_check.is_some());
+            assert_eq!(pool(&portal.pool).balance, Balance::LeastConnections);
         }
         _ => unreachable!(),
     }
