@@ -681,7 +681,10 @@ fn check_example(name: &str, c: &Config, root: &Path) {
                 panic!("edge.toml has two routes")
             };
             assert_eq!(api.tls.cert_path, root.join("pki/api.crt"));
-            assert_eq!(api.tls.client_ca_path, Some(root.join("pki/partners-ca.crt")));
+            assert_eq!(
+                api.tls.client_ca_path,
+                Some(root.join("pki/partners-ca.crt"))
+            );
             assert_eq!(portal.tls.client_auth, ClientAuth::Optional);
             assert!(!api.tls.alpn.is_empty());
             let pool = |name: &str| c.pools.iter().find(|p| p.name == name).unwrap();

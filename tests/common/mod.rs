@@ -325,6 +325,32 @@ impl Pki {
         })
     }
 
+    /// A server certificate for `sans` (ECDSA P-256), signed by the test
+    /// CA, written as `<file>.crt` and `<file>.key`.
+    pub fn server_for(&self, file: &str, sans: &[&str]) -> Identity {
+        self.issue(file, sans[0], sans, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A valid client certificate with subject CN `cn`, signed by the test
+    /// CA, written as `<file>.crt` and `<file>.key`.
+    pub fn client_for(&self, file: &str, cn: &str) -> Identity {
+        self.issue(file, cn, &[], ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue(&self, file: &str, cn: &str, sans: &[&str], eku: ExtendedKeyUsagePurpose) -> Identity {
+        let (cert, key) = leaf(&self.ca, cn, sans, &[eku], KeyType::EcdsaP256, false);
+        let cert_path = self.path().join(format!("{file}.crt"));
+        let key_path = self.path().join(format!("{file}.key"));
+        fs::write(&cert_path, cert.pem()).unwrap();
+        fs::write(&key_path, key.serialize_pem()).unwrap();
+        Identity {
+            cert_path,
+            key_path,
+            cert_der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        }
+    }
+
     pub fn server_identity(&self, key_type: KeyType) -> &Identity {
         match key_type {
             KeyType::EcdsaP256 => &self.server,
@@ -474,7 +500,12 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(mode: Mode) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Backend::start_at("127.0.0.1:0".parse().unwrap(), mode)
+    }
+
+    /// A backend on a given address (e.g. where a stopped one was).
+    pub fn start_at(addr: SocketAddr, mode: Mode) -> Backend {
+        let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let bytes_in = Arc::new(AtomicU64::new(0));
@@ -1123,11 +1154,23 @@ pub fn tls_connect_timeout(
     cfg: Arc<ClientConfig>,
     timeout: Duration,
 ) -> Result<Tls, io::Error> {
+    tls_connect_named(addr, cfg, "localhost", timeout)
+}
+
+/// Like [`tls_connect_timeout`], asking for `server_name` (sent as SNI
+/// unless it is an IP address, and checked against the certificate).
+pub fn tls_connect_named(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    server_name: &str,
+    timeout: Duration,
+) -> Result<Tls, io::Error> {
     let sock = TcpStream::connect_timeout(&addr, timeout)?;
     sock.set_read_timeout(Some(timeout))?;
     sock.set_write_timeout(Some(timeout))?;
     sock.set_nodelay(true)?;
-    let conn = ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+    let name = ServerName::try_from(server_name.to_string()).expect("a valid server name");
+    let conn = ClientConnection::new(cfg, name).unwrap();
     let mut tls = StreamOwned::new(conn, sock);
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock)?;
@@ -1343,4 +1386,79 @@ pub fn write_file(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf
     }
     fs::write(&p, contents).unwrap();
     p
+}
+
+// ---------------------------------------------------------------------------
+// The admin listener
+// ---------------------------------------------------------------------------
+
+/// The admin listener's address, from its `admin listening on` line.
+pub fn admin_addr(server: &Server) -> SocketAddr {
+    server
+        .log
+        .wait_line(WAIT, &["admin listening on"])
+        .and_then(|l| l.rsplit(' ').next().and_then(|a| a.parse().ok()))
+        .expect("admin address logged")
+}
+
+/// One HTTP/1.1 request to the admin listener: (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Parses Prometheus text with prometheus_client (the reference parser)
+/// and returns `name{labels} value` lines, sorted.
+pub fn parse_with_prometheus_client(text: &str) -> Vec<String> {
+    require_tool("python3");
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nfor f in p(sys.stdin.read()):\n  for s in f.samples:\n    l=','.join(f'{k}=\"{v}\"' for k,v in sorted(s.labels.items()))\n    print(f'{s.name}{{{l}}} {s.value:g}')\n",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client rejected /metrics (pip install prometheus_client?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The value of the sample `name{labels}` (labels sorted by name, as
+/// [`parse_with_prometheus_client`] writes them) in its output.
+pub fn sample(lines: &[String], name_and_labels: &str) -> Option<f64> {
+    lines.iter().find_map(|l| {
+        let (key, value) = l.rsplit_once(' ')?;
+        (key == name_and_labels).then(|| value.parse().ok())?
+    })
 }
