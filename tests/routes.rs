@@ -10,27 +10,13 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-/// Reads what the backend behind `name` says about itself (its id).
+/// The id of the backend behind `name`, and the certificate presented.
 fn backend_id(
     server: &Server,
     opts: &ClientOpts,
     name: &str,
-) -> Result<(String, rustls::pki_types::CertificateDer<'static>), std::io::Error> {
-    let mut tls = tls_connect_named(server.addr(), opts.build(), name, IO_TIMEOUT)?;
-    let presented = tls
-        .conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .expect("a server certificate")
-        .clone()
-        .into_owned();
-    let (bytes, end) = read_until_end(&mut tls);
-    end?;
-    Ok((String::from_utf8_lossy(&bytes).into_owned(), presented))
-}
-
-fn id_backend(id: &str) -> Backend {
-    Backend::start(Mode::GreetThenHalfClose(id.as_bytes().to_vec()))
+) -> std::io::Result<(String, rustls::pki_types::CertificateDer<'static>)> {
+    greeting(server.addr(), opts.build(), name).map(|(id, cert, _)| (id, cert))
 }
 
 fn spawn_config(dir: &Path, text: &str) -> Server {
@@ -96,9 +82,9 @@ backends = ["{portal}"]
 fn each_name_gets_its_certificate_client_ca_and_pool() {
     let pki = Pki::new();
     let (a0, a1, p0) = (
-        id_backend("api-0"),
-        id_backend("api-1"),
-        id_backend("portal-0"),
+        Backend::with_id("api-0"),
+        Backend::with_id("api-1"),
+        Backend::with_id("portal-0"),
     );
     let (text, api_cert, portal_cert) = two_routes(&pki, &[&a0, &a1], &p0);
     let server = spawn_config(pki.path(), &text);
@@ -154,7 +140,7 @@ fn each_name_gets_its_certificate_client_ca_and_pool() {
 #[test]
 fn unknown_or_missing_server_name_is_refused_with_unrecognized_name() {
     let pki = Pki::new();
-    let (a0, p0) = (id_backend("api-0"), id_backend("portal-0"));
+    let (a0, p0) = (Backend::with_id("api-0"), Backend::with_id("portal-0"));
     let (text, _, _) = two_routes(&pki, &[&a0], &p0);
     let server = spawn_config(pki.path(), &text);
     let client = ClientOpts::new(&pki);
@@ -210,7 +196,7 @@ fn unknown_or_missing_server_name_is_refused_with_unrecognized_name() {
 #[test]
 fn default_route_serves_names_no_route_has() {
     let pki = Pki::new();
-    let (a0, d0) = (id_backend("api-0"), id_backend("default-0"));
+    let (a0, d0) = (Backend::with_id("api-0"), Backend::with_id("default-0"));
     let api_cert = pki.server_for("api", &["api.example.com"]);
     let text = format!(
         r#"workers = 1

@@ -546,6 +546,12 @@ impl Backend {
         Backend::start(Mode::Echo)
     }
 
+    /// A backend that greets every connection with `id` (then half-closes),
+    /// so a client can tell which backend it reached.
+    pub fn with_id(id: &str) -> Backend {
+        Backend::start(Mode::GreetThenHalfClose(id.as_bytes().to_vec()))
+    }
+
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
@@ -1461,4 +1467,25 @@ pub fn sample(lines: &[String], name_and_labels: &str) -> Option<f64> {
         let (key, value) = l.rsplit_once(' ')?;
         (key == name_and_labels).then(|| value.parse().ok())?
     })
+}
+
+/// Connects as `server_name` and reads the greeting of a
+/// [`Backend::with_id`] backend to its end; returns the greeting, the
+/// certificate the server presented, and the still-open connection.
+pub fn greeting(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    server_name: &str,
+) -> io::Result<(String, CertificateDer<'static>, Tls)> {
+    let mut tls = tls_connect_named(addr, cfg, server_name, IO_TIMEOUT)?;
+    let presented = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .expect("a server certificate")
+        .clone()
+        .into_owned();
+    let (bytes, end) = read_until_end(&mut tls);
+    end?;
+    Ok((String::from_utf8_lossy(&bytes).into_owned(), presented, tls))
 }
