@@ -47,6 +47,11 @@ pool = "p"
     (server, admin)
 }
 
+/// `n` backends greeting with their ids `b0`, `b1`, ...
+fn backends_with_ids(n: usize) -> Vec<Backend> {
+    (0..n).map(|i| Backend::with_id(&format!("b{i}"))).collect()
+}
+
 fn backends_list(backends: &[&Backend]) -> String {
     backends
         .iter()
@@ -95,14 +100,10 @@ fn wait_metric(admin: SocketAddr, name: &str, addr: SocketAddr, want: f64) {
 #[test]
 fn round_robin_follows_weights_over_1000_connections() {
     let pki = Pki::new();
-    let (b0, b1, b2) = (
-        Backend::with_id("b0"),
-        Backend::with_id("b1"),
-        Backend::with_id("b2"),
-    );
+    let b = backends_with_ids(3);
     let pool = format!(
         "backends = [\"{}\", {{ address = \"{}\", weight = 2 }}, {{ address = \"{}\", weight = 5 }}]",
-        b0.addr, b1.addr, b2.addr
+        b[0].addr, b[1].addr, b[2].addr
     );
     let (server, _) = serve_pool(&pki, &pool, "");
     let counts = distribution(&server, &ClientOpts::new(&pki).build(), 1000);
@@ -120,10 +121,11 @@ fn round_robin_follows_weights_over_1000_connections() {
 #[test]
 fn least_connections_prefers_the_backend_with_fewer_open() {
     let pki = Pki::new();
-    let (b0, b1) = (Backend::with_id("b0"), Backend::with_id("b1"));
+    let b = backends_with_ids(2);
+    let (b0, b1) = (&b[0], &b[1]);
     let pool = format!(
         "balance = \"least-connections\"\nbackends = [{}]",
-        backends_list(&[&b0, &b1])
+        backends_list(&[b0, b1])
     );
     let (server, admin) = serve_pool(&pki, &pool, "");
     let cfg = ClientOpts::new(&pki).build();
@@ -168,7 +170,7 @@ fn least_connections_prefers_the_backend_with_fewer_open() {
 #[test]
 fn hash_keeps_each_identity_on_one_backend() {
     let pki = Pki::new();
-    let backends: Vec<Backend> = (0..3).map(|i| Backend::with_id(&format!("b{i}"))).collect();
+    let backends = backends_with_ids(3);
     let pool = format!(
         "balance = \"hash\"\nbackends = [{}]\nhealth_check = {{ interval = \"100ms\", timeout = \"200ms\", rise = 1, fall = 1 }}",
         backends_list(&backends.iter().collect::<Vec<_>>())
@@ -228,21 +230,17 @@ fn hash_keeps_each_identity_on_one_backend() {
 #[test]
 fn health_checks_eject_a_killed_backend_and_readmit_it() {
     let pki = Pki::new();
-    let (b0, b1, b2) = (
-        Backend::with_id("b0"),
-        Backend::with_id("b1"),
-        Backend::with_id("b2"),
-    );
+    let mut b = backends_with_ids(3);
     let pool = format!(
         "backends = [{}]\nhealth_check = {{ interval = \"100ms\", timeout = \"200ms\", rise = 2, fall = 2 }}\neject_after = 0",
-        backends_list(&[&b0, &b1, &b2])
+        backends_list(&b.iter().collect::<Vec<_>>())
     );
     let (server, admin) = serve_pool(&pki, &pool, "");
     let cfg = ClientOpts::new(&pki).build();
-    let b1_addr = b1.addr;
+    let b1_addr = b[1].addr;
     wait_metric(admin, "tlsplice_backend_healthy", b1_addr, 1.0);
 
-    drop(b1);
+    drop(b.remove(1));
     let down = Instant::now();
     // fall = 2 at a 100ms interval: two failed checks.
     wait_metric(admin, "tlsplice_backend_healthy", b1_addr, 0.0);
@@ -270,7 +268,7 @@ fn health_checks_eject_a_killed_backend_and_readmit_it() {
 #[test]
 fn no_client_sees_a_failure_while_a_backend_dies_under_load() {
     let pki = Pki::new();
-    let backends: Vec<Backend> = (0..3).map(|i| Backend::with_id(&format!("b{i}"))).collect();
+    let backends = backends_with_ids(3);
     let pool = format!(
         "backends = [{}]\neject_after = 1\neject_for = \"1m\"",
         backends_list(&backends.iter().collect::<Vec<_>>())

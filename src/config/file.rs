@@ -77,86 +77,71 @@ struct FileConfig {
     pool: Vec<Spanned<FilePool>>,
 }
 
-/// One `[[listener]]` table.
-#[derive(Debug, Deserialize)]
-struct FileListener {
-    /// Name in logs and metrics; default `listener<N>`.
-    name: Option<Spanned<String>>,
-    /// Socket addresses; required.
-    listen: Option<Spanned<StringList>>,
-    /// Accept backlog; default 1024.
-    backlog: Option<Spanned<i64>>,
-    /// Server certificate chain file; required.
-    cert: Option<Spanned<String>>,
-    /// Server private key file; required.
-    key: Option<Spanned<String>>,
-    /// `required`, `optional` or `off`; default `required`.
-    client_auth: Option<Spanned<String>>,
-    /// CA bundle for client certificates; required unless `client_auth = "off"`.
-    client_ca: Option<Spanned<String>>,
-    /// ALPN protocols; default none.
-    alpn: Option<Spanned<StringList>>,
-    /// `"1.2"`, `"1.3"`; default both.
-    tls_versions: Option<Spanned<StringList>>,
-    /// Cipher suite names; default all.
-    cipher_suites: Option<Spanned<StringList>>,
-    /// Backends as `host:port`; required.
-    backends: Option<Spanned<StringList>>,
-    /// CRL files (PEM or DER) for client certificates; default none.
-    crl: Option<Spanned<StringList>>,
-    /// DER OCSP response stapled to the server certificate.
-    ocsp_staple: Option<Spanned<String>>,
-    /// File whose first line is the password of a PKCS#12 `cert`.
-    cert_password_file: Option<Spanned<String>>,
-    /// Environment variable holding that password.
-    cert_password_env: Option<Spanned<String>>,
-    /// Allowlist rules; default none (every verified client admitted).
-    allow: Option<Spanned<StringList>>,
-    /// PROXY protocol to backends: "v1", "v2" or "off"; default off.
-    proxy_protocol: Option<Spanned<String>>,
-    /// A `[[pool]]` name, instead of `backends`.
-    pool: Option<Spanned<String>>,
-    /// `[[listener.route]]` tables.
-    #[serde(default)]
-    route: Vec<Spanned<FileRoute>>,
+/// Declares a table holding the keys a listener and a route share (name,
+/// TLS identity and client policy, backends or pool) and its own `extra`
+/// keys. One declaration keeps the two tables' shared keys identical.
+macro_rules! tls_table {
+    ($(#[$meta:meta])* struct $name:ident { $($extra:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Deserialize)]
+        struct $name {
+            /// Name in logs and metrics.
+            name: Option<Spanned<String>>,
+            /// Server certificate chain file (or PKCS#12 bundle).
+            cert: Option<Spanned<String>>,
+            /// Server private key file.
+            key: Option<Spanned<String>>,
+            /// `required`, `optional` or `off`; default `required`.
+            client_auth: Option<Spanned<String>>,
+            /// CA bundle for client certificates; required unless `client_auth = "off"`.
+            client_ca: Option<Spanned<String>>,
+            /// ALPN protocols; default none.
+            alpn: Option<Spanned<StringList>>,
+            /// `"1.2"`, `"1.3"`; default both.
+            tls_versions: Option<Spanned<StringList>>,
+            /// Cipher suite names; default all.
+            cipher_suites: Option<Spanned<StringList>>,
+            /// Backends as `host:port` (an implicit round-robin pool).
+            backends: Option<Spanned<StringList>>,
+            /// A `[[pool]]` name, instead of `backends`.
+            pool: Option<Spanned<String>>,
+            /// CRL files (PEM or DER) for client certificates; default none.
+            crl: Option<Spanned<StringList>>,
+            /// DER OCSP response stapled to the server certificate.
+            ocsp_staple: Option<Spanned<String>>,
+            /// File whose first line is the password of a PKCS#12 `cert`.
+            cert_password_file: Option<Spanned<String>>,
+            /// Environment variable holding that password.
+            cert_password_env: Option<Spanned<String>>,
+            /// Allowlist rules; default none (every verified client admitted).
+            allow: Option<Spanned<StringList>>,
+            $($extra)*
+        }
+    };
 }
 
-/// One `[[listener.route]]` table: the listener's TLS keys, plus the names
-/// it serves and its backends or pool.
-#[derive(Debug, Deserialize)]
-struct FileRoute {
-    /// Name in logs and metrics; default `route<N>`.
-    name: Option<Spanned<String>>,
-    /// Server names served (exact or `*.` wildcard); required.
-    server_names: Option<Spanned<StringList>>,
-    /// Server certificate chain file (or PKCS#12); required.
-    cert: Option<Spanned<String>>,
-    /// Server private key file.
-    key: Option<Spanned<String>>,
-    /// `required`, `optional` or `off`; default `required`.
-    client_auth: Option<Spanned<String>>,
-    /// CA bundle for client certificates.
-    client_ca: Option<Spanned<String>>,
-    /// ALPN protocols: offered, and required of the client when given.
-    alpn: Option<Spanned<StringList>>,
-    /// `"1.2"`, `"1.3"`; default both.
-    tls_versions: Option<Spanned<StringList>>,
-    /// Cipher suite names; default all.
-    cipher_suites: Option<Spanned<StringList>>,
-    /// Backends as `host:port` (an implicit round-robin pool).
-    backends: Option<Spanned<StringList>>,
-    /// A `[[pool]]` name, instead of `backends`.
-    pool: Option<Spanned<String>>,
-    /// CRL files for client certificates.
-    crl: Option<Spanned<StringList>>,
-    /// DER OCSP response stapled to the server certificate.
-    ocsp_staple: Option<Spanned<String>>,
-    /// Password file of a PKCS#12 `cert`.
-    cert_password_file: Option<Spanned<String>>,
-    /// Environment variable holding that password.
-    cert_password_env: Option<Spanned<String>>,
-    /// Allowlist rules.
-    allow: Option<Spanned<StringList>>,
+tls_table! {
+    /// One `[[listener]]` table; its own TLS keys and backends make the
+    /// default route.
+    struct FileListener {
+        /// Socket addresses; required.
+        listen: Option<Spanned<StringList>>,
+        /// Accept backlog; default 1024.
+        backlog: Option<Spanned<i64>>,
+        /// PROXY protocol to backends: "v1", "v2" or "off"; default off.
+        proxy_protocol: Option<Spanned<String>>,
+        /// `[[listener.route]]` tables.
+        #[serde(default)]
+        route: Vec<Spanned<FileRoute>>,
+    }
+}
+
+tls_table! {
+    /// One `[[listener.route]]` table.
+    struct FileRoute {
+        /// Server names served (exact or `*.` wildcard); required.
+        server_names: Option<Spanned<StringList>>,
+    }
 }
 
 /// One `[[pool]]` table.
@@ -874,17 +859,22 @@ mod tests {
         assert_eq!(field_at(broken, 11).as_deref(), Some("listener[0]"));
     }
 
-    #[test]
-    fn unknown_keys_are_each_located() {
-        let text = "workers = 2\nbogus = 1\n[[listener]]\nname = \"a\"\n[[listener]]\ncert = \"x\"\ntls_versoin = \"1.3\"\n";
-        let (_, unknown) = parse(Path::new("x.toml"), text).unwrap();
-        let got: Vec<(String, usize)> = unknown
+    /// Each error's field and line.
+    fn fields_and_lines(errors: &[ConfigError]) -> Vec<(String, usize)> {
+        errors
             .iter()
             .map(|e| match &e.location {
                 Location::File { line, .. } => (e.field.clone(), *line),
                 Location::Flag => (e.field.clone(), 0),
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn unknown_keys_are_each_located() {
+        let text = "workers = 2\nbogus = 1\n[[listener]]\nname = \"a\"\n[[listener]]\ncert = \"x\"\ntls_versoin = \"1.3\"\n";
+        let (_, unknown) = parse(Path::new("x.toml"), text).unwrap();
+        let got = fields_and_lines(&unknown);
         assert_eq!(
             got,
             vec![
@@ -898,13 +888,7 @@ mod tests {
     fn unknown_keys_in_routes_and_pools_are_located() {
         let text = "[[listener]]\n[[listener.route]]\nname = \"a\"\n[[listener]]\n[[listener.route]]\n[[listener.route]]\nsever_names = []\n[[pool]]\nname = \"p\"\nhealth_check = { interval = \"1s\", rsie = 2 }\nbackends = [\"a:1\", { address = \"b:2\", wieght = 2 }]\nbalanse = \"hash\"\n";
         let (raw, unknown) = parse(Path::new("x.toml"), text).unwrap();
-        let got: Vec<(String, usize)> = unknown
-            .iter()
-            .map(|e| match &e.location {
-                Location::File { line, .. } => (e.field.clone(), *line),
-                Location::Flag => (e.field.clone(), 0),
-            })
-            .collect();
+        let got = fields_and_lines(&unknown);
         assert_eq!(
             got,
             vec![

@@ -145,6 +145,20 @@ fn leaf(
     (cert, key)
 }
 
+/// Writes a certificate and its key as `<name>.crt` and `<name>.key` in `dir`.
+fn write_identity(dir: &Path, name: &str, (cert, key): (rcgen::Certificate, KeyPair)) -> Identity {
+    let cert_path = dir.join(format!("{name}.crt"));
+    let key_path = dir.join(format!("{name}.key"));
+    fs::write(&cert_path, cert.pem()).unwrap();
+    fs::write(&key_path, key.serialize_pem()).unwrap();
+    Identity {
+        cert_path,
+        key_path,
+        cert_der: cert.der().clone(),
+        key_der: key.serialize_der(),
+    }
+}
+
 /// A throwaway PKI in its own temp dir.
 ///
 /// - `ca.crt` signs the server and the valid client certificates;
@@ -183,18 +197,7 @@ impl Pki {
         let other_ca_path = dir.path().join("other-ca.crt");
         fs::write(&other_ca_path, other.cert.pem()).unwrap();
 
-        let write = |name: &str, (cert, key): (rcgen::Certificate, KeyPair)| -> Identity {
-            let cert_path = dir.path().join(format!("{name}.crt"));
-            let key_path = dir.path().join(format!("{name}.key"));
-            fs::write(&cert_path, cert.pem()).unwrap();
-            fs::write(&key_path, key.serialize_pem()).unwrap();
-            Identity {
-                cert_path,
-                key_path,
-                cert_der: cert.der().clone(),
-                key_der: key.serialize_der(),
-            }
-        };
+        let write = |name: &str, pair| write_identity(dir.path(), name, pair);
         use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
         let server = write(
             "server",
@@ -304,7 +307,7 @@ impl Pki {
     /// generation is the slow part of the PKI).
     pub fn server_rsa(&self) -> &Identity {
         self.rsa.get_or_init(|| {
-            let (cert, key) = leaf(
+            let pair = leaf(
                 &self.ca,
                 "localhost",
                 SERVER_SANS,
@@ -312,16 +315,7 @@ impl Pki {
                 KeyType::Rsa2048,
                 false,
             );
-            let cert_path = self.path().join("server-rsa.crt");
-            let key_path = self.path().join("server-rsa.key");
-            fs::write(&cert_path, cert.pem()).unwrap();
-            fs::write(&key_path, key.serialize_pem()).unwrap();
-            Identity {
-                cert_path,
-                key_path,
-                cert_der: cert.der().clone(),
-                key_der: key.serialize_der(),
-            }
+            write_identity(self.path(), "server-rsa", pair)
         })
     }
 
@@ -338,17 +332,8 @@ impl Pki {
     }
 
     fn issue(&self, file: &str, cn: &str, sans: &[&str], eku: ExtendedKeyUsagePurpose) -> Identity {
-        let (cert, key) = leaf(&self.ca, cn, sans, &[eku], KeyType::EcdsaP256, false);
-        let cert_path = self.path().join(format!("{file}.crt"));
-        let key_path = self.path().join(format!("{file}.key"));
-        fs::write(&cert_path, cert.pem()).unwrap();
-        fs::write(&key_path, key.serialize_pem()).unwrap();
-        Identity {
-            cert_path,
-            key_path,
-            cert_der: cert.der().clone(),
-            key_der: key.serialize_der(),
-        }
+        let pair = leaf(&self.ca, cn, sans, &[eku], KeyType::EcdsaP256, false);
+        write_identity(self.path(), file, pair)
     }
 
     pub fn server_identity(&self, key_type: KeyType) -> &Identity {
