@@ -207,7 +207,7 @@ fn hash_keeps_each_identity_on_one_backend() {
     used.dedup();
     assert!(used.len() >= 2, "16 identities all hashed to {used:?}");
 
-    // Take the busiest-hashed backend away: only its identities move.
+    // Take away a backend that has identities: only those identities move.
     let gone = used[0].clone();
     let index: usize = gone[1..].parse().unwrap();
     let mut backends = backends;

@@ -239,3 +239,57 @@ backends = ["{a0}"]
         .wait_line(WAIT, &["access", "route=default", "sni=localhost"])
         .is_some());
 }
+
+#[test]
+fn reload_swaps_routes_and_metrics_count_by_route() {
+    let pki = Pki::new();
+    let (a0, p0) = (Backend::with_id("api-0"), Backend::with_id("portal-0"));
+    let (text, _, _) = two_routes(&pki, &[&a0], &p0);
+    // Only the api route at first (the portal route is cut off the text).
+    let api_only = text[..text.find("[[listener.route]]\nname = \"portal\"").unwrap()].to_string();
+    let with_admin = |t: &str| t.replace("workers = 2\n", "workers = 2\nadmin = \"127.0.0.1:0\"\n");
+    let file = write_file(pki.path(), "routes.toml", with_admin(&api_only));
+    let server = Server::spawn_args(
+        &["serve".into(), "-c".into(), file.display().to_string()],
+        1,
+    );
+    let admin = admin_addr(&server);
+    let portal_client = ClientOpts::new(&pki).identity(Some(&pki.client_other_ca));
+
+    let (id, _) = backend_id(&server, &ClientOpts::new(&pki), "api.example.com").unwrap();
+    assert_eq!(id, "api-0");
+    let err = backend_id(&server, &portal_client, "portal.example.com").unwrap_err();
+    assert_eq!(
+        rustls_error(&err),
+        Some(&rustls::Error::AlertReceived(
+            rustls::AlertDescription::UnrecognisedName
+        ))
+    );
+
+    // Add the portal route and reload: new connections get it.
+    write_file(pki.path(), "routes.toml", with_admin(&text));
+    let (status, body) = http(admin, "POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..2 {
+        let (id, _) = backend_id(&server, &portal_client, "portal.example.com").unwrap();
+        assert_eq!(id, "portal-0");
+    }
+
+    let (_, metrics) = http(admin, "GET", "/metrics");
+    let lines = parse_with_prometheus_client(&metrics);
+    let route = |r: &str| {
+        sample(
+            &lines,
+            &format!("tlsplice_route_connections_total{{listener=\"edge\",route=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(route("api"), Some(1.0), "{}", lines.join("\n"));
+    assert_eq!(route("portal"), Some(2.0), "{}", lines.join("\n"));
+    assert_eq!(
+        sample(
+            &lines,
+            "tlsplice_connections_closed_total{reason=\"no_route\"}"
+        ),
+        Some(1.0)
+    );
+}
