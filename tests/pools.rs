@@ -330,3 +330,38 @@ fn no_client_sees_a_failure_while_a_backend_dies_under_load() {
         .wait_line(WAIT, &["backend ejected", &dying.to_string()])
         .is_some());
 }
+
+#[test]
+fn a_pool_with_no_backend_in_service_refuses_fast_with_a_reason() {
+    let pki = Pki::new();
+    let dead = unused_port();
+    let pool = format!("backends = [\"{dead}\"]\neject_after = 1\neject_for = \"1m\"");
+    let (server, _) = serve_pool(&pki, &pool, "");
+    let cfg = ClientOpts::new(&pki).build();
+    for _ in 0..2 {
+        // The client gets no data and no clean close_notify.
+        let result = greeting(server.addr(), cfg.clone(), "localhost");
+        assert!(
+            result.is_err(),
+            "a dead pool answered: {:?}",
+            result.map(|r| r.0)
+        );
+    }
+    // The first connect failed (and ejected the backend); the second
+    // connection found nothing in service and did not try.
+    let first = server
+        .log
+        .wait_line(
+            WAIT,
+            &["reason=backend_unavailable: no backend reachable in pool p"],
+        )
+        .expect("first refusal logged");
+    assert!(first.contains(&dead.to_string()), "{first}");
+    assert!(server
+        .log
+        .wait_line(
+            WAIT,
+            &["reason=backend_unavailable: no healthy backend in pool p"]
+        )
+        .is_some());
+}
