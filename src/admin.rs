@@ -13,7 +13,8 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use crate::close::{Counters, HANDSHAKE_BUCKETS_MS, REASON_CODES};
+use crate::close::{Counters, RouteCounters, HANDSHAKE_BUCKETS_MS, REASON_CODES};
+use crate::connect::pool::{Pool, PoolRegistry};
 use crate::tls::verify::{CacheStats, VerifyCache};
 
 /// What the admin endpoints read and drive.
@@ -22,6 +23,10 @@ pub struct AdminState {
     pub counters: Vec<Arc<Counters>>,
     /// The client verification cache.
     pub cache: Arc<VerifyCache>,
+    /// The backend pools (health, ejections, open connections).
+    pub pools: Arc<PoolRegistry>,
+    /// Connections per route.
+    pub routes: Arc<RouteCounters>,
     /// Set once shutdown began: `/ready` turns 503 so load balancers stop
     /// sending new connections.
     pub draining: AtomicBool,
@@ -69,7 +74,7 @@ pub fn route(method: &str, path: &str, state: &AdminState) -> Answer {
                 state.counters.iter().map(|c| &**c),
                 &state.cache.stats(),
                 state.draining.load(Ordering::Relaxed),
-            ),
+            ) + &render_upstream_metrics(&state.pools.current(), &state.routes),
         },
         ("POST", "/reload") => {
             let (tx, rx) = mpsc::channel();
@@ -240,6 +245,83 @@ pub fn render_metrics<'a>(
     out
 }
 
+/// Escapes a Prometheus label value.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text of routes and pools: connections by route, and each
+/// backend's health, ejections and open connections.
+pub fn render_upstream_metrics(pools: &[Arc<Pool>], routes: &RouteCounters) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    };
+    let routes = routes.snapshot();
+    let route_labels =
+        |l: &str, r: &str| format!("listener=\"{}\",route=\"{}\"", label(l), label(r));
+    family(
+        "tlsplice_route_connections_total",
+        "counter",
+        "Connections served, by listener and route.",
+        routes
+            .iter()
+            .map(|(l, r, total, _)| (route_labels(l, r), *total))
+            .collect(),
+    );
+    family(
+        "tlsplice_route_connections_open",
+        "gauge",
+        "Connections open now, by listener and route.",
+        routes
+            .iter()
+            .map(|(l, r, _, open)| (route_labels(l, r), *open))
+            .collect(),
+    );
+    let backends = || {
+        pools.iter().flat_map(|p| {
+            p.members().iter().map(move |m| {
+                let labels = format!(
+                    "pool=\"{}\",backend=\"{}\"",
+                    label(&p.name),
+                    label(&m.state.backend.name)
+                );
+                (p, m, labels)
+            })
+        })
+    };
+    family(
+        "tlsplice_backend_healthy",
+        "gauge",
+        "1 while the backend takes new connections (healthy and not ejected).",
+        backends()
+            .map(|(p, m, l)| (l, u64::from(p.in_service(m))))
+            .collect(),
+    );
+    family(
+        "tlsplice_backend_ejections_total",
+        "counter",
+        "Times the backend was ejected after consecutive connect failures.",
+        backends()
+            .map(|(_, m, l)| (l, m.state.ejections()))
+            .collect(),
+    );
+    family(
+        "tlsplice_backend_connections_open",
+        "gauge",
+        "Connections open to the backend now, across workers.",
+        backends().map(|(_, m, l)| (l, m.state.open())).collect(),
+    );
+    out
+}
+
 /// Binds the admin listener and serves it on a thread of its own.
 pub fn spawn(addr: SocketAddr, state: Arc<AdminState>) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
@@ -295,6 +377,8 @@ mod tests {
         let state = AdminState {
             counters: vec![Arc::default(), Arc::default()],
             cache: Arc::new(VerifyCache::new(CacheConfig::default())),
+            pools: Arc::default(),
+            routes: Arc::default(),
             draining: AtomicBool::new(false),
             reload: Box::new(move |r| tx.send(r).is_ok()),
         };

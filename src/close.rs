@@ -20,6 +20,8 @@ pub enum CloseReason {
     HandshakeFailed(String),
     /// The client went away before finishing the handshake.
     ClientGoneInHandshake,
+    /// No route serves the client's SNI (or ALPN); it got the alert.
+    NoRoute(String),
     /// No backend accepted the connection.
     BackendUnavailable(String),
     /// No bytes moved in either direction for the idle timeout.
@@ -44,6 +46,7 @@ impl CloseReason {
             Self::NotTls(_) => "not_tls",
             Self::HandshakeFailed(_) => "handshake_failed",
             Self::ClientGoneInHandshake => "client_gone_in_handshake",
+            Self::NoRoute(_) => "no_route",
             Self::BackendUnavailable(_) => "backend_unavailable",
             Self::IdleTimeout => "idle_timeout",
             Self::Shutdown => "shutdown",
@@ -57,6 +60,7 @@ impl CloseReason {
         match self {
             Self::NotTls(d)
             | Self::HandshakeFailed(d)
+            | Self::NoRoute(d)
             | Self::BackendUnavailable(d)
             | Self::ClientError(d)
             | Self::BackendError(d)
@@ -83,6 +87,8 @@ pub struct AccessRecord {
     pub client: SocketAddr,
     /// Listener name.
     pub listener: String,
+    /// Route that served the connection (`default` for the listener's own).
+    pub route: Option<String>,
     /// Server name the client asked for.
     pub sni: Option<String>,
     /// Negotiated ALPN protocol.
@@ -117,6 +123,7 @@ impl AccessRecord {
         Self {
             client,
             listener: listener.to_owned(),
+            route: None,
             sni: None,
             alpn: None,
             version: None,
@@ -142,6 +149,7 @@ impl AccessRecord {
             target: "access",
             client = %self.client,
             listener = %self.listener,
+            route = %opt(&self.route),
             sni = %opt(&self.sni),
             subject = %opt(&self.subject),
             identity = %opt(&self.identity),
@@ -204,13 +212,14 @@ pub struct Counters {
 pub const HANDSHAKE_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
 
 /// Every close reason code, in counter order.
-pub const REASON_CODES: [&str; 12] = [
+pub const REASON_CODES: [&str; 13] = [
     "done",
     "max_connections",
     "handshake_timeout",
     "not_tls",
     "handshake_failed",
     "client_gone_in_handshake",
+    "no_route",
     "backend_unavailable",
     "idle_timeout",
     "shutdown",
@@ -302,6 +311,7 @@ mod counter_tests {
             CloseReason::NotTls(String::new()),
             CloseReason::HandshakeFailed(String::new()),
             CloseReason::ClientGoneInHandshake,
+            CloseReason::NoRoute(String::new()),
             CloseReason::BackendUnavailable(String::new()),
             CloseReason::IdleTimeout,
             CloseReason::Shutdown,
@@ -320,9 +330,73 @@ mod counter_tests {
         }
         b.record(&rec, &CloseReason::Done);
         let s = Counters::summary([&a, &b]);
-        assert!(s.contains("ktls=13 "), "{s}");
-        assert!(s.contains("bytes_up=65 "), "{s}");
+        assert!(s.contains("ktls=14 "), "{s}");
+        assert!(s.contains("bytes_up=70 "), "{s}");
         assert!(s.contains(" done=2"), "{s}");
         assert!(s.contains(" backend_error=1"), "{s}");
+    }
+}
+
+/// Connections per route, shared by every worker and kept across reloads
+/// (by listener and route name) so the counters only grow.
+#[derive(Debug, Default)]
+pub struct RouteCounters {
+    routes: std::sync::Mutex<Vec<(String, String, std::sync::Arc<RouteCount>)>>,
+}
+
+/// One route's connection counts.
+#[derive(Debug, Default)]
+pub struct RouteCount {
+    /// Connections the route took.
+    pub total: AtomicU64,
+    /// Of those, still open.
+    pub open: AtomicU64,
+}
+
+/// One connection counted as open on its route until dropped.
+#[derive(Debug)]
+pub struct RouteGuard(std::sync::Arc<RouteCount>);
+
+impl RouteCount {
+    /// Counts a new connection on this route.
+    pub fn enter(self: &std::sync::Arc<Self>) -> RouteGuard {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        RouteGuard(self.clone())
+    }
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl RouteCounters {
+    /// The counts of `route` on `listener`, created at first use.
+    pub fn get(&self, listener: &str, route: &str) -> std::sync::Arc<RouteCount> {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, c)) = routes.iter().find(|(l, r, _)| l == listener && r == route) {
+            return c.clone();
+        }
+        let c = std::sync::Arc::<RouteCount>::default();
+        routes.push((listener.to_owned(), route.to_owned(), c.clone()));
+        c
+    }
+
+    /// Every route counted so far: (listener, route, total, open).
+    pub fn snapshot(&self) -> Vec<(String, String, u64, u64)> {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes
+            .iter()
+            .map(|(l, r, c)| {
+                (
+                    l.clone(),
+                    r.clone(),
+                    c.total.load(Ordering::Relaxed),
+                    c.open.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 }

@@ -28,17 +28,22 @@ use rustls::server::ProducesTickets;
 use rustls::ServerConfig;
 
 use crate::admin::{AdminState, ReloadRequest};
-use crate::close::{AccessRecord, CloseReason, Counters};
-use crate::config::{Backend, Config, KtlsMode, ListenerConfig, ProxyProtocol};
+use crate::close::{AccessRecord, CloseReason, Counters, RouteCount, RouteCounters};
+use crate::config::{Config, KtlsMode, ListenerConfig, ProxyProtocol, RouteConfig};
+use crate::connect::pool::{Pool, PoolRegistry};
 use crate::connect::proxy_protocol::{self, ClientInfo};
-use crate::connect::{self, BackendPool};
-use crate::handshake::{self, HandshakeError};
+use crate::connect::{self};
+use crate::handshake::{self, HandshakeError, Refusal};
 use crate::ktls::handover::{handover, Handover};
 use crate::ktls::probe::{self, Capabilities};
 use crate::pool::Buffers;
 use crate::relay::{splice, userspace};
+use crate::tls::client_hello::ClientHello;
+use crate::tls::route::{RouteMatch, RouteTable, Selected};
 use crate::tls::tickets::Ticketers;
-use crate::tls::verify::{identify, Allowlist, CacheConfig, Fingerprint, VerifyCache};
+use crate::tls::verify::{
+    identify, Allowlist, CacheConfig, Fingerprint, Identity, RuleKind, VerifyCache,
+};
 use crate::tls::{certs, server_config};
 use crate::trigger::Trigger;
 
@@ -69,14 +74,29 @@ struct Limits {
 /// a connection keeps the one it started with.
 #[derive(Debug)]
 pub struct Served {
-    /// TLS identity and client policy.
-    pub tls: Arc<ServerConfig>,
-    /// Backends, in configured order.
-    pub backends: Vec<Backend>,
-    /// The allowlist, to name the client after its handshake.
-    pub allowlist: Allowlist,
+    /// Which route a ClientHello gets.
+    pub table: RouteTable,
+    /// The routes, in the table's order.
+    pub routes: Vec<ServedRoute>,
+    /// The listener's own route, for clients no route matches.
+    pub default_route: Option<ServedRoute>,
     /// PROXY protocol header for backends.
     pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// How one route serves its connections.
+#[derive(Debug)]
+pub struct ServedRoute {
+    /// Name in the access log and metrics.
+    pub name: String,
+    /// TLS identity and client policy.
+    pub tls: Arc<ServerConfig>,
+    /// The allowlist, to name the client after its handshake.
+    pub allowlist: Allowlist,
+    /// Where its connections go.
+    pub pool: Arc<Pool>,
+    /// Its connection counts.
+    pub count: Arc<RouteCount>,
 }
 
 /// A listener's current [`Served`], shared by all workers.
@@ -91,30 +111,95 @@ struct ListenerPlan {
     sockets: Vec<Vec<std::net::TcpListener>>,
 }
 
+/// State the main thread builds routes from and the admin endpoint reads:
+/// shared by every listener and kept across reloads.
+struct Shared {
+    cache: Arc<VerifyCache>,
+    pools: Arc<PoolRegistry>,
+    routes: Arc<RouteCounters>,
+}
+
 impl Served {
     fn build(
         listener: &ListenerConfig,
-        cache: &Arc<VerifyCache>,
+        pools: &[Arc<Pool>],
+        shared: &Shared,
         ticketer: &Arc<dyn ProducesTickets>,
     ) -> anyhow::Result<Self> {
-        let tls = server_config::build(&listener.tls, cache, ticketer)
-            .with_context(|| format!("listener {}", listener.name))?;
+        let route = |r: &RouteConfig| -> anyhow::Result<ServedRoute> {
+            let tls = server_config::build(&r.tls, &shared.cache, ticketer)
+                .with_context(|| format!("listener {} route {}", listener.name, r.name))?;
+            let pool = pools
+                .iter()
+                .find(|p| p.name == r.pool)
+                .cloned()
+                .with_context(|| format!("route {} names an unknown pool {}", r.name, r.pool))?;
+            Ok(ServedRoute {
+                name: r.name.clone(),
+                tls,
+                allowlist: r.tls.allowlist.clone(),
+                pool,
+                count: shared.routes.get(&listener.name, &r.name),
+            })
+        };
+        let table = RouteTable::new(
+            listener
+                .routes
+                .iter()
+                .map(|r| RouteMatch {
+                    name: r.name.clone(),
+                    server_names: r.server_names.clone(),
+                    alpn: r.tls.alpn.clone(),
+                })
+                .collect(),
+            listener.default_route.is_some(),
+        );
         Ok(Self {
-            tls,
-            backends: listener.backends.clone(),
-            allowlist: listener.tls.allowlist.clone(),
+            table,
+            routes: listener
+                .routes
+                .iter()
+                .map(route)
+                .collect::<anyhow::Result<_>>()?,
+            default_route: listener.default_route.as_ref().map(route).transpose()?,
             proxy_protocol: listener.proxy_protocol,
         })
     }
+
+    /// The route for a ClientHello, or the refusal; any route for one that
+    /// did not parse (rustls then refuses it with its own alert).
+    fn select(&self, hello: Option<&ClientHello>) -> Result<&ServedRoute, Refusal> {
+        let Some(hello) = hello else {
+            return self
+                .default_route
+                .as_ref()
+                .or(self.routes.first())
+                .ok_or_else(|| Refusal {
+                    alert: rustls::AlertDescription::InternalError,
+                    reason: "listener has no route".into(),
+                });
+        };
+        match self.table.select(hello) {
+            Ok(Selected::Route(i)) => Ok(&self.routes[i]),
+            Ok(Selected::Default) => self.default_route.as_ref().ok_or_else(|| Refusal {
+                alert: rustls::AlertDescription::InternalError,
+                reason: "listener has no default route".into(),
+            }),
+            Err(no) => Err(Refusal {
+                alert: no.alert(),
+                reason: no.to_string(),
+            }),
+        }
+    }
 }
 
-/// Applies a reloaded configuration: every listener's TLS state and backends
+/// Applies a reloaded configuration: every listener's routes and the pools
 /// are built first, and only if all succeed are they swapped in. Listener
 /// names and addresses, workers and timeouts need a restart.
 fn apply_reload(
     plans: &[ListenerPlan],
     config: &Config,
-    cache: &Arc<VerifyCache>,
+    shared: &Shared,
     ticketers: &mut Ticketers,
 ) -> anyhow::Result<()> {
     let same_listeners = plans.len() == config.listeners.len()
@@ -128,11 +213,13 @@ fn apply_reload(
     let ticketer = ticketers
         .for_settings(&config.tickets)
         .context("session tickets")?;
+    let pools = shared.pools.build(&config.pools);
     let built = config
         .listeners
         .iter()
-        .map(|l| Served::build(l, cache, &ticketer))
+        .map(|l| Served::build(l, &pools, shared, &ticketer))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    shared.pools.install(pools);
     for (plan, served) in plans.iter().zip(built) {
         plan.served.store(Arc::new(served));
     }
@@ -178,7 +265,11 @@ pub fn run(
     .context("cannot start the file watcher")?;
     // One verification cache for the process: workers share verdicts, and
     // reloads start new generations in it.
-    let verify_cache = Arc::new(VerifyCache::new(CacheConfig::default()));
+    let shared = Shared {
+        cache: Arc::new(VerifyCache::new(CacheConfig::default())),
+        pools: Arc::default(),
+        routes: Arc::default(),
+    };
     let mut ticketers = Ticketers::default();
     let ticketer = ticketers
         .for_settings(&config.tickets)
@@ -191,10 +282,11 @@ pub fn run(
             file.keys[0].name_hex()
         );
     }
+    let pools = shared.pools.build(&config.pools);
     let mut plans = Vec::new();
     let mut bound = Vec::new();
     for listener in &config.listeners {
-        let served = Served::build(listener, &verify_cache, &ticketer)?;
+        let served = Served::build(listener, &pools, &shared, &ticketer)?;
         let mut sockets: Vec<Vec<std::net::TcpListener>> =
             (0..workers).map(|_| Vec::new()).collect();
         for addr in &listener.listen {
@@ -213,6 +305,10 @@ pub fn run(
             sockets,
         });
     }
+
+    shared.pools.install(pools);
+    crate::connect::health::spawn(shared.pools.clone())
+        .context("cannot start the health-check thread")?;
 
     if std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "0")
     {
@@ -273,7 +369,9 @@ pub fn run(
             let admin_events = events.clone();
             let state = Arc::new(AdminState {
                 counters: counters.clone(),
-                cache: verify_cache.clone(),
+                cache: shared.cache.clone(),
+                pools: shared.pools.clone(),
+                routes: shared.routes.clone(),
                 draining: AtomicBool::new(false),
                 reload: Box::new(move |reply| {
                     admin_events.send(Event::Reload(Some(reply))).is_ok()
@@ -300,9 +398,8 @@ pub fn run(
     while remaining > 0 {
         match signals.recv_timeout(Duration::from_millis(100)) {
             Ok(Event::Reload(reply)) => {
-                let result = reload().and_then(|config| {
-                    apply_reload(&plans, &config, &verify_cache, &mut ticketers)
-                });
+                let result = reload()
+                    .and_then(|config| apply_reload(&plans, &config, &shared, &mut ticketers));
                 // One log line per event, whatever the error spans.
                 let result = result.map_err(|e| format!("{e:#}").replace('\n', "; "));
                 match &result {
@@ -340,7 +437,7 @@ pub fn run(
     for h in handles {
         let _ = h.join();
     }
-    let cache = verify_cache.stats();
+    let cache = shared.cache.stats();
     tracing::info!(
         "stopped: {}; verify cache hits={} negative_hits={} misses={} evictions={}",
         Counters::summary(counters.iter().map(|c| &**c)),
@@ -426,7 +523,6 @@ struct WorkerListener {
 struct ListenerState {
     name: Arc<str>,
     served: SharedServed,
-    pool: BackendPool,
 }
 
 /// Per-worker state shared by its tasks.
@@ -494,7 +590,6 @@ async fn worker(setup: WorkerSetup) -> anyhow::Result<()> {
         let state = Rc::new(ListenerState {
             name: l.name,
             served: l.served,
-            pool: BackendPool::new(id),
         });
         for socket in l.sockets {
             let listener = TcpListener::from_std(socket).context("cannot register listener")?;
@@ -606,6 +701,22 @@ fn proxy_header(
     proxy_protocol::encode(version, record.client, local, &info)
 }
 
+/// What hash balancing keys a client on: the alias when the allowlist
+/// names one, else the certificate fingerprint, else the client IP.
+fn hash_key(
+    identity: Option<&Identity>,
+    peer_certificates: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+    client: SocketAddr,
+) -> Vec<u8> {
+    if let Some(id) = identity.filter(|id| id.kind() == RuleKind::Alias) {
+        return format!("alias:{}", id.label()).into_bytes();
+    }
+    if let Some(cert) = peer_certificates.and_then(|c| c.first()) {
+        return Fingerprint::of(cert).as_bytes().to_vec();
+    }
+    client.ip().to_string().into_bytes()
+}
+
 /// One client connection, from accept to its access-log line.
 async fn connection(
     worker: Rc<Worker>,
@@ -646,18 +757,29 @@ async fn serve(
     // This connection keeps the configuration it started with, even if a
     // reload swaps the listener's while it runs.
     let served = listener.served.load_full();
+    let mut route: Option<&ServedRoute> = None;
     let handshake = monoio::time::timeout(
         limits.handshake_timeout,
-        handshake::accept(&mut stream, &worker.buffers, |_hello| served.tls.clone()),
+        handshake::accept(&mut stream, &worker.buffers, |hello| {
+            let chosen = served.select(hello)?;
+            route = Some(chosen);
+            Ok(chosen.tls.clone())
+        }),
     )
     .await;
     let established = match handshake {
         Err(_) => return CloseReason::HandshakeTimeout,
         Ok(Err(HandshakeError::NotTls(e))) => return CloseReason::NotTls(e.to_string()),
         Ok(Err(HandshakeError::ClientGone)) => return CloseReason::ClientGoneInHandshake,
+        Ok(Err(HandshakeError::Refused(r))) => return CloseReason::NoRoute(r.to_string()),
         Ok(Err(e)) => return CloseReason::HandshakeFailed(e.to_string()),
         Ok(Ok(established)) => established,
     };
+    let Some(route) = route else {
+        return CloseReason::Internal("handshake completed without a route".into());
+    };
+    record.route = Some(route.name.clone());
+    let _counted = route.count.enter();
     record.handshake = Some(record.started.elapsed());
     record.sni = established.hello.server_name.clone();
     let conn = &established.conn;
@@ -672,14 +794,15 @@ async fn serve(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .map(certs::subject);
-    record.identity =
-        identify(&served.allowlist, conn.peer_certificates()).map(|id| id.label().to_owned());
+    let identity = identify(&route.allowlist, conn.peer_certificates());
+    record.identity = identity.as_ref().map(|id| id.label().to_owned());
 
-    let (backend, chosen) =
-        match connect::connect(&listener.pool, &served.backends, limits.connect_timeout).await {
-            Ok(ok) => ok,
-            Err(e) => return CloseReason::BackendUnavailable(e.to_string()),
-        };
+    let key = hash_key(identity.as_ref(), conn.peer_certificates(), record.client);
+    let (backend, lease) = match connect::connect(&route.pool, &key, limits.connect_timeout).await {
+        Ok(ok) => ok,
+        Err(e) => return CloseReason::BackendUnavailable(e.to_string()),
+    };
+    let chosen = lease.backend();
     record.backend = Some(chosen.name.clone());
     let mut backend = backend;
     if let Some(version) = served.proxy_protocol {

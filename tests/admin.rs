@@ -5,63 +5,9 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, WAIT).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// Parses Prometheus text with prometheus_client (the reference parser)
-/// and returns `name{labels} value` lines, sorted.
-fn parse_with_prometheus_client(text: &str) -> Vec<String> {
-    require_tool("python3");
-    let mut child = Command::new("python3")
-        .args([
-            "-c",
-            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nfor f in p(sys.stdin.read()):\n  for s in f.samples:\n    l=','.join(f'{k}=\"{v}\"' for k,v in sorted(s.labels.items()))\n    print(f'{s.name}{{{l}}} {s.value:g}')\n",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "prometheus_client rejected /metrics (pip install prometheus_client?): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
-    lines.sort();
-    lines
-}
 
 #[test]
 fn metrics_health_ready_and_reload() {
@@ -71,11 +17,7 @@ fn metrics_health_ready_and_reload() {
     args.flag("--admin", "127.0.0.1:0")
         .flag("--drain-timeout", "5s");
     let mut server = args.spawn();
-    let admin: SocketAddr = server
-        .log
-        .wait_line(WAIT, &["admin listening on"])
-        .and_then(|l| l.rsplit(' ').next().and_then(|a| a.parse().ok()))
-        .expect("admin address logged");
+    let admin = admin_addr(&server);
 
     assert_eq!(http(admin, "GET", "/healthz").0, 200);
     assert_eq!(http(admin, "GET", "/ready").0, 200);

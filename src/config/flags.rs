@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use super::validate::{At, RawConfig, RawDuration, RawList, RawListener, RawOcsp, Site, Source};
+use super::validate::{
+    At, RawConfig, RawDuration, RawList, RawListener, RawOcsp, RawTls, Scope, Site, Source,
+};
 use super::Location;
 
 /// The drop-in flags, filled by the CLI (clap lives in `main.rs`, not here).
@@ -74,7 +76,7 @@ fn at<T>(key: &str, value: T) -> At<T> {
         value,
         site: Site {
             location: Location::Flag,
-            field: Source::Flags.field(None, key),
+            field: Source::Flags.field(Scope::Top, key),
         },
     }
 }
@@ -124,38 +126,42 @@ impl Flags {
             name: None,
             listen: list("listen", &self.listen),
             backlog: None,
-            cert: path("cert", &self.cert),
-            key: path("key", &self.key),
-            client_auth: self
-                .client_auth
-                .as_ref()
-                .map(|v| at("client_auth", v.clone())),
-            client_ca: path("client_ca", &self.client_ca),
-            alpn: list("alpn", &self.alpn),
-            crl: list(
-                "crl",
-                &self
-                    .crl
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>(),
-            ),
-            allow: list("allow", &self.allow),
+            tls: RawTls {
+                cert: path("cert", &self.cert),
+                key: path("key", &self.key),
+                client_auth: self
+                    .client_auth
+                    .as_ref()
+                    .map(|v| at("client_auth", v.clone())),
+                client_ca: path("client_ca", &self.client_ca),
+                alpn: list("alpn", &self.alpn),
+                crl: list(
+                    "crl",
+                    &self
+                        .crl
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>(),
+                ),
+                allow: list("allow", &self.allow),
+                ocsp_staple: path("ocsp_staple", &self.ocsp_staple),
+                cert_password_file: path("cert_password_file", &self.cert_password_file),
+                cert_password_env: self
+                    .cert_password_env
+                    .as_ref()
+                    .map(|v| at("cert_password_env", v.clone())),
+                tls_versions: None,
+                cipher_suites: None,
+                client_ocsp: self.client_ocsp(),
+                clients: Vec::new(),
+            },
             proxy_protocol: self
                 .proxy_protocol
                 .as_ref()
                 .map(|v| at("proxy_protocol", v.clone())),
-            ocsp_staple: path("ocsp_staple", &self.ocsp_staple),
-            cert_password_file: path("cert_password_file", &self.cert_password_file),
-            cert_password_env: self
-                .cert_password_env
-                .as_ref()
-                .map(|v| at("cert_password_env", v.clone())),
-            tls_versions: None,
-            cipher_suites: None,
             backends: list("backends", &self.backends),
-            client_ocsp: self.client_ocsp(),
-            clients: Vec::new(),
+            pool: None,
+            routes: Vec::new(),
         };
         RawConfig {
             source: Source::Flags,
@@ -176,6 +182,7 @@ impl Flags {
                 .map(|v| at("ticket_keys", v.clone())),
             ticket_lifetime: None,
             listeners: vec![listener],
+            pools: Vec::new(),
         }
     }
 }

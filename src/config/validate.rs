@@ -15,10 +15,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::duration::{format_duration, parse_duration};
 use super::{
-    Backend, CipherSuite, ClientAuth, Config, ConfigError, ConfigErrors, KtlsMode, ListenerConfig,
-    Location, ProxyProtocol, TicketKeyFile, TicketSettings, TlsSettings, TlsVersion,
+    Backend, Balance, CipherSuite, ClientAuth, Config, ConfigError, ConfigErrors, HealthCheck,
+    KtlsMode, ListenerConfig, Location, PoolBackend, PoolConfig, ProxyProtocol, RouteConfig,
+    TicketKeyFile, TicketSettings, TlsSettings, TlsVersion, DEFAULT_ROUTE,
 };
 use crate::tls::certs;
+use crate::tls::route::ServerNamePattern;
 use crate::tls::tickets::parse_key_file;
 use crate::tls::verify::{
     load_crls, load_pkcs12, load_pkcs12_certificate, AllowEntry, Allowlist, Crl, OcspSettings,
@@ -60,6 +62,18 @@ pub(crate) mod defaults {
     pub const BACKLOG: u32 = 1024;
     /// How long clients are told to keep a session ticket.
     pub const TICKET_LIFETIME: Duration = Duration::from_secs(3600);
+    /// Time between health checks of one backend.
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+    /// Longest health-check connect.
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Successes that make a backend healthy again.
+    pub const HEALTH_RISE: u32 = 2;
+    /// Failures that make a backend unhealthy.
+    pub const HEALTH_FALL: u32 = 3;
+    /// Consecutive connect failures that eject a backend of a `[[pool]]`.
+    pub const EJECT_AFTER: u32 = 3;
+    /// How long an ejected backend is left out.
+    pub const EJECT_FOR: Duration = Duration::from_secs(10);
 }
 
 /// TLS 1.3 caps a ticket's lifetime at seven days (RFC 8446, 4.6.1).
@@ -73,6 +87,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_WORKERS: i64 = 1024;
 const MAX_CONNECTIONS: i64 = 10_000_000;
 const MAX_BACKLOG: i64 = 65_535;
+const MAX_WEIGHT: i64 = 1000;
 
 /// Which input a [`RawConfig`] came from; decides field names and hints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,12 +98,27 @@ pub(crate) enum Source {
     Flags,
 }
 
+/// The table a key belongs to, for naming it in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The top level.
+    Top,
+    /// `listener[i]`.
+    Listener(usize),
+    /// `listener[i].route[j]`.
+    Route(usize, usize),
+    /// `pool[i]`.
+    Pool(usize),
+}
+
 impl Source {
-    /// The name to report for `key`, at top level or in listener `listener`.
-    pub fn field(self, listener: Option<usize>, key: &str) -> String {
-        match (self, listener) {
-            (Source::File, None) => key.to_string(),
-            (Source::File, Some(i)) => format!("listener[{i}].{key}"),
+    /// The name to report for `key` inside `scope`.
+    pub fn field(self, scope: Scope, key: &str) -> String {
+        match (self, scope) {
+            (Source::File, Scope::Top) => key.to_string(),
+            (Source::File, Scope::Listener(i)) => format!("listener[{i}].{key}"),
+            (Source::File, Scope::Route(i, j)) => format!("listener[{i}].route[{j}].{key}"),
+            (Source::File, Scope::Pool(i)) => format!("pool[{i}].{key}"),
             // The flag is singular because it is given once per backend.
             (Source::Flags, _) if key == "backends" => "--backend".to_string(),
             (Source::Flags, _) => format!("--{}", key.replace(['_', '.'], "-")),
@@ -170,6 +200,8 @@ pub(crate) struct RawConfig {
     pub ticket_lifetime: Option<At<RawDuration>>,
     /// The listeners, in order.
     pub listeners: Vec<RawListener>,
+    /// The `[[pool]]` tables, in order.
+    pub pools: Vec<RawPool>,
 }
 
 /// One listener, unchecked.
@@ -183,6 +215,21 @@ pub(crate) struct RawListener {
     pub listen: Option<RawList>,
     /// `backlog`.
     pub backlog: Option<At<i64>>,
+    /// The listener's own TLS settings: its default route.
+    pub tls: RawTls,
+    /// `backends` of the default route.
+    pub backends: Option<RawList>,
+    /// `pool` of the default route.
+    pub pool: Option<At<String>>,
+    /// `proxy_protocol`.
+    pub proxy_protocol: Option<At<String>>,
+    /// `[[listener.route]]` tables, in order.
+    pub routes: Vec<RawRoute>,
+}
+
+/// The TLS keys shared by a listener and its routes, unchecked.
+#[derive(Debug, Default)]
+pub(crate) struct RawTls {
     /// `cert`, as written (not yet resolved).
     pub cert: Option<At<PathBuf>>,
     /// `key`.
@@ -197,8 +244,6 @@ pub(crate) struct RawListener {
     pub tls_versions: Option<RawList>,
     /// `cipher_suites`.
     pub cipher_suites: Option<RawList>,
-    /// `backends`.
-    pub backends: Option<RawList>,
     /// `crl`.
     pub crl: Option<RawList>,
     /// `ocsp_staple`: DER OCSP response file for the server certificate.
@@ -209,8 +254,6 @@ pub(crate) struct RawListener {
     pub cert_password_env: Option<At<String>>,
     /// `allow`.
     pub allow: Option<RawList>,
-    /// `proxy_protocol`.
-    pub proxy_protocol: Option<At<String>>,
     /// `client_ocsp`.
     pub client_ocsp: Option<RawOcsp>,
     /// `[[listener.clients]]`: named client certificates.
@@ -247,6 +290,98 @@ pub(crate) struct RawClient {
     pub password_file: Option<At<PathBuf>>,
     /// `password_env`: environment variable holding it.
     pub password_env: Option<At<String>>,
+}
+
+impl RawTls {
+    /// The sites of the keys given.
+    fn given(&self) -> Vec<&Site> {
+        let paths = [
+            &self.cert,
+            &self.key,
+            &self.client_ca,
+            &self.ocsp_staple,
+            &self.cert_password_file,
+        ];
+        let lists = [
+            &self.alpn,
+            &self.tls_versions,
+            &self.cipher_suites,
+            &self.crl,
+            &self.allow,
+        ];
+        let texts = [&self.client_auth, &self.cert_password_env];
+        paths
+            .into_iter()
+            .flatten()
+            .map(|v| &v.site)
+            .chain(lists.into_iter().flatten().map(|v| &v.site))
+            .chain(texts.into_iter().flatten().map(|v| &v.site))
+            .chain(self.client_ocsp.iter().map(|o| &o.site))
+            .chain(self.clients.iter().map(|c| &c.site))
+            .collect()
+    }
+}
+
+/// One `[[listener.route]]`, unchecked.
+#[derive(Debug)]
+pub(crate) struct RawRoute {
+    /// Where the route starts; missing keys are reported here.
+    pub location: Location,
+    /// `name`.
+    pub name: Option<At<String>>,
+    /// `server_names`.
+    pub server_names: Option<RawList>,
+    /// The route's TLS settings (`alpn` also selects the route).
+    pub tls: RawTls,
+    /// `backends`.
+    pub backends: Option<RawList>,
+    /// `pool`.
+    pub pool: Option<At<String>>,
+}
+
+/// One `[[pool]]`, unchecked.
+#[derive(Debug)]
+pub(crate) struct RawPool {
+    /// Where the pool starts; missing keys are reported here.
+    pub location: Location,
+    /// `name`.
+    pub name: Option<At<String>>,
+    /// `balance`.
+    pub balance: Option<At<String>>,
+    /// `backends`: strings or tables.
+    pub backends: Option<At<Vec<RawPoolBackend>>>,
+    /// `health_check`.
+    pub health_check: Option<RawHealthCheck>,
+    /// `eject_after`.
+    pub eject_after: Option<At<i64>>,
+    /// `eject_for`.
+    pub eject_for: Option<At<RawDuration>>,
+}
+
+/// One entry of a pool's `backends`.
+#[derive(Debug)]
+pub(crate) struct RawPoolBackend {
+    /// Where the entry is; a missing address is reported here.
+    pub location: Location,
+    /// `address` (or the entry itself when it is a string).
+    pub address: Option<At<String>>,
+    /// `weight`.
+    pub weight: Option<At<i64>>,
+    /// `max_connections`.
+    pub max_connections: Option<At<i64>>,
+}
+
+/// A pool's `health_check` table, unchecked.
+#[derive(Debug)]
+pub(crate) struct RawHealthCheck {
+    /// `interval`.
+    pub interval: Option<At<RawDuration>>,
+    /// `timeout`.
+    pub timeout: Option<At<RawDuration>>,
+    /// `rise`.
+    pub rise: Option<At<i64>>,
+    /// `fall`.
+    pub fall: Option<At<i64>>,
 }
 
 /// A loaded client CA bundle and the file it came from.
@@ -335,14 +470,38 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         );
     }
 
+    // Pools first: routes refer to them by name.
+    let mut pool_names = HashMap::new();
+    let mut pools: Vec<PoolConfig> = Vec::new();
+    for (i, p) in raw.pools.iter().enumerate() {
+        if let Some(pool) = c.pool(i, p, &mut pool_names) {
+            pools.push(pool);
+        }
+    }
+    let declared = pools.len();
+
     // Names and addresses must be unique across listeners: two listeners on
     // one address would silently share it through SO_REUSEPORT.
-    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut names = HashMap::new();
     let mut addrs: HashMap<SocketAddr, usize> = HashMap::new();
     let mut listeners = Vec::new();
     for (i, l) in raw.listeners.iter().enumerate() {
-        if let Some(listener) = c.listener(i, l, &mut names, &mut addrs) {
+        if let Some(listener) = c.listener(i, l, &mut names, &mut addrs, &mut pools) {
             listeners.push(listener);
+        }
+    }
+    for (pool, raw_pool) in pools[..declared].iter().zip(&raw.pools) {
+        let used = listeners
+            .iter()
+            .flat_map(|l| l.all_routes())
+            .any(|r| r.pool == pool.name);
+        if !used && c.errors.is_empty() {
+            let site = raw_pool.name.as_ref().map_or_else(
+                || c.site(Scope::Top, "pool", &raw_pool.location),
+                |n| n.site.clone(),
+            );
+            c.warnings
+                .push(site.error(format!("pool {:?} is not used by any route", pool.name)));
         }
     }
 
@@ -360,16 +519,17 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         admin,
         tickets,
         listeners,
+        pools,
         source: raw.path,
         warnings: c.warnings,
     })
 }
 
 impl Checker {
-    fn site(&self, listener: usize, key: &str, location: &Location) -> Site {
+    fn site(&self, scope: Scope, key: &str, location: &Location) -> Site {
         Site {
             location: location.clone(),
-            field: self.source.field(Some(listener), key),
+            field: self.source.field(scope, key),
         }
     }
 
@@ -492,35 +652,44 @@ impl Checker {
         }
     }
 
+    /// A name for logs and metrics: letters, digits, '-', '_' or '.', and
+    /// unique among `taken` (which maps names to the field that took them).
+    fn name(&mut self, n: &At<String>, taken: &mut HashMap<String, String>) {
+        let ok = !n.value.is_empty()
+            && n.value
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
+        if !ok {
+            self.errors.push(n.site.error(format!(
+                "{:?} is not a valid name; use letters, digits, '-', '_' or '.'",
+                n.value
+            )));
+        }
+        match taken.get(&n.value) {
+            Some(first) => self.errors.push(
+                n.site
+                    .error(format!("name {:?} is already used by {first}", n.value)),
+            ),
+            None => {
+                taken.insert(n.value.clone(), n.site.field.clone());
+            }
+        }
+    }
+
     fn listener(
         &mut self,
         i: usize,
         l: &RawListener,
-        names: &mut HashMap<String, usize>,
+        names: &mut HashMap<String, String>,
         addrs: &mut HashMap<SocketAddr, usize>,
+        pools: &mut Vec<PoolConfig>,
     ) -> Option<ListenerConfig> {
         let errors_before = self.errors.len();
-        let missing = |c: &Self, key: &str| c.site(i, key, &l.location);
+        let scope = Scope::Listener(i);
 
         let name = match &l.name {
             Some(n) => {
-                let ok = !n.value.is_empty()
-                    && n.value
-                        .chars()
-                        .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
-                if !ok {
-                    self.errors.push(n.site.error(format!(
-                        "{:?} is not a valid name; use letters, digits, '-', '_' or '.'",
-                        n.value
-                    )));
-                }
-                if let Some(first) = names.insert(n.value.clone(), i) {
-                    self.errors.push(n.site.error(format!(
-                        "name {:?} is already used by {}",
-                        n.value,
-                        self.source.field(Some(first), "name")
-                    )));
-                }
+                self.name(n, names);
                 n.value.clone()
             }
             None => format!("listener{i}"),
@@ -533,25 +702,6 @@ impl Checker {
                 .and_then(|b| u32::try_from(b).ok())
                 .unwrap_or(defaults::BACKLOG),
             None => defaults::BACKLOG,
-        };
-        let tls = self.tls(i, l);
-        let backends = match &l.backends {
-            None => {
-                self.errors.push(
-                    missing(self, "backends")
-                        .error("missing; at least one backend (host:port) is required"),
-                );
-                Vec::new()
-            }
-            Some(list) => {
-                if list.value.is_empty() {
-                    self.errors.push(
-                        list.site
-                            .error("at least one backend (host:port) is required"),
-                    );
-                }
-                list.value.iter().filter_map(|b| self.backend(b)).collect()
-            }
         };
         let proxy_protocol = match &l.proxy_protocol {
             None => None,
@@ -569,6 +719,45 @@ impl Checker {
             },
         };
 
+        let mut route_names = HashMap::new();
+        let mut routes = Vec::new();
+        for (j, r) in l.routes.iter().enumerate() {
+            if let Some(route) = self.route(&name, (i, j), r, &mut route_names, pools) {
+                routes.push(route);
+            }
+        }
+        // With routes, the listener's own certificate and backends are
+        // optional: they make the default route when given.
+        let has_default = l.routes.is_empty()
+            || l.tls.cert.is_some()
+            || l.tls.key.is_some()
+            || l.backends.is_some()
+            || l.pool.is_some();
+        let default_route = if has_default {
+            let tls = self.tls(scope, &l.location, &l.tls);
+            let pool = self.upstream(
+                scope,
+                &l.location,
+                format!("{name}/{DEFAULT_ROUTE}"),
+                &l.backends,
+                &l.pool,
+                pools,
+            );
+            tls.zip(pool).map(|(tls, pool)| RouteConfig {
+                name: DEFAULT_ROUTE.to_string(),
+                server_names: Vec::new(),
+                tls,
+                pool,
+            })
+        } else {
+            for site in l.tls.given() {
+                self.errors.push(site.error(
+                    "not used: this listener has routes and no default route (no cert, key or backends of its own); set it on a [[listener.route]]",
+                ));
+            }
+            None
+        };
+
         if self.errors.len() > errors_before {
             return None;
         }
@@ -576,9 +765,265 @@ impl Checker {
             name,
             listen,
             backlog,
-            tls: tls?,
-            backends,
+            routes,
+            default_route,
             proxy_protocol,
+        })
+    }
+
+    /// One `[[listener.route]]` of the listener named `listener`.
+    fn route(
+        &mut self,
+        listener: &str,
+        (i, j): (usize, usize),
+        r: &RawRoute,
+        names: &mut HashMap<String, String>,
+        pools: &mut Vec<PoolConfig>,
+    ) -> Option<RouteConfig> {
+        let errors_before = self.errors.len();
+        let scope = Scope::Route(i, j);
+        let name = match &r.name {
+            Some(n) if n.value == DEFAULT_ROUTE => {
+                self.errors.push(n.site.error(format!(
+                    "{DEFAULT_ROUTE:?} names the listener's own route; choose another name"
+                )));
+                n.value.clone()
+            }
+            Some(n) => {
+                self.name(n, names);
+                n.value.clone()
+            }
+            None => format!("route{j}"),
+        };
+        let server_names = match &r.server_names {
+            None => {
+                self.errors.push(self.site(scope, "server_names", &r.location).error(
+                    "missing; the names this route serves are required, e.g. [\"api.example.com\", \"*.example.com\"]",
+                ));
+                Vec::new()
+            }
+            Some(_) => self
+                .list(
+                    &r.server_names,
+                    Some("at least one server name is required"),
+                    |n| ServerNamePattern::parse(n).map_err(|e| e.to_string()),
+                )
+                .unwrap_or_default(),
+        };
+        let tls = self.tls(scope, &r.location, &r.tls);
+        let pool = self.upstream(
+            scope,
+            &r.location,
+            format!("{listener}/{name}"),
+            &r.backends,
+            &r.pool,
+            pools,
+        );
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(RouteConfig {
+            name,
+            server_names,
+            tls: tls?,
+            pool: pool?,
+        })
+    }
+
+    /// The pool a route sends to: a `[[pool]]` by name, or an implicit
+    /// round-robin pool (added to `pools` as `implicit_name`) of inline
+    /// `backends`. Returns the pool's name.
+    fn upstream(
+        &mut self,
+        scope: Scope,
+        location: &Location,
+        implicit_name: String,
+        backends: &Option<RawList>,
+        pool: &Option<At<String>>,
+        pools: &mut Vec<PoolConfig>,
+    ) -> Option<String> {
+        match (backends, pool) {
+            (Some(_), Some(p)) => {
+                self.errors
+                    .push(p.site.error("give either backends or pool, not both"));
+                None
+            }
+            (None, Some(p)) => {
+                if pools.iter().any(|known| known.name == p.value) {
+                    Some(p.value.clone())
+                } else {
+                    let known: Vec<String> = pools
+                        .iter()
+                        .filter(|k| !k.name.contains('/'))
+                        .map(|k| format!("{:?}", k.name))
+                        .collect();
+                    self.errors.push(p.site.error(format!(
+                        "no [[pool]] is named {:?}; defined: {}",
+                        p.value,
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    )));
+                    None
+                }
+            }
+            (None, None) => {
+                let message = match self.source {
+                    Source::File => "missing; at least one backend (host:port) is required, or a pool = \"NAME\"",
+                    Source::Flags => "missing; at least one backend (host:port) is required",
+                };
+                self.errors
+                    .push(self.site(scope, "backends", location).error(message));
+                None
+            }
+            (Some(list), None) => {
+                if list.value.is_empty() {
+                    self.errors.push(
+                        list.site
+                            .error("at least one backend (host:port) is required"),
+                    );
+                }
+                let backends: Vec<PoolBackend> = list
+                    .value
+                    .iter()
+                    .filter_map(|b| self.backend(b))
+                    .map(|backend| PoolBackend {
+                        backend,
+                        weight: 1,
+                        max_connections: None,
+                    })
+                    .collect();
+                pools.push(PoolConfig {
+                    name: implicit_name.clone(),
+                    balance: Balance::RoundRobin,
+                    backends,
+                    health_check: None,
+                    eject_after: None,
+                    eject_for: defaults::EJECT_FOR,
+                });
+                Some(implicit_name)
+            }
+        }
+    }
+
+    /// One `[[pool]]`.
+    fn pool(
+        &mut self,
+        i: usize,
+        p: &RawPool,
+        names: &mut HashMap<String, String>,
+    ) -> Option<PoolConfig> {
+        let errors_before = self.errors.len();
+        let scope = Scope::Pool(i);
+        let name = match &p.name {
+            Some(n) => {
+                self.name(n, names);
+                n.value.clone()
+            }
+            None => {
+                self.errors.push(
+                    self.site(scope, "name", &p.location)
+                        .error("missing; routes refer to a pool by its name"),
+                );
+                String::new()
+            }
+        };
+        let balance = match p.balance.as_ref().map(|b| (b, b.value.as_str())) {
+            None | Some((_, "round-robin")) => Balance::RoundRobin,
+            Some((_, "least-connections")) => Balance::LeastConnections,
+            Some((_, "hash")) => Balance::Hash,
+            Some((b, other)) => {
+                self.errors.push(b.site.error(format!(
+                    "must be \"round-robin\", \"least-connections\" or \"hash\", not {other:?}"
+                )));
+                Balance::RoundRobin
+            }
+        };
+        let mut backends: Vec<PoolBackend> = Vec::new();
+        match &p.backends {
+            None => self.errors.push(
+                self.site(scope, "backends", &p.location)
+                    .error("missing; at least one backend (host:port) is required"),
+            ),
+            Some(list) if list.value.is_empty() => self.errors.push(
+                list.site
+                    .error("at least one backend (host:port) is required"),
+            ),
+            Some(list) => {
+                for b in &list.value {
+                    let weight = b
+                        .weight
+                        .as_ref()
+                        .map_or(Some(1), |w| self.int_in(w, 1, MAX_WEIGHT));
+                    let max_connections = b
+                        .max_connections
+                        .as_ref()
+                        .map(|m| self.int_in(m, 1, MAX_CONNECTIONS));
+                    let Some(address) = &b.address else {
+                        self.errors.push(
+                            Site {
+                                location: b.location.clone(),
+                                field: list.site.field.clone(),
+                            }
+                            .error("missing; address = \"host:port\" is required"),
+                        );
+                        continue;
+                    };
+                    let Some(backend) = self.backend(address) else {
+                        continue;
+                    };
+                    if backends
+                        .iter()
+                        .any(|known| known.backend.addr == backend.addr)
+                    {
+                        self.errors.push(
+                            address
+                                .site
+                                .error(format!("backend {} is listed twice", backend.name)),
+                        );
+                        continue;
+                    }
+                    backends.push(PoolBackend {
+                        backend,
+                        weight: weight.and_then(|w| u32::try_from(w).ok()).unwrap_or(1),
+                        max_connections: max_connections.flatten().map(|m| m as u64),
+                    });
+                }
+            }
+        }
+        let health_check = p.health_check.as_ref().map(|h| {
+            let count = |c: &mut Self, v: &Option<At<i64>>, default: u32| {
+                v.as_ref()
+                    .map_or(Some(default as usize), |v| c.int_in(v, 1, 100))
+                    .map_or(default, |n| n as u32)
+            };
+            HealthCheck {
+                interval: self.duration(&h.interval, defaults::HEALTH_INTERVAL, false),
+                timeout: self.duration(&h.timeout, defaults::HEALTH_TIMEOUT, false),
+                rise: count(self, &h.rise, defaults::HEALTH_RISE),
+                fall: count(self, &h.fall, defaults::HEALTH_FALL),
+            }
+        });
+        let eject_after = match &p.eject_after {
+            None => Some(defaults::EJECT_AFTER),
+            Some(v) => self
+                .int_in(v, 0, 1000)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0),
+        };
+        let eject_for = self.duration(&p.eject_for, defaults::EJECT_FOR, false);
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(PoolConfig {
+            name,
+            balance,
+            backends,
+            health_check,
+            eject_after,
+            eject_for,
         })
     }
 
@@ -595,8 +1040,10 @@ impl Checker {
                 }
                 Source::Flags => "missing; pass --listen ADDR (e.g. 127.0.0.1:8443) at least once",
             };
-            self.errors
-                .push(self.site(i, "listen", &l.location).error(hint));
+            self.errors.push(
+                self.site(Scope::Listener(i), "listen", &l.location)
+                    .error(hint),
+            );
             return Vec::new();
         };
         if list.value.is_empty() {
@@ -611,7 +1058,7 @@ impl Checker {
                         let whom = if first == i {
                             "listed twice".to_string()
                         } else {
-                            format!("already used by {}", self.source.field(Some(first), "listen"))
+                            format!("already used by {}", self.source.field(Scope::Listener(first), "listen"))
                         };
                         self.errors
                             .push(a.site.error(format!("address {addr} is {whom}")));
@@ -666,29 +1113,29 @@ impl Checker {
         }
     }
 
-    fn tls(&mut self, i: usize, l: &RawListener) -> Option<TlsSettings> {
+    fn tls(&mut self, scope: Scope, location: &Location, t: &RawTls) -> Option<TlsSettings> {
         let errors_before = self.errors.len();
         let missing = |c: &Self, key: &str, what: &str| {
             let hint = match c.source {
                 Source::File => format!("missing; {what} is required"),
                 Source::Flags => format!(
                     "missing; {what} is required (pass {})",
-                    c.source.field(None, key)
+                    c.source.field(Scope::Top, key)
                 ),
             };
-            c.site(i, key, &l.location).error(hint)
+            c.site(scope, key, location).error(hint)
         };
 
         // A PKCS#12 bundle holds the chain and the key together.
-        if let Some(v) = l.cert.as_ref().filter(|v| is_pkcs12(&v.value)) {
-            if let Some(k) = &l.key {
+        if let Some(v) = t.cert.as_ref().filter(|v| is_pkcs12(&v.value)) {
+            if let Some(k) = &t.key {
                 self.errors.push(
                     k.site.error(
                         "not used: the PKCS#12 cert already holds the private key".to_string(),
                     ),
                 );
             }
-            let password = self.pkcs12_password(&l.cert_password_file, &l.cert_password_env);
+            let password = self.pkcs12_password(&t.cert_password_file, &t.cert_password_env);
             let loaded = self.path(v).and_then(|path| {
                 match load_pkcs12(&path, password.as_deref().unwrap_or("")) {
                     Ok((chain, key)) => {
@@ -702,15 +1149,16 @@ impl Checker {
                 }
             });
             return self.tls_rest(
-                i,
-                l,
+                scope,
+                location,
+                t,
                 errors_before,
                 loaded.map(|(p, c, k)| ((p.clone(), c), (p, k))),
             );
         }
 
         // Certificate chain.
-        let cert = match &l.cert {
+        let cert = match &t.cert {
             None => {
                 self.errors
                     .push(missing(self, "cert", "the server certificate chain file"));
@@ -731,7 +1179,7 @@ impl Checker {
         };
 
         // Private key, and whether it belongs to the certificate.
-        let key = match &l.key {
+        let key = match &t.key {
             None => {
                 self.errors
                     .push(missing(self, "key", "the server private key file"));
@@ -756,7 +1204,7 @@ impl Checker {
             (Some(cert), Some((key_path, key, _))) => Some((cert, (key_path, key))),
             _ => None,
         };
-        self.tls_rest(i, l, errors_before, identity)
+        self.tls_rest(scope, location, t, errors_before, identity)
     }
 
     /// The password of a PKCS#12 file: from a password file (first line),
@@ -797,8 +1245,9 @@ impl Checker {
     #[allow(clippy::type_complexity)]
     fn tls_rest(
         &mut self,
-        i: usize,
-        l: &RawListener,
+        scope: Scope,
+        location: &Location,
+        t: &RawTls,
         errors_before: usize,
         identity: Option<(
             (PathBuf, Vec<CertificateDer<'static>>),
@@ -807,7 +1256,7 @@ impl Checker {
     ) -> Option<TlsSettings> {
         // `None` when the mode is invalid: whether a CA is needed is then
         // unknown, so only a given CA file is checked.
-        let client_auth = match &l.client_auth {
+        let client_auth = match &t.client_auth {
             None => Some(ClientAuth::Required),
             Some(v) => match v.value.as_str() {
                 "required" => Some(ClientAuth::Required),
@@ -822,17 +1271,19 @@ impl Checker {
             },
         };
         let client_ca = match client_auth {
-            Some(auth) => self.client_ca(i, l, auth),
-            None if l.client_ca.is_some() => self.client_ca(i, l, ClientAuth::Required),
+            Some(auth) => self.client_ca(scope, location, t, auth),
+            None if t.client_ca.is_some() => {
+                self.client_ca(scope, location, t, ClientAuth::Required)
+            }
             None => None,
         };
-        let alpn = self.alpn(l);
-        let (crl_paths, crls) = self.crls(l);
-        let ocsp_staple = self.ocsp_staple(l);
-        let (allowlist, client_cert_paths) = self.allowlist(l);
-        let client_ocsp = self.client_ocsp(l, client_auth);
-        let versions = self.versions(l);
-        let cipher_suites = self.cipher_suites(l);
+        let alpn = self.alpn(t);
+        let (crl_paths, crls) = self.crls(t);
+        let ocsp_staple = self.ocsp_staple(t);
+        let (allowlist, client_cert_paths) = self.allowlist(t);
+        let client_ocsp = self.client_ocsp(t, client_auth);
+        let versions = self.versions(t);
+        let cipher_suites = self.cipher_suites(t);
 
         if self.errors.len() > errors_before {
             return None;
@@ -861,8 +1312,8 @@ impl Checker {
 
     /// The OCSP response to staple: read as is (DER), since the operator
     /// refreshes the file and reloads; an empty file staples nothing.
-    fn ocsp_staple(&mut self, l: &RawListener) -> Option<Vec<u8>> {
-        let v = l.ocsp_staple.as_ref()?;
+    fn ocsp_staple(&mut self, t: &RawTls) -> Option<Vec<u8>> {
+        let v = t.ocsp_staple.as_ref()?;
         let path = self.path(v)?;
         match std::fs::read(&path) {
             Ok(der) if der.is_empty() => None,
@@ -885,9 +1336,9 @@ impl Checker {
     }
 
     /// CRL files, each loaded (and checked) now.
-    fn crls(&mut self, l: &RawListener) -> (Vec<PathBuf>, Vec<Crl>) {
+    fn crls(&mut self, t: &RawTls) -> (Vec<PathBuf>, Vec<Crl>) {
         let (mut paths, mut crls) = (Vec::new(), Vec::new());
-        for item in l.crl.iter().flat_map(|list| &list.value) {
+        for item in t.crl.iter().flat_map(|list| &list.value) {
             let path_at = At {
                 value: PathBuf::from(&item.value),
                 site: item.site.clone(),
@@ -908,11 +1359,11 @@ impl Checker {
 
     /// Allowlist rules: `alias:NAME=CERT_FILE`, `sha256:HEX`, `cn:GLOB`,
     /// `dns:GLOB`, `uri:GLOB`, `spiffe://...` (a SPIFFE ID glob), then the
-    /// `[[listener.clients]]` aliases; with the certificate files read.
-    fn allowlist(&mut self, l: &RawListener) -> (Allowlist, Vec<PathBuf>) {
+    /// `clients` aliases; with the certificate files read.
+    fn allowlist(&mut self, t: &RawTls) -> (Allowlist, Vec<PathBuf>) {
         let mut entries: Vec<AllowEntry> = Vec::new();
         let mut paths = Vec::new();
-        for item in l.allow.iter().flat_map(|list| &list.value) {
+        for item in t.allow.iter().flat_map(|list| &list.value) {
             let rule = item.value.as_str();
             let entry = match rule.split_once(':') {
                 Some(("alias", rest)) => match rest.split_once('=') {
@@ -946,7 +1397,7 @@ impl Checker {
                 Err(m) => self.errors.push(item.site.error(m)),
             }
         }
-        for client in &l.clients {
+        for client in &t.clients {
             let Some(entry) = self.client_alias(client, &mut paths) else {
                 continue;
             };
@@ -1010,8 +1461,8 @@ impl Checker {
     }
 
     /// OCSP checking of client certificates; `None` when off.
-    fn client_ocsp(&mut self, l: &RawListener, auth: Option<ClientAuth>) -> Option<OcspSettings> {
-        let o = l.client_ocsp.as_ref()?;
+    fn client_ocsp(&mut self, t: &RawTls, auth: Option<ClientAuth>) -> Option<OcspSettings> {
+        let o = t.client_ocsp.as_ref()?;
         let check = match &o.mode {
             None => true,
             Some(v) => match v.value.as_str() {
@@ -1075,8 +1526,14 @@ impl Checker {
 
     /// The client CA bundle and its path; `(None, [])` when not needed,
     /// `None` after reporting a problem.
-    fn client_ca(&mut self, i: usize, l: &RawListener, auth: ClientAuth) -> Option<CaBundle> {
-        match (&l.client_ca, auth) {
+    fn client_ca(
+        &mut self,
+        scope: Scope,
+        location: &Location,
+        t: &RawTls,
+        auth: ClientAuth,
+    ) -> Option<CaBundle> {
+        match (&t.client_ca, auth) {
             (Some(v), ClientAuth::Off) => {
                 self.warnings.push(v.site.error(match self.source {
                     Source::File => "ignored because client_auth = \"off\"",
@@ -1095,23 +1552,23 @@ impl Checker {
                     Source::File => (
                         format!(
                             "missing; client_auth = \"{mode}\"{} needs the CA bundle that signs client certificates; set client_ca, or set client_auth = \"off\"",
-                            if l.client_auth.is_none() { " (the default)" } else { "" }
+                            if t.client_auth.is_none() { " (the default)" } else { "" }
                         ),
                         // Point at client_auth when it was written, else at the listener.
-                        l.client_auth
+                        t.client_auth
                             .as_ref()
-                            .map_or(l.location.clone(), |a| a.site.location.clone()),
+                            .map_or(location.clone(), |a| a.site.location.clone()),
                     ),
                     Source::Flags => (
                         format!(
                             "missing; client certificates are {mode}{} and need a CA bundle; pass --client-ca FILE, or --client-auth off",
-                            if l.client_auth.is_none() { " by default" } else { "" }
+                            if t.client_auth.is_none() { " by default" } else { "" }
                         ),
                         Location::Flag,
                     ),
                 };
                 self.errors
-                    .push(self.site(i, "client_ca", &location).error(message));
+                    .push(self.site(scope, "client_ca", &location).error(message));
                 None
             }
             (Some(v), _) => {
@@ -1157,8 +1614,8 @@ impl Checker {
         Some(out)
     }
 
-    fn alpn(&mut self, l: &RawListener) -> Vec<Vec<u8>> {
-        self.list(&l.alpn, None, |p| {
+    fn alpn(&mut self, t: &RawTls) -> Vec<Vec<u8>> {
+        self.list(&t.alpn, None, |p| {
             if p.is_empty() || p.len() > 255 {
                 Err(format!("ALPN protocol {p:?} must be 1 to 255 bytes long"))
             } else {
@@ -1168,9 +1625,9 @@ impl Checker {
         .unwrap_or_default()
     }
 
-    fn versions(&mut self, l: &RawListener) -> Vec<TlsVersion> {
+    fn versions(&mut self, t: &RawTls) -> Vec<TlsVersion> {
         self.list(
-            &l.tls_versions,
+            &t.tls_versions,
             Some("at least one TLS version is required"),
             |v| match v {
                 "1.2" => Ok(TlsVersion::Tls12),
@@ -1183,9 +1640,9 @@ impl Checker {
         .unwrap_or_else(|| vec![TlsVersion::Tls12, TlsVersion::Tls13])
     }
 
-    fn cipher_suites(&mut self, l: &RawListener) -> Vec<CipherSuite> {
+    fn cipher_suites(&mut self, t: &RawTls) -> Vec<CipherSuite> {
         self.list(
-            &l.cipher_suites,
+            &t.cipher_suites,
             Some("at least one cipher suite is required"),
             |s| match s.to_ascii_uppercase().as_str() {
                 "AES_128_GCM" => Ok(CipherSuite::Aes128Gcm),

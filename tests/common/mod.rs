@@ -329,7 +329,7 @@ impl Pki {
     /// generation is the slow part of the PKI).
     pub fn server_rsa(&self) -> &Identity {
         self.rsa.get_or_init(|| {
-            let (cert, key) = leaf(
+            let pair = leaf(
                 &self.ca,
                 "localhost",
                 SERVER_SANS,
@@ -338,23 +338,58 @@ impl Pki {
                 false,
                 None,
             );
-            write_identity(self.path(), "server-rsa", (cert, key))
+            write_identity(self.path(), "server-rsa", pair)
         })
     }
 
     /// Another valid client certificate from the test CA, written as
     /// `NAME.crt`/`NAME.key`, with an AIA OCSP URL when given.
     pub fn issue_client(&self, name: &str, ocsp_url: Option<&str>) -> Identity {
-        let pair = leaf(
-            &self.ca,
+        self.issue(
+            name,
             name,
             &[],
-            &[ExtendedKeyUsagePurpose::ClientAuth],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ocsp_url,
+        )
+    }
+
+    /// A server certificate for `sans` (ECDSA P-256), signed by the test
+    /// CA, written as `<file>.crt` and `<file>.key`.
+    pub fn server_for(&self, file: &str, sans: &[&str]) -> Identity {
+        self.issue(
+            file,
+            sans[0],
+            sans,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            None,
+        )
+    }
+
+    /// A valid client certificate with subject CN `cn`, signed by the test
+    /// CA, written as `<file>.crt` and `<file>.key`.
+    pub fn client_for(&self, file: &str, cn: &str) -> Identity {
+        self.issue(file, cn, &[], ExtendedKeyUsagePurpose::ClientAuth, None)
+    }
+
+    fn issue(
+        &self,
+        file: &str,
+        cn: &str,
+        sans: &[&str],
+        eku: ExtendedKeyUsagePurpose,
+        ocsp_url: Option<&str>,
+    ) -> Identity {
+        let pair = leaf(
+            &self.ca,
+            cn,
+            sans,
+            &[eku],
             KeyType::EcdsaP256,
             false,
             ocsp_url,
         );
-        write_identity(self.path(), name, pair)
+        write_identity(self.path(), file, pair)
     }
 
     pub fn server_identity(&self, key_type: KeyType) -> &Identity {
@@ -506,7 +541,12 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(mode: Mode) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Backend::start_at("127.0.0.1:0".parse().unwrap(), mode)
+    }
+
+    /// A backend on a given address (e.g. where a stopped one was).
+    pub fn start_at(addr: SocketAddr, mode: Mode) -> Backend {
+        let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let bytes_in = Arc::new(AtomicU64::new(0));
@@ -545,6 +585,12 @@ impl Backend {
 
     pub fn echo() -> Backend {
         Backend::start(Mode::Echo)
+    }
+
+    /// A backend that greets every connection with `id` (then half-closes),
+    /// so a client can tell which backend it reached.
+    pub fn with_id(id: &str) -> Backend {
+        Backend::start(Mode::GreetThenHalfClose(id.as_bytes().to_vec()))
     }
 
     /// Connections accepted so far.
@@ -1155,11 +1201,23 @@ pub fn tls_connect_timeout(
     cfg: Arc<ClientConfig>,
     timeout: Duration,
 ) -> Result<Tls, io::Error> {
+    tls_connect_named(addr, cfg, "localhost", timeout)
+}
+
+/// Like [`tls_connect_timeout`], asking for `server_name` (sent as SNI
+/// unless it is an IP address, and checked against the certificate).
+pub fn tls_connect_named(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    server_name: &str,
+    timeout: Duration,
+) -> Result<Tls, io::Error> {
     let sock = TcpStream::connect_timeout(&addr, timeout)?;
     sock.set_read_timeout(Some(timeout))?;
     sock.set_write_timeout(Some(timeout))?;
     sock.set_nodelay(true)?;
-    let conn = ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+    let name = ServerName::try_from(server_name.to_string()).expect("a valid server name");
+    let conn = ClientConnection::new(cfg, name).unwrap();
     let mut tls = StreamOwned::new(conn, sock);
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock)?;
@@ -1396,4 +1454,100 @@ pub fn write_file(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf
     }
     fs::write(&p, contents).unwrap();
     p
+}
+
+// ---------------------------------------------------------------------------
+// The admin listener
+// ---------------------------------------------------------------------------
+
+/// The admin listener's address, from its `admin listening on` line.
+pub fn admin_addr(server: &Server) -> SocketAddr {
+    server
+        .log
+        .wait_line(WAIT, &["admin listening on"])
+        .and_then(|l| l.rsplit(' ').next().and_then(|a| a.parse().ok()))
+        .expect("admin address logged")
+}
+
+/// One HTTP/1.1 request to the admin listener: (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Parses Prometheus text with prometheus_client (the reference parser)
+/// and returns `name{labels} value` lines, sorted.
+pub fn parse_with_prometheus_client(text: &str) -> Vec<String> {
+    require_tool("python3");
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nfor f in p(sys.stdin.read()):\n  for s in f.samples:\n    l=','.join(f'{k}=\"{v}\"' for k,v in sorted(s.labels.items()))\n    print(f'{s.name}{{{l}}} {s.value:g}')\n",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client rejected /metrics (pip install prometheus_client?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The value of the sample `name{labels}` (labels sorted by name, as
+/// [`parse_with_prometheus_client`] writes them) in its output.
+pub fn sample(lines: &[String], name_and_labels: &str) -> Option<f64> {
+    lines.iter().find_map(|l| {
+        let (key, value) = l.rsplit_once(' ')?;
+        (key == name_and_labels).then(|| value.parse().ok())?
+    })
+}
+
+/// Connects as `server_name` and reads the greeting of a
+/// [`Backend::with_id`] backend to its end; returns the greeting, the
+/// certificate the server presented, and the still-open connection.
+pub fn greeting(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    server_name: &str,
+) -> io::Result<(String, CertificateDer<'static>, Tls)> {
+    let mut tls = tls_connect_named(addr, cfg, server_name, IO_TIMEOUT)?;
+    let presented = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .expect("a server certificate")
+        .clone()
+        .into_owned();
+    let (bytes, end) = read_until_end(&mut tls);
+    end?;
+    Ok((String::from_utf8_lossy(&bytes).into_owned(), presented, tls))
 }

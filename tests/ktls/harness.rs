@@ -860,9 +860,10 @@ pub struct Access {
 
 /// The access line's fields, in the order tlsplice writes them. Values may
 /// contain spaces (reasons, fallbacks), so each runs to the next key.
-const ACCESS_KEYS: [&str; 16] = [
+const ACCESS_KEYS: [&str; 17] = [
     "client",
     "listener",
+    "route",
     "sni",
     "subject",
     "identity",
