@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 
+pub mod cert_header;
 pub mod proxy_protocol;
 
 use crate::config::Backend;
