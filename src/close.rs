@@ -75,6 +75,16 @@ impl fmt::Display for CloseReason {
     }
 }
 
+/// How access-log lines are written (`access_log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogFormat {
+    /// `key=value` fields through the log (target `access`).
+    #[default]
+    Text,
+    /// One JSON object per line on stderr.
+    Json,
+}
+
 /// What the access log records about one connection. Filled in along the
 /// connection's path and emitted once, at close. Never holds key material.
 #[derive(Debug)]

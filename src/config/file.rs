@@ -25,7 +25,12 @@
 //! tls_versions = ["1.2", "1.3"]   # default both
 //! cipher_suites = ["AES_128_GCM", "AES_256_GCM", "CHACHA20_POLY1305"]  # default all
 //! backends = ["127.0.0.1:8080"]   # required; host:port, resolved at load
+//! proxy_protocol = "v2"           # "v1" | "v2" | "off"; default off
+//! # or, for HTTP/1.1 backends (not together with proxy_protocol):
+//! client_cert_header = { format = "rfc9440", name = "Client-Cert", max_head = 65536 }
 //! ```
+//!
+//! and at top level `access_log = { format = "json" }` ("text" by default).
 //!
 //! Durations are strings such as `"1m30s"` or integers (seconds). List
 //! values accept a single string too. Unknown keys are errors.
@@ -43,7 +48,9 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::validate::{At, RawConfig, RawDuration, RawList, RawListener, Site, Source};
+use super::validate::{
+    At, RawCertHeader, RawConfig, RawDuration, RawList, RawListener, Site, Source,
+};
 use super::{ConfigError, Location};
 
 /// Top level of the config file. Unknown keys are not a parse error
@@ -66,6 +73,8 @@ struct FileConfig {
     ktls: Option<Spanned<String>>,
     /// Admin listener address; default none.
     admin: Option<Spanned<String>>,
+    /// `access_log = { format = "text" | "json" }`.
+    access_log: Option<Spanned<FileAccessLog>>,
     /// `[[listener]]` tables; at least one.
     #[serde(default)]
     listener: Vec<Spanned<FileListener>>,
@@ -108,6 +117,26 @@ struct FileListener {
     allow: Option<Spanned<StringList>>,
     /// PROXY protocol to backends: "v1", "v2" or "off"; default off.
     proxy_protocol: Option<Spanned<String>>,
+    /// HTTP header mode: `{ format, name, max_head }`; default off.
+    client_cert_header: Option<Spanned<FileCertHeader>>,
+}
+
+/// The `access_log` table.
+#[derive(Debug, Deserialize)]
+struct FileAccessLog {
+    /// `"text"` (default) or `"json"`.
+    format: Option<Spanned<String>>,
+}
+
+/// A listener's `client_cert_header` table.
+#[derive(Debug, Deserialize)]
+struct FileCertHeader {
+    /// `"rfc9440"` (default), `"xfcc"` or `"escaped-pem"`.
+    format: Option<Spanned<String>>,
+    /// Header name; default per format.
+    name: Option<Spanned<String>>,
+    /// Largest request head in bytes; default 64 KiB.
+    max_head: Option<Spanned<i64>>,
 }
 
 /// A list of strings, or one string standing for a list of one.
@@ -297,6 +326,19 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
                     .proxy_protocol
                     .as_ref()
                     .map(|v| loc.at(v, field("proxy_protocol"))),
+                client_cert_header: inner.client_cert_header.as_ref().map(|h| {
+                    let sub = |key: &str| field(&format!("client_cert_header.{key}"));
+                    let t = h.get_ref();
+                    RawCertHeader {
+                        site: Site {
+                            location: loc.location(h.span()),
+                            field: field("client_cert_header"),
+                        },
+                        format: t.format.as_ref().map(|v| loc.at(v, sub("format"))),
+                        name: t.name.as_ref().map(|v| loc.at(v, sub("name"))),
+                        max_head: t.max_head.as_ref().map(|v| loc.at(v, sub("max_head"))),
+                    }
+                }),
                 tls_versions: inner
                     .tls_versions
                     .as_ref()
@@ -341,6 +383,11 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
             .map(|v| loc.at(v, f("max_connections"))),
         ktls: file.ktls.as_ref().map(|v| loc.at(v, f("ktls"))),
         admin: file.admin.as_ref().map(|v| loc.at(v, f("admin"))),
+        access_log_format: file
+            .access_log
+            .as_ref()
+            .and_then(|a| a.get_ref().format.as_ref())
+            .map(|v| loc.at(v, f("access_log.format"))),
         listeners,
     };
     Ok((raw, unknown))
@@ -356,8 +403,15 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "max_connections",
     "ktls",
     "admin",
+    "access_log",
     "listener",
 ];
+
+/// Keys of the `access_log` table.
+const ACCESS_LOG_KEYS: &[&str] = &["format"];
+
+/// Keys of a listener's `client_cert_header` table.
+const CERT_HEADER_KEYS: &[&str] = &["format", "name", "max_head"];
 
 /// Keys of a `[[listener]]` table.
 const LISTENER_KEYS: &[&str] = &[
@@ -378,24 +432,36 @@ const LISTENER_KEYS: &[&str] = &[
     "cert_password_env",
     "ocsp_staple",
     "proxy_protocol",
+    "client_cert_header",
 ];
 
 /// An error for a key the schema does not have. `key` is serde_ignored's
 /// path (`tls_versoin`, `listener.0.tls_versoin`); its position is found in
 /// the text: the key's line inside the right table.
 fn unknown_key_error(path: &Path, text: &str, key: &str) -> ConfigError {
-    // Spanned values add a private path segment of their own.
-    let parts: Vec<&str> = key.split('.').filter(|p| !p.starts_with("$__")).collect();
-    let (table, name, field, known) = match parts.as_slice() {
+    // Spanned values add a private path segment of their own, and options a `?`.
+    let parts: Vec<&str> = key
+        .split('.')
+        .filter(|p| !p.starts_with("$__") && *p != "?")
+        .collect();
+    // `at` is the key whose line is reported: for a key inside an (inline)
+    // sub-table, the line naming that table.
+    let (table, at, name, field, known) = match parts.as_slice() {
         [table, index, name] => {
             let index: usize = index.parse().unwrap_or(0);
             let field = format!("{table}[{index}].{name}");
-            (Some((*table, index)), *name, field, LISTENER_KEYS)
+            (Some((*table, index)), *name, *name, field, LISTENER_KEYS)
         }
-        _ => (None, key, key.to_string(), TOP_LEVEL_KEYS),
+        [table, index, sub, name] => {
+            let index: usize = index.parse().unwrap_or(0);
+            let field = format!("{table}[{index}].{sub}.{name}");
+            (Some((*table, index)), *sub, *name, field, CERT_HEADER_KEYS)
+        }
+        [sub, name] => (None, *sub, *name, format!("{sub}.{name}"), ACCESS_LOG_KEYS),
+        _ => (None, key, key, key.to_string(), TOP_LEVEL_KEYS),
     };
     let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
-    let offset = locate_key(text, table, name).unwrap_or(0);
+    let offset = locate_key(text, table, at).unwrap_or(0);
     let (line, column) = line_column(text, offset);
     ConfigError {
         location: Location::File {

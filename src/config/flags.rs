@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use super::validate::{At, RawConfig, RawDuration, RawList, RawListener, Site, Source};
+use super::validate::{
+    At, RawCertHeader, RawConfig, RawDuration, RawList, RawListener, Site, Source,
+};
 use super::Location;
 
 /// The drop-in flags, filled by the CLI (clap lives in `main.rs`, not here).
@@ -55,6 +57,12 @@ pub struct Flags {
     pub admin: Option<String>,
     /// `--proxy-protocol v1|v2|off`.
     pub proxy_protocol: Option<String>,
+    /// `--client-cert-header rfc9440|xfcc|escaped-pem`: HTTP header mode.
+    pub client_cert_header: Option<String>,
+    /// `--client-cert-header-name NAME` (needs `--client-cert-header`).
+    pub client_cert_header_name: Option<String>,
+    /// `--access-log text|json`.
+    pub access_log: Option<String>,
 }
 
 fn at<T>(key: &str, value: T) -> At<T> {
@@ -86,6 +94,24 @@ fn duration(key: &str, d: &Option<String>) -> Option<At<RawDuration>> {
 }
 
 impl Flags {
+    /// The header-mode flags as the listener's `client_cert_header` table;
+    /// a name alone still turns the mode on (with the default format).
+    fn cert_header(&self) -> Option<RawCertHeader> {
+        if self.client_cert_header.is_none() && self.client_cert_header_name.is_none() {
+            return None;
+        }
+        let format = self.client_cert_header.as_ref();
+        Some(RawCertHeader {
+            site: at("client_cert_header", ()).site,
+            format: format.map(|v| at("client_cert_header", v.clone())),
+            name: self
+                .client_cert_header_name
+                .as_ref()
+                .map(|v| at("client_cert_header_name", v.clone())),
+            max_head: None,
+        })
+    }
+
     /// The flags as an unchecked configuration with one listener.
     pub(crate) fn to_raw(&self) -> RawConfig {
         let listener = RawListener {
@@ -120,6 +146,7 @@ impl Flags {
                 .cert_password_env
                 .as_ref()
                 .map(|v| at("cert_password_env", v.clone())),
+            client_cert_header: self.cert_header(),
             tls_versions: None,
             cipher_suites: None,
             backends: list("backends", &self.backends),
@@ -137,6 +164,10 @@ impl Flags {
             max_connections: count("max_connections", self.max_connections),
             ktls: self.ktls.as_ref().map(|v| at("ktls", v.clone())),
             admin: self.admin.as_ref().map(|v| at("admin", v.clone())),
+            access_log_format: self
+                .access_log
+                .as_ref()
+                .map(|v| at("access_log", v.clone())),
             listeners: vec![listener],
         }
     }

@@ -23,6 +23,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::tls::verify::{Allowlist, Crl};
 
+pub use crate::close::AccessLogFormat;
+pub use crate::connect::cert_header::{CertHeader, Format as CertHeaderFormat};
 pub use crate::connect::proxy_protocol::Version as ProxyProtocol;
 
 pub mod duration;
@@ -118,6 +120,8 @@ pub struct Config {
     pub ktls: KtlsMode,
     /// Address of the admin listener (/metrics, /healthz, /ready, /reload).
     pub admin: Option<SocketAddr>,
+    /// How access-log lines are written.
+    pub access_log: AccessLogFormat,
     /// The listeners.
     pub listeners: Vec<ListenerConfig>,
     /// File this config was read from; `None` when built from flags.
@@ -162,6 +166,8 @@ pub struct ListenerConfig {
     pub backends: Vec<Backend>,
     /// PROXY protocol header sent to backends, if any.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// HTTP header mode: the client certificate in every request head.
+    pub client_cert_header: Option<CertHeader>,
 }
 
 /// Server-side TLS settings of a listener, with its key material loaded.

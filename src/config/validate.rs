@@ -18,6 +18,9 @@ use super::{
     Backend, CipherSuite, ClientAuth, Config, ConfigError, ConfigErrors, KtlsMode, ListenerConfig,
     Location, ProxyProtocol, TlsSettings, TlsVersion,
 };
+use crate::close::AccessLogFormat;
+use crate::connect::cert_header::{CertHeader, Format as CertHeaderFormat};
+use crate::relay::http_head::{is_token_byte, DEFAULT_MAX_HEAD};
 use crate::tls::certs;
 use crate::tls::verify::{load_crls, load_pkcs12, AllowEntry, Allowlist, Crl};
 
@@ -52,6 +55,10 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_WORKERS: i64 = 1024;
 const MAX_CONNECTIONS: i64 = 10_000_000;
 const MAX_BACKLOG: i64 = 65_535;
+/// Bounds of `client_cert_header.max_head`: room for our own header, and
+/// no more memory per connection than a few records.
+const MIN_HEAD: i64 = 4 * 1024;
+const MAX_HEAD: i64 = 1024 * 1024;
 
 /// Which input a [`RawConfig`] came from; decides field names and hints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +150,8 @@ pub(crate) struct RawConfig {
     pub ktls: Option<At<String>>,
     /// `admin`.
     pub admin: Option<At<String>>,
+    /// `access_log.format`.
+    pub access_log_format: Option<At<String>>,
     /// The listeners, in order.
     pub listeners: Vec<RawListener>,
 }
@@ -186,6 +195,21 @@ pub(crate) struct RawListener {
     pub allow: Option<RawList>,
     /// `proxy_protocol`.
     pub proxy_protocol: Option<At<String>>,
+    /// `client_cert_header`.
+    pub client_cert_header: Option<RawCertHeader>,
+}
+
+/// A listener's `client_cert_header` table (or its flags), unchecked.
+#[derive(Debug)]
+pub(crate) struct RawCertHeader {
+    /// Where the table is; problems with it as a whole are reported here.
+    pub site: Site,
+    /// `format`.
+    pub format: Option<At<String>>,
+    /// `name`.
+    pub name: Option<At<String>>,
+    /// `max_head`.
+    pub max_head: Option<At<i64>>,
 }
 
 /// A loaded client CA bundle and the file it came from.
@@ -254,6 +278,21 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
             }
         });
 
+    let access_log = match &raw.access_log_format {
+        None => AccessLogFormat::Text,
+        Some(v) => match v.value.as_str() {
+            "text" => AccessLogFormat::Text,
+            "json" => AccessLogFormat::Json,
+            other => {
+                c.errors.push(
+                    v.site
+                        .error(format!("must be \"text\" or \"json\", not {other:?}")),
+                );
+                AccessLogFormat::Text
+            }
+        },
+    };
+
     if raw.listeners.is_empty() {
         let field = match raw.source {
             Source::File => "listener",
@@ -295,6 +334,7 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         max_connections_per_worker,
         ktls,
         admin,
+        access_log,
         listeners,
         source: raw.path,
         warnings: c.warnings,
@@ -461,6 +501,20 @@ impl Checker {
             },
         };
 
+        let client_cert_header = l
+            .client_cert_header
+            .as_ref()
+            .and_then(|h| self.cert_header(h));
+        if let (Some(h), Some(pp), Some(_)) =
+            (&l.client_cert_header, &l.proxy_protocol, proxy_protocol)
+        {
+            self.errors.push(h.site.error(format!(
+                "cannot be combined with {} = {:?} on the same listener; \
+                 a backend gets the client's identity one way",
+                pp.site.field, pp.value
+            )));
+        }
+
         if self.errors.len() > errors_before {
             return None;
         }
@@ -471,6 +525,55 @@ impl Checker {
             tls: tls?,
             backends,
             proxy_protocol,
+            client_cert_header,
+        })
+    }
+
+    /// Checks a `client_cert_header` table: a known format, a header name
+    /// that is an HTTP token, a sane head limit.
+    fn cert_header(&mut self, h: &RawCertHeader) -> Option<CertHeader> {
+        let errors_before = self.errors.len();
+        let format = match &h.format {
+            None => CertHeaderFormat::Rfc9440,
+            Some(v) => match CertHeaderFormat::NAMES.iter().find(|(n, _)| *n == v.value) {
+                Some((_, f)) => *f,
+                None => {
+                    let known: Vec<String> = CertHeaderFormat::NAMES
+                        .iter()
+                        .map(|(n, _)| format!("{n:?}"))
+                        .collect();
+                    self.errors.push(v.site.error(format!(
+                        "must be one of {}, not {:?}",
+                        known.join(", "),
+                        v.value
+                    )));
+                    CertHeaderFormat::Rfc9440
+                }
+            },
+        };
+        let name = match &h.name {
+            None => format.default_name().to_string(),
+            Some(v) => {
+                let token = !v.value.is_empty() && v.value.bytes().all(is_token_byte);
+                if !token {
+                    self.errors.push(v.site.error(format!(
+                        "{:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)",
+                        v.value
+                    )));
+                }
+                v.value.clone()
+            }
+        };
+        let max_head = match &h.max_head {
+            None => DEFAULT_MAX_HEAD,
+            Some(v) => self
+                .int_in(v, MIN_HEAD, MAX_HEAD)
+                .unwrap_or(DEFAULT_MAX_HEAD),
+        };
+        (self.errors.len() == errors_before).then_some(CertHeader {
+            format,
+            name,
+            max_head,
         })
     }
 

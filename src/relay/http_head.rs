@@ -363,8 +363,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// tchar of RFC 9110 §5.6.2.
-fn is_token_byte(b: u8) -> bool {
+/// Whether `b` may appear in a token (tchar of RFC 9110 §5.6.2), such as
+/// a header name.
+pub(crate) fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
