@@ -26,14 +26,15 @@ use monoio::net::{TcpListener, TcpStream};
 use rustls::ServerConfig;
 
 use crate::admin::{AdminState, ReloadRequest};
-use crate::close::{AccessRecord, CloseReason, Counters};
-use crate::config::{Backend, Config, KtlsMode, ListenerConfig, ProxyProtocol};
+use crate::close::{AccessLogFormat, AccessRecord, CloseReason, Counters};
+use crate::config::{Backend, CertHeader, Config, KtlsMode, ListenerConfig, ProxyProtocol};
 use crate::connect::proxy_protocol::{self, ClientInfo};
 use crate::connect::{self, BackendPool};
 use crate::handshake::{self, HandshakeError};
 use crate::ktls::handover::{handover, Handover};
 use crate::ktls::probe::{self, Capabilities};
 use crate::pool::Buffers;
+use crate::relay::http_head::HeadRewriter;
 use crate::relay::{splice, userspace};
 use crate::tls::verify::{identify, Allowlist, CacheConfig, Fingerprint, VerifyCache};
 use crate::tls::{certs, server_config};
@@ -60,6 +61,7 @@ struct Limits {
     drain_timeout: Duration,
     max_connections: usize,
     ktls: KtlsMode,
+    access_log: AccessLogFormat,
 }
 
 /// What a listener serves new connections with. Replaced whole on reload;
@@ -74,6 +76,8 @@ pub struct Served {
     pub allowlist: Allowlist,
     /// PROXY protocol header for backends.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// HTTP header mode: the client certificate in every request head.
+    pub client_cert_header: Option<CertHeader>,
 }
 
 /// A listener's current [`Served`], shared by all workers.
@@ -97,6 +101,7 @@ impl Served {
             backends: listener.backends.clone(),
             allowlist: listener.tls.allowlist.clone(),
             proxy_protocol: listener.proxy_protocol,
+            client_cert_header: listener.client_cert_header.clone(),
         })
     }
 }
@@ -145,6 +150,7 @@ pub fn run(
         drain_timeout: config.drain_timeout,
         max_connections: config.max_connections_per_worker,
         ktls: config.ktls,
+        access_log: config.access_log,
     };
     let caps = Arc::new(match config.ktls {
         KtlsMode::Off => Capabilities::none("ktls = off"),
@@ -510,7 +516,7 @@ async fn accept_loop(worker: Rc<Worker>, listener_state: Rc<ListenerState>, list
             Ok((stream, peer)) => {
                 if worker.active.get() >= worker.limits.max_connections {
                     let record = AccessRecord::new(peer, &listener_state.name);
-                    record.emit(&CloseReason::MaxConnections);
+                    record.emit(&CloseReason::MaxConnections, worker.limits.access_log);
                     worker
                         .counters
                         .record(&record, &CloseReason::MaxConnections);
@@ -591,7 +597,7 @@ async fn connection(
         tracing::error!(client = %peer, "connection task panicked: {what}");
         CloseReason::Internal(what)
     });
-    record.emit(&reason);
+    record.emit(&reason, worker.limits.access_log);
     worker.counters.record(&record, &reason);
     worker.counters.open.fetch_sub(1, Ordering::Relaxed);
     worker.active.set(worker.active.get() - 1);
@@ -652,9 +658,18 @@ async fn serve(
         }
     }
 
+    // Header mode rewrites request heads, so the client's plaintext must
+    // pass through userspace: such connections stay off kernel TLS.
+    let heads = served.client_cert_header.as_ref().map(|h| {
+        let chain = established.conn.peer_certificates().unwrap_or_default();
+        HeadRewriter::new(&h.reserved_names(), h.lines(chain), h.max_head)
+    });
     let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
     let outcome = if limits.ktls == KtlsMode::Off || !worker.ktls.any() {
-        userspace::run(established, stream, backend, idle, drain, &worker.buffers).await
+        userspace::run(established, stream, backend, heads, idle, drain, &worker.buffers).await
+    } else if heads.is_some() {
+        record.ktls_fallback = Some("client_cert_header rewrites request heads in userspace".into());
+        userspace::run(established, stream, backend, heads, idle, drain, &worker.buffers).await
     } else {
         match handover(established, &mut stream, &worker.ktls).await {
             Ok(Handover::Kernel(session)) => {
@@ -674,7 +689,16 @@ async fn serve(
             }
             Ok(Handover::Userspace(established, why)) => {
                 record.ktls_fallback = Some(why);
-                userspace::run(*established, stream, backend, idle, drain, &worker.buffers).await
+                userspace::run(
+                    *established,
+                    stream,
+                    backend,
+                    None,
+                    idle,
+                    drain,
+                    &worker.buffers,
+                )
+                .await
             }
             Err(e) => return CloseReason::ClientError(e.to_string()),
         }
