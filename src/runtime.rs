@@ -27,7 +27,9 @@ use rustls::ServerConfig;
 
 use crate::admin::{AdminState, ReloadRequest};
 use crate::close::{AccessLogFormat, AccessRecord, CloseReason, Counters};
-use crate::config::{Backend, CertHeader, Config, KtlsMode, ListenerConfig, ProxyProtocol};
+use crate::config::{
+    Backend, CertHeader, CertTlv, Config, KtlsMode, ListenerConfig, ProxyProtocol,
+};
 use crate::connect::proxy_protocol::{self, ClientInfo};
 use crate::connect::{self, BackendPool};
 use crate::handshake::{self, HandshakeError};
@@ -76,6 +78,8 @@ pub struct Served {
     pub allowlist: Allowlist,
     /// PROXY protocol header for backends.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// The v2 header's client-certificate TLV, if any.
+    pub proxy_protocol_cert_tlv: Option<CertTlv>,
     /// HTTP header mode: the client certificate in every request head.
     pub client_cert_header: Option<CertHeader>,
 }
@@ -101,6 +105,7 @@ impl Served {
             backends: listener.backends.clone(),
             allowlist: listener.tls.allowlist.clone(),
             proxy_protocol: listener.proxy_protocol,
+            proxy_protocol_cert_tlv: listener.proxy_protocol_cert_tlv,
             client_cert_header: listener.client_cert_header.clone(),
         })
     }
@@ -549,6 +554,7 @@ async fn accept_loop(worker: Rc<Worker>, listener_state: Rc<ListenerState>, list
 /// The PROXY protocol header describing this client to the backend.
 fn proxy_header(
     version: ProxyProtocol,
+    cert_tlv: Option<CertTlv>,
     stream: &TcpStream,
     record: &AccessRecord,
     established: &handshake::Established,
@@ -568,6 +574,8 @@ fn proxy_header(
         cn: cn.as_deref(),
         cert_presented: end_entity.is_some(),
         cert_sha256: end_entity.map(|c| *Fingerprint::of(c).as_bytes()),
+        cert_der: end_entity.map(|c| c.as_ref()),
+        cert_tlv,
         identity: record.identity.as_deref(),
     };
     let local = stream.local_addr().unwrap_or(record.client);
@@ -651,7 +659,8 @@ async fn serve(
     record.backend = Some(chosen.name.clone());
     let mut backend = backend;
     if let Some(version) = served.proxy_protocol {
-        let header = proxy_header(version, &stream, record, &established);
+        let cert_tlv = served.proxy_protocol_cert_tlv;
+        let header = proxy_header(version, cert_tlv, &stream, record, &established);
         let (res, _) = monoio::io::AsyncWriteRentExt::write_all(&mut backend, header).await;
         if let Err(e) = res {
             return CloseReason::BackendError(format!("PROXY header: {e}"));

@@ -26,6 +26,7 @@
 //! cipher_suites = ["AES_128_GCM", "AES_256_GCM", "CHACHA20_POLY1305"]  # default all
 //! backends = ["127.0.0.1:8080"]   # required; host:port, resolved at load
 //! proxy_protocol = "v2"           # "v1" | "v2" | "off"; default off
+//! proxy_protocol_cert_tlv = "der:0xE2"  # "sha256[:TYPE]" | "der[:TYPE]" | "off"; default "sha256:0xE0"
 //! # or, for HTTP/1.1 backends (not together with proxy_protocol):
 //! client_cert_header = { format = "rfc9440", name = "Client-Cert", max_head = 65536 }
 //! ```
@@ -117,6 +118,8 @@ struct FileListener {
     allow: Option<Spanned<StringList>>,
     /// PROXY protocol to backends: "v1", "v2" or "off"; default off.
     proxy_protocol: Option<Spanned<String>>,
+    /// v2 client-certificate TLV: `sha256[:TYPE]`, `der[:TYPE]` or `off`.
+    proxy_protocol_cert_tlv: Option<Spanned<String>>,
     /// HTTP header mode: `{ format, name, max_head }`; default off.
     client_cert_header: Option<Spanned<FileCertHeader>>,
 }
@@ -326,6 +329,10 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
                     .proxy_protocol
                     .as_ref()
                     .map(|v| loc.at(v, field("proxy_protocol"))),
+                proxy_protocol_cert_tlv: inner
+                    .proxy_protocol_cert_tlv
+                    .as_ref()
+                    .map(|v| loc.at(v, field("proxy_protocol_cert_tlv"))),
                 client_cert_header: inner.client_cert_header.as_ref().map(|h| {
                     let sub = |key: &str| field(&format!("client_cert_header.{key}"));
                     let t = h.get_ref();
@@ -432,6 +439,7 @@ const LISTENER_KEYS: &[&str] = &[
     "cert_password_env",
     "ocsp_staple",
     "proxy_protocol",
+    "proxy_protocol_cert_tlv",
     "client_cert_header",
 ];
 

@@ -57,6 +57,8 @@ pub struct Flags {
     pub admin: Option<String>,
     /// `--proxy-protocol v1|v2|off`.
     pub proxy_protocol: Option<String>,
+    /// `--proxy-protocol-cert-tlv sha256[:TYPE]|der[:TYPE]|off`.
+    pub proxy_protocol_cert_tlv: Option<String>,
     /// `--client-cert-header rfc9440|xfcc|escaped-pem`: HTTP header mode.
     pub client_cert_header: Option<String>,
     /// `--client-cert-header-name NAME` (needs `--client-cert-header`).
@@ -147,6 +149,10 @@ impl Flags {
                 .as_ref()
                 .map(|v| at("cert_password_env", v.clone())),
             client_cert_header: self.cert_header(),
+            proxy_protocol_cert_tlv: self
+                .proxy_protocol_cert_tlv
+                .as_ref()
+                .map(|v| at("proxy_protocol_cert_tlv", v.clone())),
             tls_versions: None,
             cipher_suites: None,
             backends: list("backends", &self.backends),

@@ -25,7 +25,7 @@ use crate::tls::verify::{Allowlist, Crl};
 
 pub use crate::close::AccessLogFormat;
 pub use crate::connect::cert_header::{CertHeader, Format as CertHeaderFormat};
-pub use crate::connect::proxy_protocol::Version as ProxyProtocol;
+pub use crate::connect::proxy_protocol::{CertTlv, CertTlvContent, Version as ProxyProtocol};
 
 pub mod duration;
 pub mod file;
@@ -166,6 +166,8 @@ pub struct ListenerConfig {
     pub backends: Vec<Backend>,
     /// PROXY protocol header sent to backends, if any.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// The v2 header's client-certificate TLV; `None` when turned off.
+    pub proxy_protocol_cert_tlv: Option<CertTlv>,
     /// HTTP header mode: the client certificate in every request head.
     pub client_cert_header: Option<CertHeader>,
 }

@@ -743,3 +743,36 @@ fn client_cert_header_excludes_proxy_protocol() {
     assert!(errs.iter().any(|e| e.starts_with("--access-log: must be")));
     assert!(errs.iter().any(|e| e.starts_with("--client-cert-header: must be one of")));
 }
+
+#[test]
+fn proxy_protocol_cert_tlv_values() {
+    let pki = Pki::new();
+    let tlv = |value: &str| {
+        let text = format!("{LISTENER}proxy_protocol = \"v2\"\nproxy_protocol_cert_tlv = \"{value}\"\n");
+        load_file(&write(&pki, &text)).map(|c| c.listeners[0].proxy_protocol_cert_tlv)
+    };
+    let der = |kind| Some(CertTlv { kind, content: CertTlvContent::Der });
+    assert_eq!(tlv("der:0xE2").unwrap(), der(0xE2));
+    assert_eq!(tlv("der:239").unwrap(), der(0xEF));
+    assert_eq!(tlv("sha256").unwrap(), Some(CertTlv::default()));
+    assert_eq!(tlv("off").unwrap(), None);
+    let text = format!("{LISTENER}proxy_protocol = \"v2\"\n");
+    assert_eq!(
+        load_file(&write(&pki, &text)).unwrap().listeners[0].proxy_protocol_cert_tlv,
+        Some(CertTlv::default())
+    );
+    for (value, why) in [
+        ("der:0xE1", "other than 0xE1"),
+        ("der:0x20", "custom type"),
+        ("der:x", "custom type"),
+        ("pem", "is not"),
+        ("off:0xE2", "is not"),
+    ] {
+        let e = tlv(value).unwrap_err().to_string();
+        assert!(e.contains(":8:27: listener[0].proxy_protocol_cert_tlv: ") && e.contains(why), "{value}: {e}");
+    }
+    // Without PROXY v2 the setting is only a warning.
+    let text = format!("{LISTENER}proxy_protocol_cert_tlv = \"der\"\n");
+    let c = load_file(&write(&pki, &text)).unwrap();
+    assert!(c.warnings[0].to_string().contains("has no effect without listener[0].proxy_protocol = \"v2\""));
+}

@@ -20,6 +20,9 @@ use super::{
 };
 use crate::close::AccessLogFormat;
 use crate::connect::cert_header::{CertHeader, Format as CertHeaderFormat};
+use crate::connect::proxy_protocol::{
+    CertTlv, CertTlvContent, CUSTOM_TLVS, TLV_CLIENT_IDENTITY,
+};
 use crate::relay::http_head::{is_token_byte, DEFAULT_MAX_HEAD};
 use crate::tls::certs;
 use crate::tls::verify::{load_crls, load_pkcs12, AllowEntry, Allowlist, Crl};
@@ -197,6 +200,8 @@ pub(crate) struct RawListener {
     pub proxy_protocol: Option<At<String>>,
     /// `client_cert_header`.
     pub client_cert_header: Option<RawCertHeader>,
+    /// `proxy_protocol_cert_tlv`: `CONTENT[:TYPE]` or `off`.
+    pub proxy_protocol_cert_tlv: Option<At<String>>,
 }
 
 /// A listener's `client_cert_header` table (or its flags), unchecked.
@@ -510,6 +515,18 @@ impl Checker {
             },
         };
 
+        let proxy_protocol_cert_tlv = match &l.proxy_protocol_cert_tlv {
+            None => Some(CertTlv::default()),
+            Some(v) => {
+                if proxy_protocol != Some(ProxyProtocol::V2) {
+                    self.warnings.push(v.site.error(format!(
+                        "has no effect without {} = \"v2\"",
+                        self.source.field(Some(i), "proxy_protocol")
+                    )));
+                }
+                self.cert_tlv(v)
+            }
+        };
         let client_cert_header = l
             .client_cert_header
             .as_ref()
@@ -534,8 +551,51 @@ impl Checker {
             tls: tls?,
             backends,
             proxy_protocol,
+            proxy_protocol_cert_tlv,
             client_cert_header,
         })
+    }
+
+    /// Parses `sha256[:TYPE]`, `der[:TYPE]` or `off`; TYPE is a custom TLV
+    /// type (0xE0..=0xEF, hex or decimal) other than the identity's 0xE1.
+    fn cert_tlv(&mut self, v: &At<String>) -> Option<CertTlv> {
+        let (content, kind) = match v.value.split_once(':') {
+            Some((c, k)) => (c, Some(k)),
+            None => (v.value.as_str(), None),
+        };
+        let content = match content {
+            "off" if kind.is_none() => return None,
+            "sha256" => CertTlvContent::Sha256,
+            "der" => CertTlvContent::Der,
+            _ => {
+                self.errors.push(v.site.error(format!(
+                    "{:?} is not \"sha256[:TYPE]\", \"der[:TYPE]\" or \"off\"",
+                    v.value
+                )));
+                return None;
+            }
+        };
+        let Some(kind) = kind else {
+            return Some(CertTlv {
+                content,
+                ..CertTlv::default()
+            });
+        };
+        let parsed = match kind.strip_prefix("0x").or_else(|| kind.strip_prefix("0X")) {
+            Some(hex) => u8::from_str_radix(hex, 16).ok(),
+            None => kind.parse::<u8>().ok(),
+        };
+        match parsed {
+            Some(k) if CUSTOM_TLVS.contains(&k) && k != TLV_CLIENT_IDENTITY => {
+                Some(CertTlv { kind: k, content })
+            }
+            _ => {
+                self.errors.push(v.site.error(format!(
+                    "TLV type {kind:?} must be a custom type 0xE0..=0xEF other than 0xE1 (the identity TLV)"
+                )));
+                None
+            }
+        }
     }
 
     /// Checks a `client_cert_header` table: a known format, a header name
