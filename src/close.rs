@@ -1,9 +1,9 @@
 //! The end of a connection: why it ended and the access-log line.
 
 use std::fmt;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Why a connection ended. Each connection gets exactly one.

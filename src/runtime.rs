@@ -675,10 +675,29 @@ async fn serve(
     });
     let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
     let outcome = if limits.ktls == KtlsMode::Off || !worker.ktls.any() {
-        userspace::run(established, stream, backend, heads, idle, drain, &worker.buffers).await
+        userspace::run(
+            established,
+            stream,
+            backend,
+            heads,
+            idle,
+            drain,
+            &worker.buffers,
+        )
+        .await
     } else if heads.is_some() {
-        record.ktls_fallback = Some("client_cert_header rewrites request heads in userspace".into());
-        userspace::run(established, stream, backend, heads, idle, drain, &worker.buffers).await
+        record.ktls_fallback =
+            Some("client_cert_header rewrites request heads in userspace".into());
+        userspace::run(
+            established,
+            stream,
+            backend,
+            heads,
+            idle,
+            drain,
+            &worker.buffers,
+        )
+        .await
     } else {
         match handover(established, &mut stream, &worker.ktls).await {
             Ok(Handover::Kernel(session)) => {

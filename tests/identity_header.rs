@@ -208,13 +208,29 @@ fn xfcc_and_escaped_pem_under_custom_names() {
         ],
     );
     let port = server.addr().port();
-    let got = curl(&pki, port, &["-H", "X-FWD-CLIENT: Hash=00", &url(port, "/")]);
+    let got = curl(
+        &pki,
+        port,
+        &["-H", "X-FWD-CLIENT: Hash=00", &url(port, "/")],
+    );
     let values = header_values(&got[0], "x-fwd-client");
     assert_eq!(values.len(), 1, "{}", got[0]);
     let xfcc = &values[0];
-    assert!(xfcc.starts_with(&format!("Hash={fingerprint};Cert=\"")), "{xfcc}");
-    assert!(xfcc.contains(";Subject=\"") && xfcc.contains("CN=test-client"), "{xfcc}");
-    let cert = xfcc.split("Cert=\"").nth(1).unwrap().split('"').next().unwrap();
+    assert!(
+        xfcc.starts_with(&format!("Hash={fingerprint};Cert=\"")),
+        "{xfcc}"
+    );
+    assert!(
+        xfcc.contains(";Subject=\"") && xfcc.contains("CN=test-client"),
+        "{xfcc}"
+    );
+    let cert = xfcc
+        .split("Cert=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
     assert_eq!(pem_der(&url_decode(cert)), pki.client.cert_der);
     // The name is sent exactly as configured.
     assert!(got[0]["headers"]
@@ -224,7 +240,11 @@ fn xfcc_and_escaped_pem_under_custom_names() {
         .any(|h| h[0] == "x-fwd-client"));
     drop(server);
 
-    let server = serve(&pki, backend.addr, &[("--client-cert-header", "escaped-pem")]);
+    let server = serve(
+        &pki,
+        backend.addr,
+        &[("--client-cert-header", "escaped-pem")],
+    );
     let port = server.addr().port();
     let got = curl(&pki, port, &[&url(port, "/")]);
     let values = header_values(&got[0], "X-SSL-Client-Cert");
@@ -331,10 +351,17 @@ fn json_access_log_lines_match_the_connection() {
     assert_eq!(v["bytes_up"], msg.len());
     assert_eq!(v["bytes_down"], msg.len());
     assert_eq!(v["reason"], "done");
-    assert!(v["subject"].as_str().unwrap().contains("CN=test-client"), "{v}");
+    assert!(
+        v["subject"].as_str().unwrap().contains("CN=test-client"),
+        "{v}"
+    );
     assert!(v["handshake_ms"].as_f64().unwrap() >= 0.0);
     assert!(v["duration_ms"].as_f64().unwrap() >= v["handshake_ms"].as_f64().unwrap());
     assert!(["userspace", "ktls"].contains(&v["path"].as_str().unwrap()));
     // No text access line beside it.
-    assert!(!server.log.text().contains(" access: "), "{}", server.log.text());
+    assert!(
+        !server.log.text().contains(" access: "),
+        "{}",
+        server.log.text()
+    );
 }

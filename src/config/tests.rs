@@ -692,11 +692,16 @@ fn client_cert_header_errors_name_their_field() {
         33,
         "listener[0].client_cert_header.format: must be one of \"rfc9440\", \"xfcc\", \"escaped-pem\", not \"pem\"",
     );
-    let text = format!("{LISTENER}client_cert_header = {{ name = \"Client Cert\", max_head = 10 }}\n");
+    let text =
+        format!("{LISTENER}client_cert_header = {{ name = \"Client Cert\", max_head = 10 }}\n");
     let (_, errs) = errors(&pki, &text);
     assert_eq!(errs.len(), 2, "{errs:?}");
-    assert!(errs[0].contains("listener[0].client_cert_header.name: \"Client Cert\" is not an HTTP header name"));
-    assert!(errs[1].contains("listener[0].client_cert_header.max_head: must be between 4096 and 1048576, not 10"));
+    assert!(errs[0].contains(
+        "listener[0].client_cert_header.name: \"Client Cert\" is not an HTTP header name"
+    ));
+    assert!(errs[1].contains(
+        "listener[0].client_cert_header.max_head: must be between 4096 and 1048576, not 10"
+    ));
     let text = format!("{LISTENER}client_cert_header = {{ fromat = \"xfcc\" }}\n");
     let (_, errs) = errors(&pki, &text);
     assert_eq!(errs.len(), 1, "{errs:?}");
@@ -706,8 +711,14 @@ fn client_cert_header_errors_name_their_field() {
     );
     let text = format!("access_log = {{ format = \"xml\", color = 1 }}\n{LISTENER}");
     let (_, errs) = errors(&pki, &text);
-    assert!(errs[0].contains(":1:1: access_log.color: unknown field `color`, expected one of `format`"), "{errs:?}");
-    assert!(errs[1].contains(":1:25: access_log.format: must be \"text\" or \"json\", not \"xml\""), "{errs:?}");
+    assert!(
+        errs[0].contains(":1:1: access_log.color: unknown field `color`, expected one of `format`"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].contains(":1:25: access_log.format: must be \"text\" or \"json\", not \"xml\""),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -741,17 +752,25 @@ fn client_cert_header_excludes_proxy_protocol() {
     });
     assert_eq!(errs.len(), 2, "{errs:?}");
     assert!(errs.iter().any(|e| e.starts_with("--access-log: must be")));
-    assert!(errs.iter().any(|e| e.starts_with("--client-cert-header: must be one of")));
+    assert!(errs
+        .iter()
+        .any(|e| e.starts_with("--client-cert-header: must be one of")));
 }
 
 #[test]
 fn proxy_protocol_cert_tlv_values() {
     let pki = Pki::new();
     let tlv = |value: &str| {
-        let text = format!("{LISTENER}proxy_protocol = \"v2\"\nproxy_protocol_cert_tlv = \"{value}\"\n");
+        let text =
+            format!("{LISTENER}proxy_protocol = \"v2\"\nproxy_protocol_cert_tlv = \"{value}\"\n");
         load_file(&write(&pki, &text)).map(|c| c.listeners[0].proxy_protocol_cert_tlv)
     };
-    let der = |kind| Some(CertTlv { kind, content: CertTlvContent::Der });
+    let der = |kind| {
+        Some(CertTlv {
+            kind,
+            content: CertTlvContent::Der,
+        })
+    };
     assert_eq!(tlv("der:0xE2").unwrap(), der(0xE2));
     assert_eq!(tlv("der:239").unwrap(), der(0xEF));
     assert_eq!(tlv("sha256").unwrap(), Some(CertTlv::default()));
@@ -769,10 +788,15 @@ fn proxy_protocol_cert_tlv_values() {
         ("off:0xE2", "is not"),
     ] {
         let e = tlv(value).unwrap_err().to_string();
-        assert!(e.contains(":8:27: listener[0].proxy_protocol_cert_tlv: ") && e.contains(why), "{value}: {e}");
+        assert!(
+            e.contains(":8:27: listener[0].proxy_protocol_cert_tlv: ") && e.contains(why),
+            "{value}: {e}"
+        );
     }
     // Without PROXY v2 the setting is only a warning.
     let text = format!("{LISTENER}proxy_protocol_cert_tlv = \"der\"\n");
     let c = load_file(&write(&pki, &text)).unwrap();
-    assert!(c.warnings[0].to_string().contains("has no effect without listener[0].proxy_protocol = \"v2\""));
+    assert!(c.warnings[0]
+        .to_string()
+        .contains("has no effect without listener[0].proxy_protocol = \"v2\""));
 }

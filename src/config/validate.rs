@@ -20,9 +20,7 @@ use super::{
 };
 use crate::close::AccessLogFormat;
 use crate::connect::cert_header::{CertHeader, Format as CertHeaderFormat};
-use crate::connect::proxy_protocol::{
-    CertTlv, CertTlvContent, CUSTOM_TLVS, TLV_CLIENT_IDENTITY,
-};
+use crate::connect::proxy_protocol::{CertTlv, CertTlvContent, CUSTOM_TLVS, TLV_CLIENT_IDENTITY};
 use crate::relay::http_head::{is_token_byte, DEFAULT_MAX_HEAD};
 use crate::tls::certs;
 use crate::tls::verify::{load_crls, load_pkcs12, AllowEntry, Allowlist, Crl};
@@ -328,7 +326,11 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
     }
 
     if ktls == KtlsMode::Require {
-        for h in raw.listeners.iter().filter_map(|l| l.client_cert_header.as_ref()) {
+        for h in raw
+            .listeners
+            .iter()
+            .filter_map(|l| l.client_cert_header.as_ref())
+        {
             let ktls_field = raw.ktls.as_ref().map_or("ktls", |k| k.site.field.as_str());
             c.errors.push(h.site.error(format!(
                 "needs request heads in userspace, so it cannot be used with {ktls_field} = \"require\""

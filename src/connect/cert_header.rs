@@ -203,8 +203,8 @@ mod tests {
     #[test]
     fn rfc9440_carries_the_der_and_the_intermediates() {
         let (leaf, ca) = (cert("leaf", vec![]), cert("ca", vec![]));
-        let text = String::from_utf8(header(Format::Rfc9440).lines(&[leaf.clone(), ca.clone()]))
-            .unwrap();
+        let text =
+            String::from_utf8(header(Format::Rfc9440).lines(&[leaf.clone(), ca.clone()])).unwrap();
         let expected = format!(
             "Client-Cert: :{}:\r\nClient-Cert-Chain: :{}:\r\n",
             BASE64.encode(&leaf),
@@ -224,7 +224,8 @@ mod tests {
     #[test]
     fn escaped_pem_decodes_to_the_pem() {
         let leaf = cert("leaf", vec![]);
-        let text = String::from_utf8(header(Format::EscapedPem).lines(&[leaf.clone()])).unwrap();
+        let text = String::from_utf8(header(Format::EscapedPem).lines(std::slice::from_ref(&leaf)))
+            .unwrap();
         let value = text
             .strip_prefix("X-SSL-Client-Cert: ")
             .unwrap()
@@ -245,7 +246,8 @@ mod tests {
                 SanType::DnsName("a.example".try_into().unwrap()),
             ],
         );
-        let text = String::from_utf8(header(Format::Xfcc).lines(&[leaf.clone()])).unwrap();
+        let text =
+            String::from_utf8(header(Format::Xfcc).lines(std::slice::from_ref(&leaf))).unwrap();
         let hash: String = Fingerprint::of(&leaf)
             .as_bytes()
             .iter()

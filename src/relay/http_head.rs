@@ -253,7 +253,7 @@ impl HeadRewriter {
                 "upgrade" => upgrade_header = true,
                 _ => {}
             }
-            if !self.strip.iter().any(|s| *s == lower) {
+            if !self.strip.contains(&lower) {
                 rewritten.extend_from_slice(line);
                 rewritten.extend_from_slice(b"\r\n");
             }
@@ -403,10 +403,7 @@ fn header_field(line: &[u8]) -> Result<(&str, &[u8]), Rejection> {
     if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
         return Err(Rejection::bad("malformed header name"));
     }
-    if value
-        .iter()
-        .any(|&b| (b < b' ' && b != b'\t') || b == 0x7f)
-    {
+    if value.iter().any(|&b| (b < b' ' && b != b'\t') || b == 0x7f) {
         return Err(Rejection::bad("control character in a header value"));
     }
     let name = std::str::from_utf8(name).map_err(|_| Rejection::bad("malformed header name"))?;
@@ -422,9 +419,7 @@ fn parse_length(value: &[u8]) -> Result<u64, Rejection> {
         if part.is_empty() || part.len() > 18 || !part.iter().all(u8::is_ascii_digit) {
             return Err(bad());
         }
-        let n = part
-            .iter()
-            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
         if found.is_some_and(|f| f != n) {
             return Err(bad());
         }

@@ -225,7 +225,9 @@ async fn client_to_backend(
                 // Nothing more reaches the backend: the client gets the
                 // answer and the connection closes.
                 *shared.reply.borrow_mut() = refused.response();
-                shared.fail(CloseReason::ClientError(format!("request head refused: {refused}")));
+                shared.fail(CloseReason::ClientError(format!(
+                    "request head refused: {refused}"
+                )));
                 return total;
             }
         }

@@ -80,7 +80,10 @@ fn ambiguous_framing_is_refused() {
             b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
             "conflicting",
         ),
-        (b"POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n", "invalid"),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n",
+            "invalid",
+        ),
         (
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
             "single chunked",
@@ -89,12 +92,22 @@ fn ambiguous_framing_is_refused() {
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             "single chunked",
         ),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk size"),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab", "CRLF"),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            "chunk size",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab",
+            "CRLF",
+        ),
     ] {
         let e = whole(input).unwrap_err();
         assert_eq!(e.status, 400, "{}", String::from_utf8_lossy(input));
-        assert!(e.reason.contains(why), "{e} for {:?}", String::from_utf8_lossy(input));
+        assert!(
+            e.reason.contains(why),
+            "{e} for {:?}",
+            String::from_utf8_lossy(input)
+        );
     }
     // Equal repeated lengths are one length.
     let out = whole(b"POST / HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nab").unwrap();
@@ -174,7 +187,10 @@ fn connect_and_upgrade_pass_the_rest_through() {
         b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\nGET / HTTP/1.1\r\nClient-Cert: s\r\n\r\n",
     )
     .unwrap();
-    assert_eq!(out.windows(INSERT.len()).filter(|w| *w == INSERT).count(), 2);
+    assert_eq!(
+        out.windows(INSERT.len()).filter(|w| *w == INSERT).count(),
+        2
+    );
     assert!(find(&out, b"Client-Cert: s").is_none());
 }
 
