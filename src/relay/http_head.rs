@@ -164,6 +164,31 @@ impl HeadRewriter {
         Ok(())
     }
 
+    /// How many of the next bytes pass through untouched, whatever they are:
+    /// the rest of a Content-Length body or of a chunk's data, or (after an
+    /// upgrade) everything. The kernel path splices these instead of
+    /// reading them; it then reports them with [`HeadRewriter::skip`].
+    pub fn verbatim(&self) -> u64 {
+        match self.state {
+            State::Body(n) | State::Chunked(Chunk::Data(n)) => n,
+            State::Tunnel => u64::MAX,
+            State::Head | State::Chunked(_) | State::Failed => 0,
+        }
+    }
+
+    /// Accounts for `n` bytes, at most [`HeadRewriter::verbatim`], that
+    /// went to the backend without passing through [`HeadRewriter::feed`].
+    pub fn skip(&mut self, n: u64) {
+        let n = n.min(self.verbatim());
+        self.state = match self.state {
+            State::Body(left) if n == left => State::Head,
+            State::Body(left) => State::Body(left - n),
+            State::Chunked(Chunk::Data(left)) if n == left => State::Chunked(Chunk::DataEnd(false)),
+            State::Chunked(Chunk::Data(left)) => State::Chunked(Chunk::Data(left - n)),
+            other => other,
+        };
+    }
+
     /// Collects head bytes; once the head is complete, writes it rewritten
     /// and moves to its body. Returns the input bytes used.
     fn head(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, Rejection> {

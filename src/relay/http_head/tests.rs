@@ -67,6 +67,40 @@ fn split_at_every_offset_gives_the_same_bytes() {
 }
 
 #[test]
+fn verbatim_bytes_can_bypass_the_rewriter() {
+    // The kernel path splices what `verbatim` allows and feeds the rest:
+    // the backend must get the same bytes as if everything were fed.
+    let (input, expected) = pipelined();
+    for max_piece in [1, 3, 7, 64, 4096] {
+        let mut rw = rewriter();
+        let mut out = Vec::new();
+        let mut rest = &input[..];
+        let mut skipped = 0;
+        while !rest.is_empty() {
+            let v = rw.verbatim().min(rest.len() as u64) as usize;
+            let n = if v > 0 { v.min(max_piece) } else { rest.len().min(max_piece) };
+            if v > 0 {
+                out.extend_from_slice(&rest[..n]);
+                rw.skip(n as u64);
+                skipped += n;
+            } else {
+                rw.feed(&rest[..n], &mut out).unwrap();
+            }
+            rest = &rest[n..];
+        }
+        assert_eq!(out, expected, "pieces of at most {max_piece}");
+        assert_eq!(skipped, 11 + 5, "both bodies' data bytes were skippable");
+    }
+    let mut rw = rewriter();
+    let mut out = Vec::new();
+    rw.feed(b"GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n", &mut out)
+        .unwrap();
+    assert_eq!(rw.verbatim(), u64::MAX);
+    rw.skip(1 << 40);
+    assert_eq!(rw.verbatim(), u64::MAX);
+}
+
+#[test]
 fn ambiguous_framing_is_refused() {
     for (input, why) in [
         (
