@@ -685,19 +685,6 @@ async fn serve(
             &worker.buffers,
         )
         .await
-    } else if heads.is_some() {
-        record.ktls_fallback =
-            Some("client_cert_header rewrites request heads in userspace".into());
-        userspace::run(
-            established,
-            stream,
-            backend,
-            heads,
-            idle,
-            drain,
-            &worker.buffers,
-        )
-        .await
     } else {
         match handover(established, &mut stream, &worker.ktls).await {
             Ok(Handover::Kernel(session)) => {
@@ -706,6 +693,7 @@ async fn serve(
                     *session,
                     stream,
                     backend,
+                    heads,
                     idle,
                     drain,
                     &worker.buffers.pipes,
@@ -721,7 +709,7 @@ async fn serve(
                     *established,
                     stream,
                     backend,
-                    None,
+                    heads,
                     idle,
                     drain,
                     &worker.buffers,

@@ -325,19 +325,6 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         }
     }
 
-    if ktls == KtlsMode::Require {
-        for h in raw
-            .listeners
-            .iter()
-            .filter_map(|l| l.client_cert_header.as_ref())
-        {
-            let ktls_field = raw.ktls.as_ref().map_or("ktls", |k| k.site.field.as_str());
-            c.errors.push(h.site.error(format!(
-                "needs request heads in userspace, so it cannot be used with {ktls_field} = \"require\""
-            )));
-        }
-    }
-
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
