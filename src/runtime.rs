@@ -37,7 +37,7 @@ use crate::ktls::handover::{handover, Handover};
 use crate::ktls::probe::{self, Capabilities};
 use crate::pool::Buffers;
 use crate::relay::http_head::HeadRewriter;
-use crate::relay::{splice, userspace};
+use crate::relay::{splice, userspace, RelayOutcome};
 use crate::tls::verify::{identify, Allowlist, CacheConfig, Fingerprint, VerifyCache};
 use crate::tls::{certs, server_config};
 use crate::trigger::Trigger;
@@ -674,51 +674,35 @@ async fn serve(
         HeadRewriter::new(&h.reserved_names(), h.lines(chain), h.max_head)
     });
     let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
-    let outcome = if limits.ktls == KtlsMode::Off || !worker.ktls.any() {
-        userspace::run(
-            established,
-            stream,
-            backend,
-            heads,
-            idle,
-            drain,
-            &worker.buffers,
-        )
-        .await
-    } else {
+    let offload = limits.ktls != KtlsMode::Off && worker.ktls.any();
+    let established = if offload {
         match handover(established, &mut stream, &worker.ktls).await {
             Ok(Handover::Kernel(session)) => {
                 record.path = "ktls";
-                splice::run(
-                    *session,
-                    stream,
-                    backend,
-                    heads,
-                    idle,
-                    drain,
-                    &worker.buffers.pipes,
-                )
-                .await
+                let pipes = &worker.buffers.pipes;
+                let outcome =
+                    splice::run(*session, stream, backend, heads, idle, drain, pipes).await;
+                return relayed(record, outcome);
             }
             Ok(Handover::Userspace(_, why)) if limits.ktls == KtlsMode::Require => {
                 return CloseReason::ClientError(format!("ktls = require, but {why}"));
             }
             Ok(Handover::Userspace(established, why)) => {
                 record.ktls_fallback = Some(why);
-                userspace::run(
-                    *established,
-                    stream,
-                    backend,
-                    heads,
-                    idle,
-                    drain,
-                    &worker.buffers,
-                )
-                .await
+                *established
             }
             Err(e) => return CloseReason::ClientError(e.to_string()),
         }
+    } else {
+        established
     };
+    let buffers = &worker.buffers;
+    let outcome = userspace::run(established, stream, backend, heads, idle, drain, buffers).await;
+    relayed(record, outcome)
+}
+
+/// Records a relay's totals; returns why it ended.
+fn relayed(record: &mut AccessRecord, outcome: RelayOutcome) -> CloseReason {
     record.bytes_up = outcome.bytes_up;
     record.bytes_down = outcome.bytes_down;
     outcome.reason

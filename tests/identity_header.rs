@@ -61,28 +61,8 @@ impl Drop for HttpEcho {
 /// Runs curl with the client certificate against `https://localhost:PORT`
 /// plus `args`; returns each response body (one JSON object a line).
 fn curl(pki: &Pki, port: u16, args: &[&str]) -> Vec<Value> {
-    require_tool("curl");
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--fail",
-        "--max-time",
-        "10",
-        "--resolve",
-        &format!("localhost:{port}:127.0.0.1"),
-        "--cacert",
-        pki.ca_path.to_str().unwrap(),
-        "--cert",
-        pki.client.cert_path.to_str().unwrap(),
-        "--key",
-        pki.client.key_path.to_str().unwrap(),
-        "-w",
-        "\n",
-    ])
-    .args(args)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut cmd = curl_cmd(pki, port, Some(&pki.client));
+    cmd.args(["--fail", "-w", "\n"]).args(args);
     let (status, out, err) = run_bounded(cmd, WAIT);
     assert!(status.success(), "curl failed: {status}\n{err}\n{out}");
     out.lines()

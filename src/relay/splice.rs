@@ -198,8 +198,10 @@ async fn client_to_backend(
         let verbatim = heads
             .as_ref()
             .map_or(u64::from(SPLICE_CHUNK), HeadRewriter::verbatim);
-        if verbatim == 0 {
-            // Header mode, at a request head: read it in userspace.
+        let moved = if verbatim == 0 {
+            // Header mode, at a request head: read it in userspace. Without
+            // room for a cmsg, a record that is not data fails the read
+            // with EIO and stays queued for `typed_record`.
             if head.capacity() < MAX_RECORD as usize {
                 head.reserve(MAX_RECORD as usize);
             }
@@ -207,100 +209,51 @@ async fn client_to_backend(
             let (res, buf) = client.read(std::mem::take(&mut head)).await;
             head = buf;
             match res {
-                Ok(0) => break,
-                Ok(n) => {
-                    records += (n as u64).div_ceil(MAX_RECORD);
+                Ok(n) if n > 0 => {
                     if !forward(shared, backend, &mut heads, &head[..n]).await {
                         return;
                     }
-                    if records >= record_limit {
-                        return shared.fail(CloseReason::ClientError(
-                            "receive key reached its confidentiality limit".into(),
-                        ));
-                    }
+                    Ok(Some((n as u64).div_ceil(MAX_RECORD)))
                 }
-                // Without room for a cmsg, a record that is not data fails
-                // the read with EIO and stays queued: read it with its type.
-                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
-                    match recv_record(client_fd, &mut control) {
-                        Ok((0, RECORD_APPLICATION_DATA)) => break,
-                        Ok((n, RECORD_APPLICATION_DATA)) => {
-                            if !forward(shared, backend, &mut heads, &control[..n]).await {
-                                return;
-                            }
-                        }
-                        Ok((n, kind)) => {
-                            if !on_control(shared, kind, &control[..n]) {
-                                break;
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => {
-                            return shared
-                                .fail(CloseReason::ClientError(format!("control record: {e}")))
-                        }
-                    }
-                }
-                Err(e) => return shared.fail(CloseReason::ClientError(format!("read: {e}"))),
+                Ok(_) => Ok(None),
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(None),
+                Err(e) => Err(e),
             }
-            continue;
-        }
-        let want = u32::try_from(verbatim.min(u64::from(SPLICE_CHUNK))).unwrap_or(SPLICE_CHUNK);
-        match client.splice_to_pipe(&mut pipe_wr, want).await {
-            Ok(0) => {
+        } else {
+            let want = u32::try_from(verbatim.min(u64::from(SPLICE_CHUNK))).unwrap_or(SPLICE_CHUNK);
+            match client.splice_to_pipe(&mut pipe_wr, want).await {
+                Ok(n) if n > 0 => {
+                    if !drain_pipe(shared, &mut pipe_rd, backend, n).await {
+                        return;
+                    }
+                    if let Some(h) = heads.as_mut() {
+                        h.skip(u64::from(n));
+                    }
+                    shared.up.set(shared.up.get() + u64::from(n));
+                    shared.touch();
+                    Ok(Some(1))
+                }
                 // EOF, or a zero-length data record: recvmsg tells which.
-                match recv_record(client_fd, &mut control) {
-                    Ok((0, _)) => break,
-                    Ok((n, RECORD_APPLICATION_DATA)) => {
-                        if !forward(shared, backend, &mut heads, &control[..n]).await {
-                            return;
-                        }
-                    }
-                    Ok((n, kind)) => {
-                        if !on_control(shared, kind, &control[..n]) {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return shared.fail(CloseReason::ClientError(format!("read: {e}"))),
-                }
+                Ok(_) => Ok(None),
+                // The next record is not data: read it with its type.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+                Err(e) => Err(e),
             }
-            Ok(n) => {
-                records += 1;
-                if !drain_pipe(shared, &mut pipe_rd, backend, n).await {
-                    return;
-                }
-                if let Some(h) = heads.as_mut() {
-                    h.skip(u64::from(n));
-                }
-                shared.up.set(shared.up.get() + u64::from(n));
-                shared.touch();
+        };
+        match moved {
+            Ok(Some(n)) => {
+                records += n;
                 if records >= record_limit {
                     return shared.fail(CloseReason::ClientError(
                         "receive key reached its confidentiality limit".into(),
                     ));
                 }
             }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                // The next record is not data: read it with its type.
-                match recv_record(client_fd, &mut control) {
-                    Ok((n, RECORD_APPLICATION_DATA)) => {
-                        if n == 0 {
-                            break;
-                        }
-                        if !forward(shared, backend, &mut heads, &control[..n]).await {
-                            return;
-                        }
-                    }
-                    Ok((n, kind)) => {
-                        if !on_control(shared, kind, &control[..n]) {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        return shared
-                            .fail(CloseReason::ClientError(format!("control record: {e}")))
-                    }
+            Ok(None) => {
+                match typed_record(shared, client_fd, &mut control, backend, &mut heads).await {
+                    Next::Go => {}
+                    Next::End => break,
+                    Next::Failed => return,
                 }
             }
             Err(e) => return shared.fail(CloseReason::ClientError(format!("read: {e}"))),
@@ -310,6 +263,46 @@ async fn client_to_backend(
     pipes.give((pipe_rd, pipe_wr));
     // close_notify or FIN: pass the half-close on.
     let _ = backend.shutdown().await;
+}
+
+/// What the client -> backend pump does after [`typed_record`].
+enum Next {
+    /// Keep reading.
+    Go,
+    /// The client finished sending (EOF or close_notify).
+    End,
+    /// The connection failed; the reason is recorded.
+    Failed,
+}
+
+/// Reads the next record with its type (after a splice or read stopped on
+/// it, or returned 0) and acts on it: data goes to the backend, a control
+/// record to [`on_control`].
+async fn typed_record(
+    shared: &Shared,
+    client_fd: RawFd,
+    control: &mut [u8],
+    backend: &mut OwnedWriteHalf<TcpStream>,
+    heads: &mut Option<HeadRewriter>,
+) -> Next {
+    match recv_record(client_fd, control) {
+        Ok((0, _)) => Next::End,
+        Ok((n, RECORD_APPLICATION_DATA)) => {
+            if forward(shared, backend, heads, &control[..n]).await {
+                Next::Go
+            } else {
+                Next::Failed
+            }
+        }
+        Ok((n, kind)) if on_control(shared, kind, &control[..n]) => Next::Go,
+        Ok(_) => Next::End,
+        // Nothing complete queued yet: the next splice or read waits for it.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Next::Go,
+        Err(e) => {
+            shared.fail(CloseReason::ClientError(format!("control record: {e}")));
+            Next::Failed
+        }
+    }
 }
 
 /// Handles a control record from the client. Returns whether reading

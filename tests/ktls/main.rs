@@ -1072,25 +1072,52 @@ fn blocking(client: &mut Client) -> rustls::Stream<'_, rustls::ClientConnection,
     rustls::Stream::new(&mut client.conn, &mut client.sock)
 }
 
-/// Header mode on the kernel path: request heads are read in userspace and
-/// rewritten (spoofed header removed, ours inserted) while bodies are
-/// spliced; the echo backend returns exactly what it received.
-#[test]
-fn header_mode_rewrites_heads_and_splices_bodies() {
-    let name = "header_mode_rewrites_heads_and_splices_bodies";
-    let Some(_run) = begin(name) else { return };
+/// A header-mode tlsplice (`format`) that offloads to the kernel, in front
+/// of an echo backend, and a TLS 1.3 client past its handshake.
+struct HeaderMode {
+    pki: Pki,
+    server: Server,
+    client: Client,
+    before: Option<TlsStat>,
+    _backend: Backend,
+    _run: TestRun,
+}
+
+fn header_mode(name: &'static str, format: &str) -> Option<HeaderMode> {
+    let run = begin(name)?;
     let pki = Pki::new();
     let backend = Backend::start(Mode::Echo);
     let server = Server::start_with(
         &pki,
         backend.addr,
         "auto",
-        &["--client-cert-header", "rfc9440"],
+        &["--client-cert-header", format],
     );
     let before = TlsStat::read();
+    let mut client = Client::connect(server.addr, pki.client_config(&TLS13, None));
+    client.handshake(handshake_deadline());
+    Some(HeaderMode {
+        pki,
+        server,
+        client,
+        before,
+        _backend: backend,
+        _run: run,
+    })
+}
+
+/// Header mode on the kernel path: request heads are read in userspace and
+/// rewritten (spoofed header removed, ours inserted) while bodies are
+/// spliced; the echo backend returns exactly what it received.
+#[test]
+fn header_mode_rewrites_heads_and_splices_bodies() {
+    let name = "header_mode_rewrites_heads_and_splices_bodies";
+    let Some(mut h) = header_mode(name, "rfc9440") else {
+        return;
+    };
     let ours = format!(
         "Client-Cert: :{}:\r\n",
-        base64::engine::general_purpose::STANDARD.encode(pki.client_cert())
+        base64::engine::general_purpose::STANDARD.encode(h.pki.client_cert())
     );
     let mut body = vec![0u8; 100_000];
     Gen::new(UP).fill(&mut body);
@@ -1120,11 +1147,9 @@ fn header_mode_rewrites_heads_and_splices_bodies() {
         format!("GET /c HTTP/1.1\r\n{ours}\r\n").as_bytes(),
     );
 
-    let mut client = Client::connect(server.addr, pki.client_config(&TLS13, None));
-    client.handshake(handshake_deadline());
-    let port = client.port;
+    let port = h.client.port;
     {
-        let mut tls = blocking(&mut client);
+        let mut tls = blocking(&mut h.client);
         // Odd-sized writes: heads and chunk lines straddle records.
         for piece in sent.chunks(7_001) {
             tls.write_all(piece).unwrap();
@@ -1132,7 +1157,7 @@ fn header_mode_rewrites_heads_and_splices_bodies() {
         tls.flush().unwrap();
         let mut got = vec![0u8; expected.len()];
         tls.read_exact(&mut got)
-            .unwrap_or_else(|e| panic!("echo: {e}\n{}", server.log_text()));
+            .unwrap_or_else(|e| panic!("echo: {e}\n{}", h.server.log_text()));
         let mismatch = got.iter().zip(&expected).position(|(a, b)| a != b);
         assert_eq!(mismatch, None, "backend got other bytes than expected");
         tls.conn.send_close_notify();
@@ -1141,8 +1166,7 @@ fn header_mode_rewrites_heads_and_splices_bodies() {
         let _ = tls.read_to_end(&mut rest);
         assert!(rest.is_empty());
     }
-    drop(client);
-    let access = server.access(port, ACCESS_WAIT);
+    let access = h.server.access(port, ACCESS_WAIT);
     access.assert_ktls_done();
     assert_eq!(
         access.num("bytes_up"),
@@ -1150,7 +1174,7 @@ fn header_mode_rewrites_heads_and_splices_bodies() {
         "{}",
         access.line
     );
-    assert_offloaded_since(&before, 1);
+    assert_offloaded_since(&h.before, 1);
 }
 
 /// A malformed head on the kernel path: 400 through the kernel, then
@@ -1158,31 +1182,22 @@ fn header_mode_rewrites_heads_and_splices_bodies() {
 #[test]
 fn header_mode_refuses_a_malformed_head_on_the_kernel_path() {
     let name = "header_mode_refuses_a_malformed_head_on_the_kernel_path";
-    let Some(_run) = begin(name) else { return };
-    let pki = Pki::new();
-    let backend = Backend::start(Mode::Echo);
-    let server = Server::start_with(
-        &pki,
-        backend.addr,
-        "auto",
-        &["--client-cert-header", "xfcc"],
-    );
-    let mut client = Client::connect(server.addr, pki.client_config(&TLS13, None));
-    client.handshake(handshake_deadline());
-    let port = client.port;
+    let Some(mut h) = header_mode(name, "xfcc") else {
+        return;
+    };
+    let port = h.client.port;
     let reply = {
-        let mut tls = blocking(&mut client);
+        let mut tls = blocking(&mut h.client);
         tls.write_all(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n")
             .unwrap();
         tls.flush().unwrap();
         let mut reply = Vec::new();
         tls.read_to_end(&mut reply)
-            .unwrap_or_else(|e| panic!("reply: {e}\n{}", server.log_text()));
+            .unwrap_or_else(|e| panic!("reply: {e}\n{}", h.server.log_text()));
         String::from_utf8_lossy(&reply).into_owned()
     };
-    drop(client);
     assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
-    let access = server.access(port, ACCESS_WAIT);
+    let access = h.server.access(port, ACCESS_WAIT);
     assert_eq!(access.get("path"), "ktls", "{}", access.line);
     assert!(
         access.line.contains("request head refused: 400"),
