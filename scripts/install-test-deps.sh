@@ -17,3 +17,5 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # The metrics test parses /metrics with the reference Prometheus parser.
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus_client
+# The Kubernetes manifests are checked against the API schemas offline.
+command -v kubernetes-validate >/dev/null || python3 -m pip install -q kubernetes-validate

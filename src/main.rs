@@ -123,6 +123,25 @@ struct ServeArgs {
     /// Environment variable holding the password of a PKCS#12 --cert.
     #[arg(long)]
     cert_password_env: Option<String>,
+    /// Session ticket keys shared by a fleet: one base64 80-byte key per
+    /// line, newest first (re-read on SIGHUP and when the file changes).
+    #[arg(long)]
+    ticket_keys: Option<PathBuf>,
+    /// OCSP checking of client certificates: check or off (any --client-ocsp-* flag implies check).
+    #[arg(long)]
+    client_ocsp: Option<String>,
+    /// OCSP responder URL (http://host:port/path); default: the certificate's AIA OCSP URL.
+    #[arg(long)]
+    client_ocsp_responder: Option<String>,
+    /// Longest an OCSP query may take, e.g. 2s (default 2s, at most 30s).
+    #[arg(long)]
+    client_ocsp_timeout: Option<String>,
+    /// When the OCSP status cannot be learned: closed (refuse, default) or open (admit).
+    #[arg(long)]
+    client_ocsp_fail: Option<String>,
+    /// Longest a good OCSP answer is reused, e.g. 5m (default 5m; never past its nextUpdate).
+    #[arg(long)]
+    client_ocsp_cache_ttl: Option<String>,
 }
 
 impl ServeArgs {
@@ -153,6 +172,12 @@ impl ServeArgs {
             ocsp_staple: self.ocsp_staple.clone(),
             cert_password_file: self.cert_password_file.clone(),
             cert_password_env: self.cert_password_env.clone(),
+            ticket_keys: self.ticket_keys.clone(),
+            client_ocsp: self.client_ocsp.clone(),
+            client_ocsp_responder: self.client_ocsp_responder.clone(),
+            client_ocsp_timeout: self.client_ocsp_timeout.clone(),
+            client_ocsp_fail: self.client_ocsp_fail.clone(),
+            client_ocsp_cache_ttl: self.client_ocsp_cache_ttl.clone(),
         }
     }
 }

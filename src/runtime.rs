@@ -22,7 +22,9 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use futures_channel::oneshot;
 use futures_util::FutureExt as _;
+use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
+use rustls::server::ProducesTickets;
 use rustls::ServerConfig;
 
 use crate::admin::{AdminState, ReloadRequest};
@@ -38,6 +40,7 @@ use crate::ktls::probe::{self, Capabilities};
 use crate::pool::Buffers;
 use crate::relay::http_head::HeadRewriter;
 use crate::relay::{splice, userspace, RelayOutcome};
+use crate::tls::tickets::Ticketers;
 use crate::tls::verify::{identify, Allowlist, CacheConfig, Fingerprint, VerifyCache};
 use crate::tls::{certs, server_config};
 use crate::trigger::Trigger;
@@ -97,8 +100,12 @@ struct ListenerPlan {
 }
 
 impl Served {
-    fn build(listener: &ListenerConfig, cache: &Arc<VerifyCache>) -> anyhow::Result<Self> {
-        let tls = server_config::build(&listener.tls, cache)
+    fn build(
+        listener: &ListenerConfig,
+        cache: &Arc<VerifyCache>,
+        ticketer: &Arc<dyn ProducesTickets>,
+    ) -> anyhow::Result<Self> {
+        let tls = server_config::build(&listener.tls, cache, ticketer)
             .with_context(|| format!("listener {}", listener.name))?;
         Ok(Self {
             tls,
@@ -118,6 +125,7 @@ fn apply_reload(
     plans: &[ListenerPlan],
     config: &Config,
     cache: &Arc<VerifyCache>,
+    ticketers: &mut Ticketers,
 ) -> anyhow::Result<()> {
     let same_listeners = plans.len() == config.listeners.len()
         && plans
@@ -127,10 +135,13 @@ fn apply_reload(
     if !same_listeners {
         anyhow::bail!("listener names or addresses changed; restart to apply that");
     }
+    let ticketer = ticketers
+        .for_settings(&config.tickets)
+        .context("session tickets")?;
     let built = config
         .listeners
         .iter()
-        .map(|l| Served::build(l, cache))
+        .map(|l| Served::build(l, cache, &ticketer))
         .collect::<anyhow::Result<Vec<_>>>()?;
     for (plan, served) in plans.iter().zip(built) {
         plan.served.store(Arc::new(served));
@@ -179,10 +190,22 @@ pub fn run(
     // One verification cache for the process: workers share verdicts, and
     // reloads start new generations in it.
     let verify_cache = Arc::new(VerifyCache::new(CacheConfig::default()));
+    let mut ticketers = Ticketers::default();
+    let ticketer = ticketers
+        .for_settings(&config.tickets)
+        .context("session tickets")?;
+    if let Some(file) = &config.tickets.keys {
+        tracing::info!(
+            "session tickets: {} key(s) from {}, sealing with key {}",
+            file.keys.len(),
+            file.path.display(),
+            file.keys[0].name_hex()
+        );
+    }
     let mut plans = Vec::new();
     let mut bound = Vec::new();
     for listener in &config.listeners {
-        let served = Served::build(listener, &verify_cache)?;
+        let served = Served::build(listener, &verify_cache, &ticketer)?;
         let mut sockets: Vec<Vec<std::net::TcpListener>> =
             (0..workers).map(|_| Vec::new()).collect();
         for addr in &listener.listen {
@@ -202,6 +225,13 @@ pub fn run(
         });
     }
 
+    if std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "0")
+    {
+        tracing::info!(
+            "net.ipv4.tcp_migrate_req is 0: when this process stops beside a newer one, \
+             connections still in its accept queues are reset instead of moved (README, Restarts)"
+        );
+    }
     if !monoio::utils::detect_uring() {
         tracing::warn!("io_uring is not available here; workers use the epoll driver");
     }
@@ -281,8 +311,9 @@ pub fn run(
     while remaining > 0 {
         match signals.recv_timeout(Duration::from_millis(100)) {
             Ok(Event::Reload(reply)) => {
-                let result =
-                    reload().and_then(|config| apply_reload(&plans, &config, &verify_cache));
+                let result = reload().and_then(|config| {
+                    apply_reload(&plans, &config, &verify_cache, &mut ticketers)
+                });
                 // One log line per event, whatever the error spans.
                 let result = result.map_err(|e| format!("{e:#}").replace('\n', "; "));
                 match &result {
@@ -512,12 +543,19 @@ async fn worker(setup: WorkerSetup) -> anyhow::Result<()> {
 }
 
 async fn accept_loop(worker: Rc<Worker>, listener_state: Rc<ListenerState>, listener: TcpListener) {
+    // Stopping cancels the pending accept rather than dropping it: an accept
+    // the kernel completed in the meantime still returns its connection,
+    // which is served, instead of a socket nobody owns.
+    let canceller = Canceller::new();
+    let cancel = canceller.handle();
+    let stopper = worker.clone();
+    monoio::spawn(async move {
+        stopper.stop_accepting.wait().await;
+        canceller.cancel();
+    });
     loop {
-        let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = worker.stop_accepting.wait() => return,
-        };
-        match accepted {
+        match listener.cancelable_accept(cancel.clone()).await {
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => return,
             Ok((stream, peer)) => {
                 if worker.active.get() >= worker.limits.max_connections {
                     let record = AccessRecord::new(peer, &listener_state.name);

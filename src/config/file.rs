@@ -29,6 +29,12 @@
 //! proxy_protocol_cert_tlv = "der:0xE2"  # "sha256[:TYPE]" | "der[:TYPE]" | "off"; default "sha256:0xE0"
 //! # or, for HTTP/1.1 backends (not together with proxy_protocol):
 //! client_cert_header = { format = "rfc9440", name = "Client-Cert", max_head = 65536 }
+//! client_ocsp = { mode = "check", responder = "http://127.0.0.1:8888", timeout = "2s", fail = "closed", cache_ttl = "5m" }
+//!
+//! [[listener.clients]]        # a named client certificate (allowlist alias)
+//! alias = "billing"           # required
+//! cert = "clients/billing.p12"    # required; PEM, DER or PKCS#12
+//! password_file = "clients/billing.pass"  # or password_env = "VAR"; PKCS#12 only
 //! ```
 //!
 //! and at top level `access_log = { format = "json" }` ("text" by default).
@@ -50,7 +56,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::validate::{
-    At, RawCertHeader, RawConfig, RawDuration, RawList, RawListener, Site, Source,
+    At, RawCertHeader, RawClient, RawConfig, RawDuration, RawList, RawListener, RawOcsp, Site,
+    Source,
 };
 use super::{ConfigError, Location};
 
@@ -76,6 +83,10 @@ struct FileConfig {
     admin: Option<Spanned<String>>,
     /// `access_log = { format = "text" | "json" }`.
     access_log: Option<Spanned<FileAccessLog>>,
+    /// Session ticket key file shared by a fleet; default: keys in memory.
+    ticket_keys: Option<Spanned<PathBuf>>,
+    /// Lifetime clients are told for session tickets; default 1h.
+    ticket_lifetime: Option<Spanned<RawDuration>>,
     /// `[[listener]]` tables; at least one.
     #[serde(default)]
     listener: Vec<Spanned<FileListener>>,
@@ -122,6 +133,39 @@ struct FileListener {
     proxy_protocol_cert_tlv: Option<Spanned<String>>,
     /// HTTP header mode: `{ format, name, max_head }`; default off.
     client_cert_header: Option<Spanned<FileCertHeader>>,
+    /// OCSP checking of client certificates; default off.
+    client_ocsp: Option<Spanned<FileOcsp>>,
+    /// `[[listener.clients]]`: named client certificates.
+    #[serde(default)]
+    clients: Vec<Spanned<FileClient>>,
+}
+
+/// A listener's `client_ocsp` table.
+#[derive(Debug, Deserialize)]
+struct FileOcsp {
+    /// "check" (default) or "off".
+    mode: Option<Spanned<String>>,
+    /// Responder URL; default: the certificate's AIA OCSP URL.
+    responder: Option<Spanned<String>>,
+    /// Query time limit; default 2s.
+    timeout: Option<Spanned<RawDuration>>,
+    /// "closed" (default) or "open".
+    fail: Option<Spanned<String>>,
+    /// Longest a good answer is reused; default 5m.
+    cache_ttl: Option<Spanned<RawDuration>>,
+}
+
+/// One `[[listener.clients]]` table.
+#[derive(Debug, Deserialize)]
+struct FileClient {
+    /// The client's name in logs.
+    alias: Option<Spanned<String>>,
+    /// Its certificate: PEM, DER or PKCS#12.
+    cert: Option<Spanned<String>>,
+    /// File whose first line is the PKCS#12 password.
+    password_file: Option<Spanned<String>>,
+    /// Environment variable holding it.
+    password_env: Option<Spanned<String>>,
 }
 
 /// The `access_log` table.
@@ -358,6 +402,47 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
                     .backends
                     .as_ref()
                     .map(|v| loc.list(v, field("backends"))),
+                client_ocsp: inner.client_ocsp.as_ref().map(|o| {
+                    let sub = |key: &str| field(&format!("client_ocsp.{key}"));
+                    let t = o.get_ref();
+                    RawOcsp {
+                        site: Site {
+                            location: loc.location(o.span()),
+                            field: field("client_ocsp"),
+                        },
+                        mode: t.mode.as_ref().map(|v| loc.at(v, sub("mode"))),
+                        responder: t.responder.as_ref().map(|v| loc.at(v, sub("responder"))),
+                        timeout: t.timeout.as_ref().map(|v| loc.at(v, sub("timeout"))),
+                        fail: t.fail.as_ref().map(|v| loc.at(v, sub("fail"))),
+                        cache_ttl: t.cache_ttl.as_ref().map(|v| loc.at(v, sub("cache_ttl"))),
+                    }
+                }),
+                clients: inner
+                    .clients
+                    .iter()
+                    .enumerate()
+                    .map(|(j, c)| {
+                        let table = field(&format!("clients[{j}]"));
+                        let sub = |key: &str| format!("{table}.{key}");
+                        let t = c.get_ref();
+                        RawClient {
+                            site: Site {
+                                location: loc.location(c.span()),
+                                field: table.clone(),
+                            },
+                            alias: t.alias.as_ref().map(|v| loc.at(v, sub("alias"))),
+                            cert: t.cert.as_ref().map(|v| loc.path(v, sub("cert"))),
+                            password_file: t
+                                .password_file
+                                .as_ref()
+                                .map(|v| loc.path(v, sub("password_file"))),
+                            password_env: t
+                                .password_env
+                                .as_ref()
+                                .map(|v| loc.at(v, sub("password_env"))),
+                        }
+                    })
+                    .collect(),
             }
         })
         .collect();
@@ -395,6 +480,14 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
             .as_ref()
             .and_then(|a| a.get_ref().format.as_ref())
             .map(|v| loc.at(v, f("access_log.format"))),
+        ticket_keys: file
+            .ticket_keys
+            .as_ref()
+            .map(|v| loc.at(v, f("ticket_keys"))),
+        ticket_lifetime: file
+            .ticket_lifetime
+            .as_ref()
+            .map(|v| loc.at(v, f("ticket_lifetime"))),
         listeners,
     };
     Ok((raw, unknown))
@@ -411,6 +504,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "ktls",
     "admin",
     "access_log",
+    "ticket_keys",
+    "ticket_lifetime",
     "listener",
 ];
 
@@ -441,35 +536,71 @@ const LISTENER_KEYS: &[&str] = &[
     "proxy_protocol",
     "proxy_protocol_cert_tlv",
     "client_cert_header",
+    "client_ocsp",
+    "clients",
 ];
+
+/// Keys of a listener's `client_ocsp` table.
+const CLIENT_OCSP_KEYS: &[&str] = &["mode", "responder", "timeout", "fail", "cache_ttl"];
+
+/// Keys of a `[[listener.clients]]` table.
+const CLIENT_KEYS: &[&str] = &["alias", "cert", "password_file", "password_env"];
 
 /// An error for a key the schema does not have. `key` is serde_ignored's
 /// path (`tls_versoin`, `listener.0.tls_versoin`); its position is found in
 /// the text: the key's line inside the right table.
 fn unknown_key_error(path: &Path, text: &str, key: &str) -> ConfigError {
-    // Spanned values add a private path segment of their own, and options a `?`.
+    // Spanned values add a private path segment of their own, and
+    // optional tables a `?`.
     let parts: Vec<&str> = key
         .split('.')
         .filter(|p| !p.starts_with("$__") && *p != "?")
         .collect();
-    // `at` is the key whose line is reported: for a key inside an (inline)
-    // sub-table, the line naming that table.
-    let (table, at, name, field, known) = match parts.as_slice() {
+    let (offset, name, field, known) = match parts.as_slice() {
         [table, index, name] => {
             let index: usize = index.parse().unwrap_or(0);
             let field = format!("{table}[{index}].{name}");
-            (Some((*table, index)), *name, *name, field, LISTENER_KEYS)
+            let offset = locate_key(text, Some((table, index)), name);
+            (offset, *name, field, LISTENER_KEYS)
         }
+        // An inline table in a listener (`client_ocsp = { ... }`): reported
+        // on the line naming it.
         [table, index, sub, name] => {
             let index: usize = index.parse().unwrap_or(0);
             let field = format!("{table}[{index}].{sub}.{name}");
-            (Some((*table, index)), *sub, *name, field, CERT_HEADER_KEYS)
+            let offset = locate_key(text, Some((table, index)), sub);
+            let known = match *sub {
+                "client_cert_header" => CERT_HEADER_KEYS,
+                _ => CLIENT_OCSP_KEYS,
+            };
+            (offset, *name, field, known)
         }
-        [sub, name] => (None, *sub, *name, format!("{sub}.{name}"), ACCESS_LOG_KEYS),
-        _ => (None, key, key, key.to_string(), TOP_LEVEL_KEYS),
+        // A `[[listener.clients]]` table.
+        [table, index, sub, j, name] => {
+            let index: usize = index.parse().unwrap_or(0);
+            let j: usize = j.parse().unwrap_or(0);
+            let field = format!("{table}[{index}].{sub}[{j}].{name}");
+            let header = format!("{table}.{sub}");
+            let before = nested_tables_before(text, table, index, &header);
+            let offset = locate_key(text, Some((&header, before + j)), name);
+            (offset, *name, field, CLIENT_KEYS)
+        }
+        // An inline table at top level: `access_log = { ... }`.
+        [sub, name] => (
+            locate_key(text, None, sub),
+            *name,
+            format!("{sub}.{name}"),
+            ACCESS_LOG_KEYS,
+        ),
+        _ => (
+            locate_key(text, None, key),
+            key,
+            key.to_string(),
+            TOP_LEVEL_KEYS,
+        ),
     };
     let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
-    let offset = locate_key(text, table, at).unwrap_or(0);
+    let offset = offset.unwrap_or(0);
     let (line, column) = line_column(text, offset);
     ConfigError {
         location: Location::File {
@@ -483,6 +614,25 @@ fn unknown_key_error(path: &Path, text: &str, key: &str) -> ConfigError {
             expected.join(", ")
         ),
     }
+}
+
+/// How many `[[nested]]` headers come before the `index`-th `[[table]]`
+/// header: the global count of the first nested table of that listener.
+fn nested_tables_before(text: &str, table: &str, index: usize, nested: &str) -> usize {
+    let (mut tables, mut count) = (0, 0);
+    for line in text.lines() {
+        match line.trim().strip_prefix("[[").and_then(header_name) {
+            Some(name) if name == table => {
+                if tables == index {
+                    return count;
+                }
+                tables += 1;
+            }
+            Some(name) if name == nested => count += 1,
+            _ => {}
+        }
+    }
+    count
 }
 
 /// Byte offset of the line assigning `key`, at top level (`table` None) or

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::validate::{
-    At, RawCertHeader, RawConfig, RawDuration, RawList, RawListener, Site, Source,
+    At, RawCertHeader, RawConfig, RawDuration, RawList, RawListener, RawOcsp, Site, Source,
 };
 use super::Location;
 
@@ -65,6 +65,18 @@ pub struct Flags {
     pub client_cert_header_name: Option<String>,
     /// `--access-log text|json`.
     pub access_log: Option<String>,
+    /// `--ticket-keys FILE`.
+    pub ticket_keys: Option<PathBuf>,
+    /// `--client-ocsp check|off` (`client_ocsp.mode`).
+    pub client_ocsp: Option<String>,
+    /// `--client-ocsp-responder URL`.
+    pub client_ocsp_responder: Option<String>,
+    /// `--client-ocsp-timeout DURATION`.
+    pub client_ocsp_timeout: Option<String>,
+    /// `--client-ocsp-fail closed|open`.
+    pub client_ocsp_fail: Option<String>,
+    /// `--client-ocsp-cache-ttl DURATION`.
+    pub client_ocsp_cache_ttl: Option<String>,
 }
 
 fn at<T>(key: &str, value: T) -> At<T> {
@@ -114,6 +126,25 @@ impl Flags {
         })
     }
 
+    /// The `--client-ocsp*` flags as a `client_ocsp` table, when any is given.
+    fn client_ocsp(&self) -> Option<RawOcsp> {
+        let text = |key: &str, v: &Option<String>| v.as_ref().map(|v| at(key, v.clone()));
+        let raw = RawOcsp {
+            site: at("client_ocsp", ()).site,
+            mode: text("client_ocsp", &self.client_ocsp),
+            responder: text("client_ocsp_responder", &self.client_ocsp_responder),
+            timeout: duration("client_ocsp_timeout", &self.client_ocsp_timeout),
+            fail: text("client_ocsp_fail", &self.client_ocsp_fail),
+            cache_ttl: duration("client_ocsp_cache_ttl", &self.client_ocsp_cache_ttl),
+        };
+        let any = raw.mode.is_some()
+            || raw.responder.is_some()
+            || raw.timeout.is_some()
+            || raw.fail.is_some()
+            || raw.cache_ttl.is_some();
+        any.then_some(raw)
+    }
+
     /// The flags as an unchecked configuration with one listener.
     pub(crate) fn to_raw(&self) -> RawConfig {
         let listener = RawListener {
@@ -156,6 +187,8 @@ impl Flags {
             tls_versions: None,
             cipher_suites: None,
             backends: list("backends", &self.backends),
+            client_ocsp: self.client_ocsp(),
+            clients: Vec::new(),
         };
         RawConfig {
             source: Source::Flags,
@@ -174,6 +207,11 @@ impl Flags {
                 .access_log
                 .as_ref()
                 .map(|v| at("access_log", v.clone())),
+            ticket_keys: self
+                .ticket_keys
+                .as_ref()
+                .map(|v| at("ticket_keys", v.clone())),
+            ticket_lifetime: None,
             listeners: vec![listener],
         }
     }

@@ -21,7 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::tls::verify::{Allowlist, Crl};
+use crate::tls::tickets::TicketKey;
+use crate::tls::verify::{Allowlist, Crl, OcspSettings};
 
 pub use crate::close::AccessLogFormat;
 pub use crate::connect::cert_header::{CertHeader, Format as CertHeaderFormat};
@@ -122,6 +123,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// How access-log lines are written.
     pub access_log: AccessLogFormat,
+    /// Session tickets: shared keys and lifetime.
+    pub tickets: TicketSettings,
     /// The listeners.
     pub listeners: Vec<ListenerConfig>,
     /// File this config was read from; `None` when built from flags.
@@ -134,7 +137,8 @@ pub struct Config {
 
 impl Config {
     /// Every file this configuration was built from: the config file, and
-    /// each listener's certificate, key, client CA and CRLs. A change to any
+    /// each listener's certificate, key, client CA, CRLs and allowlist
+    /// alias certificates. A change to any
     /// of them is worth a reload.
     pub fn files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self.source.iter().cloned().collect();
@@ -144,11 +148,32 @@ impl Config {
             files.push(t.key_path.clone());
             files.extend(t.client_ca_path.iter().cloned());
             files.extend(t.crl_paths.iter().cloned());
+            files.extend(t.client_cert_paths.iter().cloned());
         }
+        files.extend(self.tickets.keys.iter().map(|k| k.path.clone()));
         files.sort();
         files.dedup();
         files
     }
+}
+
+/// How session tickets are sealed and how long clients keep them.
+#[derive(Debug)]
+pub struct TicketSettings {
+    /// Keys shared with the rest of the fleet; `None` keeps rotating keys in
+    /// memory, private to this process.
+    pub keys: Option<TicketKeyFile>,
+    /// Lifetime announced with each ticket.
+    pub lifetime: Duration,
+}
+
+/// A ticket key file as loaded.
+#[derive(Debug)]
+pub struct TicketKeyFile {
+    /// Where the keys came from (watched for rotation).
+    pub path: PathBuf,
+    /// The keys, newest (sealing) first.
+    pub keys: Vec<TicketKey>,
 }
 
 /// One listening service: addresses, TLS identity and policy, backends.
@@ -203,6 +228,10 @@ pub struct TlsSettings {
     pub crl_paths: Vec<PathBuf>,
     /// Which verified clients are admitted; empty admits every verified one.
     pub allowlist: Allowlist,
+    /// Certificate files of allowlist aliases, for reload.
+    pub client_cert_paths: Vec<PathBuf>,
+    /// OCSP checking of client certificates; `None` when off.
+    pub client_ocsp: Option<OcspSettings>,
 }
 
 /// Whether connections move to kernel TLS after the handshake.

@@ -722,6 +722,130 @@ fn client_cert_header_errors_name_their_field() {
 }
 
 #[test]
+fn client_ocsp_table() {
+    let pki = Pki::new();
+    let path = write(
+        &pki,
+        &format!(
+            "{LISTENER}client_ocsp = {{ responder = \"http://127.0.0.1:8888/ocsp\", timeout = \"500ms\", fail = \"open\", cache_ttl = \"1m\" }}\n"
+        ),
+    );
+    let c = load_file(&path).unwrap();
+    let o = c.listeners[0].tls.client_ocsp.clone().unwrap();
+    assert_eq!(
+        o.responder.as_ref().map(|u| u.as_str()),
+        Some("http://127.0.0.1:8888/ocsp")
+    );
+    assert_eq!(o.timeout, Duration::from_millis(500));
+    assert!(o.fail_open);
+    assert_eq!(o.cache_ttl, Duration::from_secs(60));
+
+    // Defaults: AIA responder, 2 s, fail closed, 5 minutes.
+    let path = write(
+        &pki,
+        &format!("{LISTENER}client_ocsp = {{ mode = \"check\" }}\n"),
+    );
+    let o = load_file(&path).unwrap().listeners[0]
+        .tls
+        .client_ocsp
+        .clone()
+        .unwrap();
+    assert_eq!(o, crate::tls::verify::OcspSettings::default());
+    let path = write(
+        &pki,
+        &format!("{LISTENER}client_ocsp = {{ mode = \"off\" }}\n"),
+    );
+    assert!(load_file(&path).unwrap().listeners[0]
+        .tls
+        .client_ocsp
+        .is_none());
+}
+
+#[test]
+fn client_ocsp_errors_name_the_field() {
+    let pki = Pki::new();
+    expect_one(
+        &pki,
+        &format!("{LISTENER}client_ocsp = {{ mode = \"always\" }}\n"),
+        7,
+        24,
+        "listener[0].client_ocsp.mode: must be \"check\" or \"off\", not \"always\"",
+    );
+    expect_one(
+        &pki,
+        &format!("{LISTENER}client_ocsp = {{ responder = \"https://ocsp.example\" }}\n"),
+        7,
+        29,
+        "listener[0].client_ocsp.responder: OCSP responder URL \"https://ocsp.example\" must use http:// (OCSP responses are signed; https is not supported)",
+    );
+    expect_one(
+        &pki,
+        &format!("{LISTENER}client_ocsp = {{ timeout = \"1m\" }}\n"),
+        7,
+        27,
+        "listener[0].client_ocsp.timeout: must be at most 30s: a query holds up its worker's handshakes that long",
+    );
+    expect_one(
+        &pki,
+        &format!("{LISTENER}client_ocsp = {{ fail = \"maybe\" }}\n"),
+        7,
+        24,
+        "listener[0].client_ocsp.fail: must be \"closed\" or \"open\", not \"maybe\"",
+    );
+    let (path, errs) = errors(
+        &pki,
+        &format!("{LISTENER}client_ocsp = {{ mdoe = \"check\" }}\n"),
+    );
+    let want = format!(
+        "{}:7:1: listener[0].client_ocsp.mdoe: unknown field `mdoe`, expected one of `mode`, `responder`",
+        path.display()
+    );
+    assert!(errs[0].starts_with(&want), "{errs:?}");
+}
+
+#[test]
+fn client_ocsp_flags() {
+    let pki = Pki::new();
+    let f = Flags {
+        client_ocsp_responder: Some("http://[::1]:9/".into()),
+        client_ocsp_fail: Some("open".into()),
+        ..flags(&pki)
+    };
+    // Any --client-ocsp-* flag turns checking on.
+    let o = from_flags(&f).unwrap().listeners[0]
+        .tls
+        .client_ocsp
+        .clone()
+        .unwrap();
+    assert!(o.fail_open);
+    let f = Flags {
+        client_ocsp: Some("yes".into()),
+        client_ocsp_timeout: Some("0s".into()),
+        ..flags(&pki)
+    };
+    assert_eq!(
+        flag_errors(&f),
+        vec![
+            "--client-ocsp: must be \"check\" or \"off\", not \"yes\"".to_string(),
+            "--client-ocsp-timeout: must be greater than zero".to_string(),
+        ]
+    );
+    // Ignored, with a warning, when client certificates are off.
+    let f = Flags {
+        client_ocsp: Some("check".into()),
+        client_auth: Some("off".into()),
+        client_ca: None,
+        ..flags(&pki)
+    };
+    let c = from_flags(&f).unwrap();
+    assert!(c.listeners[0].tls.client_ocsp.is_none());
+    assert_eq!(
+        c.warnings[0].to_string(),
+        "--client-ocsp: ignored because --client-auth is off"
+    );
+}
+
+#[test]
 fn client_cert_header_excludes_proxy_protocol() {
     let pki = Pki::new();
     let text = format!("{LISTENER}proxy_protocol = \"v2\"\nclient_cert_header = {{}}\n");
@@ -799,4 +923,55 @@ fn proxy_protocol_cert_tlv_values() {
     assert!(c.warnings[0]
         .to_string()
         .contains("has no effect without listener[0].proxy_protocol = \"v2\""));
+}
+
+#[test]
+fn client_alias_tables() {
+    let pki = Pki::new();
+    let client = pki.path("client.crt");
+    let text = format!(
+        "{LISTENER}\n[[listener.clients]]\nalias = \"billing\"\ncert = \"{}\"\n",
+        client.display()
+    );
+    let c = load_file(&write(&pki, &text)).unwrap();
+    let der = crate::tls::certs::load_certs(&client).unwrap().remove(0);
+    let who = c.listeners[0].tls.allowlist.identify(&der).unwrap();
+    assert_eq!(who.label(), "billing");
+    assert!(c.files().contains(&client));
+
+    let (path, errs) = errors(
+        &pki,
+        &format!("{LISTENER}\n[[listener.clients]]\nalias = \"x\"\n"),
+    );
+    assert_eq!(
+        errs,
+        vec![format!(
+            "{}:8:1: listener[0].clients[0].cert: missing; the client's certificate file is required",
+            path.display()
+        )]
+    );
+    let (path, errs) = errors(
+        &pki,
+        &format!(
+            "{LISTENER}\n[[listener.clients]]\nalias = \"x\"\ncert = \"{}\"\npassword_env = \"P\"\n",
+            client.display()
+        ),
+    );
+    assert_eq!(
+        errs,
+        vec![format!(
+            "{}:11:16: listener[0].clients[0].password_env: not used: {} is not a PKCS#12 file (.p12/.pfx)",
+            path.display(),
+            client.display()
+        )]
+    );
+    let (path, errs) = errors(
+        &pki,
+        &format!("{LISTENER}\n[[listener.clients]]\nalias = \"x\"\ncolour = 1\n"),
+    );
+    let want = format!(
+        "{}:10:1: listener[0].clients[0].colour: unknown field `colour`, expected one of `alias`, `cert`",
+        path.display()
+    );
+    assert!(errs[0].starts_with(&want), "{errs:?}");
 }

@@ -16,20 +16,34 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::duration::{format_duration, parse_duration};
 use super::{
     Backend, CipherSuite, ClientAuth, Config, ConfigError, ConfigErrors, KtlsMode, ListenerConfig,
-    Location, ProxyProtocol, TlsSettings, TlsVersion,
+    Location, ProxyProtocol, TicketKeyFile, TicketSettings, TlsSettings, TlsVersion,
 };
 use crate::close::AccessLogFormat;
 use crate::connect::cert_header::{CertHeader, Format as CertHeaderFormat};
 use crate::connect::proxy_protocol::{CertTlv, CertTlvContent, CUSTOM_TLVS, TLV_CLIENT_IDENTITY};
 use crate::relay::http_head::{is_token_byte, DEFAULT_MAX_HEAD};
 use crate::tls::certs;
-use crate::tls::verify::{load_crls, load_pkcs12, AllowEntry, Allowlist, Crl};
+use crate::tls::tickets::parse_key_file;
+use crate::tls::verify::{
+    load_crls, load_pkcs12, load_pkcs12_certificate, AllowEntry, Allowlist, Crl, OcspSettings,
+    ResponderUrl,
+};
 
 /// Whether a certificate file is a PKCS#12 bundle, by its extension.
 fn is_pkcs12(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("p12") || e.eq_ignore_ascii_case("pfx"))
+}
+
+/// The one client certificate in a file named by an alias: PEM or DER (the
+/// first certificate), or PKCS#12 (the key's certificate, or the only one).
+fn client_certificate(path: &Path, password: &str) -> Result<CertificateDer<'static>, String> {
+    if is_pkcs12(path) {
+        return load_pkcs12_certificate(path, password).map_err(|e| e.to_string());
+    }
+    let mut chain = certs::load_certs(path).map_err(|e| e.to_string())?;
+    Ok(chain.swap_remove(0))
 }
 
 /// Defaults, shared by the file and the flags (and quoted in `docs/config.md`).
@@ -48,7 +62,14 @@ pub(crate) mod defaults {
     pub const MAX_CONNECTIONS: usize = 10_000;
     /// Listen backlog.
     pub const BACKLOG: u32 = 1024;
+    /// How long clients are told to keep a session ticket.
+    pub const TICKET_LIFETIME: Duration = Duration::from_secs(3600);
 }
+
+/// TLS 1.3 caps a ticket's lifetime at seven days (RFC 8446, 4.6.1).
+const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest OCSP query: the worker running it waits this long at most.
+const MAX_OCSP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Upper bound for every timeout: far beyond any sensible setting, and small
 /// enough that adding it to an `Instant` can never overflow.
@@ -78,7 +99,7 @@ impl Source {
             (Source::File, Some(i)) => format!("listener[{i}].{key}"),
             // The flag is singular because it is given once per backend.
             (Source::Flags, _) if key == "backends" => "--backend".to_string(),
-            (Source::Flags, _) => format!("--{}", key.replace('_', "-")),
+            (Source::Flags, _) => format!("--{}", key.replace(['_', '.'], "-")),
         }
     }
 }
@@ -153,6 +174,10 @@ pub(crate) struct RawConfig {
     pub admin: Option<At<String>>,
     /// `access_log.format`.
     pub access_log_format: Option<At<String>>,
+    /// `ticket_keys`.
+    pub ticket_keys: Option<At<PathBuf>>,
+    /// `ticket_lifetime`.
+    pub ticket_lifetime: Option<At<RawDuration>>,
     /// The listeners, in order.
     pub listeners: Vec<RawListener>,
 }
@@ -200,6 +225,42 @@ pub(crate) struct RawListener {
     pub client_cert_header: Option<RawCertHeader>,
     /// `proxy_protocol_cert_tlv`: `CONTENT[:TYPE]` or `off`.
     pub proxy_protocol_cert_tlv: Option<At<String>>,
+    /// `client_ocsp`.
+    pub client_ocsp: Option<RawOcsp>,
+    /// `[[listener.clients]]`: named client certificates.
+    pub clients: Vec<RawClient>,
+}
+
+/// The `client_ocsp` settings, unchecked.
+#[derive(Debug)]
+pub(crate) struct RawOcsp {
+    /// The table (or the flags), for problems with the settings as a whole.
+    pub site: Site,
+    /// `mode`: "check" or "off"; "check" when omitted.
+    pub mode: Option<At<String>>,
+    /// `responder`: URL overriding the certificate's AIA URL.
+    pub responder: Option<At<String>>,
+    /// `timeout`.
+    pub timeout: Option<At<RawDuration>>,
+    /// `fail`: "closed" or "open".
+    pub fail: Option<At<String>>,
+    /// `cache_ttl`.
+    pub cache_ttl: Option<At<RawDuration>>,
+}
+
+/// One `[[listener.clients]]` table, unchecked.
+#[derive(Debug)]
+pub(crate) struct RawClient {
+    /// The table, for missing keys.
+    pub site: Site,
+    /// `alias`.
+    pub alias: Option<At<String>>,
+    /// `cert`: PEM, DER or PKCS#12 file.
+    pub cert: Option<At<PathBuf>>,
+    /// `password_file`: password of a PKCS#12 `cert`.
+    pub password_file: Option<At<PathBuf>>,
+    /// `password_env`: environment variable holding it.
+    pub password_env: Option<At<String>>,
 }
 
 /// A listener's `client_cert_header` table (or its flags), unchecked.
@@ -295,6 +356,7 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
             }
         },
     };
+    let tickets = c.tickets(&raw);
 
     if raw.listeners.is_empty() {
         let field = match raw.source {
@@ -338,6 +400,7 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         ktls,
         admin,
         access_log,
+        tickets,
         listeners,
         source: raw.path,
         warnings: c.warnings,
@@ -390,6 +453,50 @@ impl Checker {
             Ok(d) => return d,
         }
         default
+    }
+
+    /// The session ticket settings; a key file is read and checked now, and
+    /// a bad line in it is reported at that line of the key file.
+    fn tickets(&mut self, raw: &RawConfig) -> TicketSettings {
+        let mut lifetime = self.duration(&raw.ticket_lifetime, defaults::TICKET_LIFETIME, false);
+        if let Some(v) = raw
+            .ticket_lifetime
+            .as_ref()
+            .filter(|_| lifetime > MAX_TICKET_LIFETIME)
+        {
+            self.errors.push(
+                v.site
+                    .error("must be at most 7d (TLS 1.3's limit for tickets)"),
+            );
+            lifetime = defaults::TICKET_LIFETIME;
+        }
+        let keys = raw.ticket_keys.as_ref().and_then(|v| {
+            let path = self.path(v)?;
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) => {
+                    self.errors
+                        .push(v.site.error(format!("cannot read {}: {e}", path.display())));
+                    return None;
+                }
+            };
+            match parse_key_file(&text) {
+                Ok(keys) => Some(TicketKeyFile { path, keys }),
+                Err(e) => {
+                    self.errors.push(ConfigError {
+                        location: Location::File {
+                            path: path.clone(),
+                            line: e.line,
+                            column: 1,
+                        },
+                        field: v.site.field.clone(),
+                        message: e.message,
+                    });
+                    None
+                }
+            }
+        });
+        TicketSettings { keys, lifetime }
     }
 
     /// Resolves a configured path against the config file's directory.
@@ -741,7 +848,7 @@ impl Checker {
                     ),
                 );
             }
-            let password = self.pkcs12_password(l);
+            let password = self.pkcs12_password(&l.cert_password_file, &l.cert_password_env);
             let loaded = self.path(v).and_then(|path| {
                 match load_pkcs12(&path, password.as_deref().unwrap_or("")) {
                     Ok((chain, key)) => {
@@ -812,10 +919,14 @@ impl Checker {
         self.tls_rest(i, l, errors_before, identity)
     }
 
-    /// The password of a PKCS#12 `cert`: from `cert_password_file` (first
-    /// line), or the variable `cert_password_env` names; none means empty.
-    fn pkcs12_password(&mut self, l: &RawListener) -> Option<String> {
-        if let Some(v) = &l.cert_password_file {
+    /// The password of a PKCS#12 file: from a password file (first line),
+    /// or the environment variable named; none means empty.
+    fn pkcs12_password(
+        &mut self,
+        file: &Option<At<PathBuf>>,
+        env: &Option<At<String>>,
+    ) -> Option<String> {
+        if let Some(v) = file {
             let path = self.path(v)?;
             return match std::fs::read_to_string(&path) {
                 Ok(text) => Some(text.lines().next().unwrap_or("").to_string()),
@@ -826,7 +937,7 @@ impl Checker {
                 }
             };
         }
-        if let Some(v) = &l.cert_password_env {
+        if let Some(v) = env {
             return match std::env::var(&v.value) {
                 Ok(password) => Some(password),
                 Err(_) => {
@@ -878,7 +989,8 @@ impl Checker {
         let alpn = self.alpn(l);
         let (crl_paths, crls) = self.crls(l);
         let ocsp_staple = self.ocsp_staple(l);
-        let allowlist = self.allowlist(l);
+        let (allowlist, client_cert_paths) = self.allowlist(l);
+        let client_ocsp = self.client_ocsp(l, client_auth);
         let versions = self.versions(l);
         let cipher_suites = self.cipher_suites(l);
 
@@ -902,6 +1014,8 @@ impl Checker {
             crls,
             crl_paths,
             allowlist,
+            client_cert_paths,
+            client_ocsp,
         })
     }
 
@@ -953,9 +1067,11 @@ impl Checker {
     }
 
     /// Allowlist rules: `alias:NAME=CERT_FILE`, `sha256:HEX`, `cn:GLOB`,
-    /// `dns:GLOB`, `uri:GLOB`, `spiffe://...` (a SPIFFE ID glob).
-    fn allowlist(&mut self, l: &RawListener) -> Allowlist {
+    /// `dns:GLOB`, `uri:GLOB`, `spiffe://...` (a SPIFFE ID glob), then the
+    /// `[[listener.clients]]` aliases; with the certificate files read.
+    fn allowlist(&mut self, l: &RawListener) -> (Allowlist, Vec<PathBuf>) {
         let mut entries: Vec<AllowEntry> = Vec::new();
+        let mut paths = Vec::new();
         for item in l.allow.iter().flat_map(|list| &list.value) {
             let rule = item.value.as_str();
             let entry = match rule.split_once(':') {
@@ -966,11 +1082,10 @@ impl Checker {
                             site: item.site.clone(),
                         };
                         let Some(path) = self.path(&file_at) else { continue };
-                        certs::load_certs(&path)
-                            .map_err(|e| e.to_string())
-                            .and_then(|chain| {
-                                AllowEntry::alias(name, &chain[0]).map_err(|e| e.to_string())
-                            })
+                        paths.push(path.clone());
+                        client_certificate(&path, "").and_then(|cert| {
+                            AllowEntry::alias(name, &cert).map_err(|e| e.to_string())
+                        })
                     }
                     None => Err("an alias rule is alias:NAME=CERT_FILE".to_string()),
                 },
@@ -991,7 +1106,131 @@ impl Checker {
                 Err(m) => self.errors.push(item.site.error(m)),
             }
         }
-        Allowlist::new(entries)
+        for client in &l.clients {
+            let Some(entry) = self.client_alias(client, &mut paths) else {
+                continue;
+            };
+            if entries.contains(&entry) {
+                self.errors.push(
+                    client.site.error(
+                        "this alias and certificate are already in the allowlist".to_string(),
+                    ),
+                );
+            } else {
+                entries.push(entry);
+            }
+        }
+        (Allowlist::new(entries), paths)
+    }
+
+    /// One `[[listener.clients]]` table: an alias for a certificate file
+    /// (PEM, DER, or PKCS#12 with its password).
+    fn client_alias(&mut self, c: &RawClient, paths: &mut Vec<PathBuf>) -> Option<AllowEntry> {
+        let missing = |key: &str, what: &str| {
+            Site {
+                location: c.site.location.clone(),
+                field: format!("{}.{key}", c.site.field),
+            }
+            .error(format!("missing; {what} is required"))
+        };
+        let Some(alias) = &c.alias else {
+            self.errors
+                .push(missing("alias", "the name this client is known by"));
+            return None;
+        };
+        let Some(cert) = &c.cert else {
+            self.errors
+                .push(missing("cert", "the client's certificate file"));
+            return None;
+        };
+        let path = self.path(cert)?;
+        let has_password = c.password_file.is_some() || c.password_env.is_some();
+        if has_password && !is_pkcs12(&path) {
+            let site = c.password_file.as_ref().map_or_else(
+                || &c.password_env.as_ref().expect("one is set").site,
+                |v| &v.site,
+            );
+            self.errors.push(site.error(format!(
+                "not used: {} is not a PKCS#12 file (.p12/.pfx)",
+                path.display()
+            )));
+            return None;
+        }
+        let password = self.pkcs12_password(&c.password_file, &c.password_env);
+        paths.push(path.clone());
+        let loaded = client_certificate(&path, password.as_deref().unwrap_or(""))
+            .and_then(|der| AllowEntry::alias(&alias.value, &der).map_err(|e| e.to_string()));
+        match loaded {
+            Ok(entry) => Some(entry),
+            Err(m) => {
+                self.errors.push(cert.site.error(m));
+                None
+            }
+        }
+    }
+
+    /// OCSP checking of client certificates; `None` when off.
+    fn client_ocsp(&mut self, l: &RawListener, auth: Option<ClientAuth>) -> Option<OcspSettings> {
+        let o = l.client_ocsp.as_ref()?;
+        let check = match &o.mode {
+            None => true,
+            Some(v) => match v.value.as_str() {
+                "check" => true,
+                "off" => false,
+                other => {
+                    self.errors.push(
+                        v.site
+                            .error(format!("must be \"check\" or \"off\", not {other:?}")),
+                    );
+                    false
+                }
+            },
+        };
+        let responder = o.responder.as_ref().and_then(|v| {
+            ResponderUrl::parse(&v.value)
+                .map_err(|e| self.errors.push(v.site.error(e.to_string())))
+                .ok()
+        });
+        let defaults = OcspSettings::default();
+        let timeout = self.duration(&o.timeout, defaults.timeout, false);
+        if let Some(v) = o.timeout.as_ref().filter(|_| timeout > MAX_OCSP_TIMEOUT) {
+            self.errors.push(v.site.error(format!(
+                "must be at most {}: a query holds up its worker's handshakes that long",
+                format_duration(MAX_OCSP_TIMEOUT)
+            )));
+        }
+        let fail_open = match &o.fail {
+            None => false,
+            Some(v) => match v.value.as_str() {
+                "closed" => false,
+                "open" => true,
+                other => {
+                    self.errors.push(
+                        v.site
+                            .error(format!("must be \"closed\" or \"open\", not {other:?}")),
+                    );
+                    false
+                }
+            },
+        };
+        // Zero is meaningful: never reuse a good answer.
+        let cache_ttl = self.duration(&o.cache_ttl, defaults.cache_ttl, true);
+        if !check {
+            return None;
+        }
+        if auth == Some(ClientAuth::Off) {
+            self.warnings.push(o.site.error(match self.source {
+                Source::File => "ignored because client_auth = \"off\"",
+                Source::Flags => "ignored because --client-auth is off",
+            }));
+            return None;
+        }
+        Some(OcspSettings {
+            responder,
+            timeout,
+            fail_open,
+            cache_ttl,
+        })
     }
 
     /// The client CA bundle and its path; `(None, [])` when not needed,

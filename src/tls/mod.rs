@@ -6,4 +6,5 @@ pub mod certs;
 pub mod client_hello;
 pub mod records;
 pub mod server_config;
+pub mod tickets;
 pub mod verify;

@@ -117,6 +117,7 @@ fn leaf(
     eku: &[ExtendedKeyUsagePurpose],
     key_type: KeyType,
     expired: bool,
+    ocsp_url: Option<&str>,
 ) -> (rcgen::Certificate, KeyPair) {
     let key = match key_type {
         KeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
@@ -141,8 +142,38 @@ fn leaf(
         p.not_before = now - time::Duration::days(1);
         p.not_after = now + time::Duration::days(30);
     }
+    if let Some(url) = ocsp_url {
+        p.custom_extensions.push(aia_ocsp_extension(url));
+    }
     let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
     (cert, key)
+}
+
+/// An Authority Information Access extension naming one OCSP responder
+/// (short URLs only: every length fits one byte).
+fn aia_ocsp_extension(url: &str) -> rcgen::CustomExtension {
+    let tlv = |tag: u8, value: &[u8]| {
+        assert!(value.len() < 128);
+        [&[tag, value.len() as u8][..], value].concat()
+    };
+    // AccessDescription { id-ad-ocsp (1.3.6.1.5.5.7.48.1), URI [6] }
+    let method = tlv(0x06, &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01]);
+    let description = tlv(0x30, &[method, tlv(0x86, url.as_bytes())].concat());
+    rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], tlv(0x30, &description))
+}
+
+/// Writes a certificate and key as `NAME.crt` and `NAME.key` in `dir`.
+fn write_identity(dir: &Path, name: &str, (cert, key): (rcgen::Certificate, KeyPair)) -> Identity {
+    let cert_path = dir.join(format!("{name}.crt"));
+    let key_path = dir.join(format!("{name}.key"));
+    fs::write(&cert_path, cert.pem()).unwrap();
+    fs::write(&key_path, key.serialize_pem()).unwrap();
+    Identity {
+        cert_path,
+        key_path,
+        cert_der: cert.der().clone(),
+        key_der: key.serialize_der(),
+    }
 }
 
 /// A throwaway PKI in its own temp dir.
@@ -183,18 +214,7 @@ impl Pki {
         let other_ca_path = dir.path().join("other-ca.crt");
         fs::write(&other_ca_path, other.cert.pem()).unwrap();
 
-        let write = |name: &str, (cert, key): (rcgen::Certificate, KeyPair)| -> Identity {
-            let cert_path = dir.path().join(format!("{name}.crt"));
-            let key_path = dir.path().join(format!("{name}.key"));
-            fs::write(&cert_path, cert.pem()).unwrap();
-            fs::write(&key_path, key.serialize_pem()).unwrap();
-            Identity {
-                cert_path,
-                key_path,
-                cert_der: cert.der().clone(),
-                key_der: key.serialize_der(),
-            }
-        };
+        let write = |name: &str, pair| write_identity(dir.path(), name, pair);
         use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
         let server = write(
             "server",
@@ -205,6 +225,7 @@ impl Pki {
                 &[ServerAuth],
                 KeyType::EcdsaP256,
                 false,
+                None,
             ),
         );
         let client = write(
@@ -216,6 +237,7 @@ impl Pki {
                 &[ClientAuth],
                 KeyType::EcdsaP256,
                 false,
+                None,
             ),
         );
         let client_other_ca = write(
@@ -227,6 +249,7 @@ impl Pki {
                 &[ClientAuth],
                 KeyType::EcdsaP256,
                 false,
+                None,
             ),
         );
         let client_expired = write(
@@ -238,6 +261,7 @@ impl Pki {
                 &[ClientAuth],
                 KeyType::EcdsaP256,
                 true,
+                None,
             ),
         );
         let client_no_eku = write(
@@ -249,6 +273,7 @@ impl Pki {
                 &[ServerAuth],
                 KeyType::EcdsaP256,
                 false,
+                None,
             ),
         );
         let ca_der = ca.cert.der().clone();
@@ -311,18 +336,25 @@ impl Pki {
                 &[ExtendedKeyUsagePurpose::ServerAuth],
                 KeyType::Rsa2048,
                 false,
+                None,
             );
-            let cert_path = self.path().join("server-rsa.crt");
-            let key_path = self.path().join("server-rsa.key");
-            fs::write(&cert_path, cert.pem()).unwrap();
-            fs::write(&key_path, key.serialize_pem()).unwrap();
-            Identity {
-                cert_path,
-                key_path,
-                cert_der: cert.der().clone(),
-                key_der: key.serialize_der(),
-            }
+            write_identity(self.path(), "server-rsa", (cert, key))
         })
+    }
+
+    /// Another valid client certificate from the test CA, written as
+    /// `NAME.crt`/`NAME.key`, with an AIA OCSP URL when given.
+    pub fn issue_client(&self, name: &str, ocsp_url: Option<&str>) -> Identity {
+        let pair = leaf(
+            &self.ca,
+            name,
+            &[],
+            &[ExtendedKeyUsagePurpose::ClientAuth],
+            KeyType::EcdsaP256,
+            false,
+            ocsp_url,
+        );
+        write_identity(self.path(), name, pair)
     }
 
     pub fn server_identity(&self, key_type: KeyType) -> &Identity {
@@ -1165,6 +1197,27 @@ pub fn tls_connect_timeout(
 /// The rustls error inside an io::Error, if any.
 pub fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
     e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+}
+
+/// Admitted: an echo round trip through the server works. Refused: the
+/// alert the client got. In TLS 1.3 the verdict on a client certificate
+/// shows on the first read, so both are only known after one.
+pub fn admission(server: &Server, opts: &ClientOpts) -> Result<(), rustls::Error> {
+    let mut tls = match tls_connect(server.addr(), opts.build()) {
+        Ok(tls) => tls,
+        Err(e) => return Err(rustls_error(&e).expect("TLS alert").clone()),
+    };
+    let _ = tls.write_all(b"ping\n").and_then(|()| tls.flush());
+    let mut buf = [0u8; 5];
+    match tls.read_exact(&mut buf) {
+        Ok(()) => {
+            assert_eq!(&buf, b"ping\n");
+            Ok(())
+        }
+        Err(e) => Err(rustls_error(&e)
+            .unwrap_or_else(|| panic!("refused without an alert: {e}"))
+            .clone()),
+    }
 }
 
 /// Writes `msg`, reads exactly `msg.len()` bytes back and checks they match.
