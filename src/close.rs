@@ -1,9 +1,10 @@
 //! The end of a connection: why it ended and the access-log line.
 
 use std::fmt;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Why a connection ended. Each connection gets exactly one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +80,16 @@ impl fmt::Display for CloseReason {
     }
 }
 
+/// How access-log lines are written (`access_log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogFormat {
+    /// `key=value` fields through the log (target `access`).
+    #[default]
+    Text,
+    /// One JSON object per line on stderr.
+    Json,
+}
+
 /// What the access log records about one connection. Filled in along the
 /// connection's path and emitted once, at close. Never holds key material.
 #[derive(Debug)]
@@ -140,8 +151,21 @@ impl AccessRecord {
         }
     }
 
-    /// Writes the access-log line (target `access`).
-    pub fn emit(&self, reason: &CloseReason) {
+    /// Writes the access-log line: through the log (target `access`) as
+    /// text, or as one JSON object on its own line of stderr.
+    pub fn emit(&self, reason: &CloseReason, format: AccessLogFormat) {
+        match format {
+            AccessLogFormat::Text => self.emit_text(reason),
+            AccessLogFormat::Json => {
+                let mut line = self.json(reason, SystemTime::now()).to_string();
+                line.push('\n');
+                // One write per line, so lines from several workers never interleave.
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            }
+        }
+    }
+
+    fn emit_text(&self, reason: &CloseReason) {
         fn opt(v: &Option<String>) -> &str {
             v.as_deref().unwrap_or("-")
         }
@@ -167,11 +191,59 @@ impl AccessRecord {
             "access"
         );
     }
+
+    /// The record as a JSON object; absent values are `null`, durations
+    /// are milliseconds with microsecond precision.
+    pub fn json(&self, reason: &CloseReason, now: SystemTime) -> serde_json::Value {
+        let ms = |d: Duration| d.as_micros() as f64 / 1000.0;
+        serde_json::json!({
+            "time": crate::tls::certs::format_time(now),
+            "client": self.client.to_string(),
+            "listener": self.listener,
+            "sni": self.sni,
+            "subject": self.subject,
+            "identity": self.identity,
+            "alpn": self.alpn,
+            "version": self.version,
+            "suite": self.suite,
+            "backend": self.backend,
+            "path": self.path,
+            "ktls_fallback": self.ktls_fallback,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "handshake_ms": self.handshake.map(ms),
+            "duration_ms": ms(self.started.elapsed()),
+            "reason": reason.code(),
+            "reason_detail": reason.detail(),
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_record_has_every_field() {
+        let mut r = AccessRecord::new("127.0.0.1:4000".parse().unwrap(), "main");
+        r.sni = Some("a.example".into());
+        r.identity = Some("alias:billing".into());
+        r.bytes_up = 7;
+        r.handshake = Some(Duration::from_micros(1500));
+        let reason = CloseReason::BackendError("write: reset \"x\"".into());
+        let line = r.json(&reason, SystemTime::UNIX_EPOCH).to_string();
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["time"], "1970-01-01T00:00:00Z");
+        assert_eq!(v["client"], "127.0.0.1:4000");
+        assert_eq!(v["sni"], "a.example");
+        assert_eq!(v["identity"], "alias:billing");
+        assert_eq!(v["backend"], serde_json::Value::Null);
+        assert_eq!(v["bytes_up"], 7);
+        assert_eq!(v["handshake_ms"], 1.5);
+        assert_eq!(v["reason"], "backend_error");
+        assert_eq!(v["reason_detail"], "write: reset \"x\"");
+    }
 
     #[test]
     fn reason_display_carries_code_and_detail() {

@@ -92,6 +92,21 @@ struct ServeArgs {
     /// PROXY protocol header to backends: v1, v2 (with TLS and client-certificate TLVs) or off.
     #[arg(long)]
     proxy_protocol: Option<String>,
+    /// PROXY v2 TLV for the client certificate: sha256[:TYPE] (default
+    /// sha256:0xE0), der[:TYPE] (the certificate itself) or off.
+    #[arg(long, value_name = "CONTENT[:TYPE]")]
+    proxy_protocol_cert_tlv: Option<String>,
+    /// Send the client certificate in every HTTP/1.1 request head instead of
+    /// a PROXY header: rfc9440 (Client-Cert), xfcc (X-Forwarded-Client-Cert)
+    /// or escaped-pem (X-SSL-Client-Cert).
+    #[arg(long, value_name = "FORMAT")]
+    client_cert_header: Option<String>,
+    /// Header name for --client-cert-header (any case), e.g. x-client-cert.
+    #[arg(long, value_name = "NAME")]
+    client_cert_header_name: Option<String>,
+    /// Access-log format: text (key=value) or json (one object per line on stderr).
+    #[arg(long)]
+    access_log: Option<String>,
     /// CRL file (PEM or DER) for client certificates (repeatable).
     #[arg(long)]
     crl: Vec<PathBuf>,
@@ -148,6 +163,10 @@ impl ServeArgs {
             ktls: self.ktls.clone(),
             admin: self.admin.clone(),
             proxy_protocol: self.proxy_protocol.clone(),
+            proxy_protocol_cert_tlv: self.proxy_protocol_cert_tlv.clone(),
+            client_cert_header: self.client_cert_header.clone(),
+            client_cert_header_name: self.client_cert_header_name.clone(),
+            access_log: self.access_log.clone(),
             crl: self.crl.clone(),
             allow: self.allow.clone(),
             ocsp_staple: self.ocsp_staple.clone(),

@@ -28,8 +28,12 @@ use rustls::server::ProducesTickets;
 use rustls::ServerConfig;
 
 use crate::admin::{AdminState, ReloadRequest};
-use crate::close::{AccessRecord, CloseReason, Counters, RouteCount, RouteCounters};
-use crate::config::{Config, KtlsMode, ListenerConfig, ProxyProtocol, RouteConfig};
+use crate::close::{
+    AccessLogFormat, AccessRecord, CloseReason, Counters, RouteCount, RouteCounters,
+};
+use crate::config::{
+    CertHeader, CertTlv, Config, KtlsMode, ListenerConfig, ProxyProtocol, RouteConfig,
+};
 use crate::connect::pool::{Pool, PoolRegistry};
 use crate::connect::proxy_protocol::{self, ClientInfo};
 use crate::connect::{self};
@@ -37,7 +41,8 @@ use crate::handshake::{self, HandshakeError, Refusal};
 use crate::ktls::handover::{handover, Handover};
 use crate::ktls::probe::{self, Capabilities};
 use crate::pool::Buffers;
-use crate::relay::{splice, userspace};
+use crate::relay::http_head::HeadRewriter;
+use crate::relay::{splice, userspace, RelayOutcome};
 use crate::tls::client_hello::ClientHello;
 use crate::tls::route::{RouteMatch, RouteTable, Selected};
 use crate::tls::tickets::Ticketers;
@@ -68,6 +73,7 @@ struct Limits {
     drain_timeout: Duration,
     max_connections: usize,
     ktls: KtlsMode,
+    access_log: AccessLogFormat,
 }
 
 /// What a listener serves new connections with. Replaced whole on reload;
@@ -82,6 +88,10 @@ pub struct Served {
     pub default_route: Option<ServedRoute>,
     /// PROXY protocol header for backends.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// The v2 header's client-certificate TLV, if any.
+    pub proxy_protocol_cert_tlv: Option<CertTlv>,
+    /// HTTP header mode: the client certificate in every request head.
+    pub client_cert_header: Option<CertHeader>,
 }
 
 /// How one route serves its connections.
@@ -163,6 +173,8 @@ impl Served {
                 .collect::<anyhow::Result<_>>()?,
             default_route: listener.default_route.as_ref().map(route).transpose()?,
             proxy_protocol: listener.proxy_protocol,
+            proxy_protocol_cert_tlv: listener.proxy_protocol_cert_tlv,
+            client_cert_header: listener.client_cert_header.clone(),
         })
     }
 
@@ -243,6 +255,7 @@ pub fn run(
         drain_timeout: config.drain_timeout,
         max_connections: config.max_connections_per_worker,
         ktls: config.ktls,
+        access_log: config.access_log,
     };
     let caps = Arc::new(match config.ktls {
         KtlsMode::Off => Capabilities::none("ktls = off"),
@@ -643,7 +656,7 @@ async fn accept_loop(worker: Rc<Worker>, listener_state: Rc<ListenerState>, list
             Ok((stream, peer)) => {
                 if worker.active.get() >= worker.limits.max_connections {
                     let record = AccessRecord::new(peer, &listener_state.name);
-                    record.emit(&CloseReason::MaxConnections);
+                    record.emit(&CloseReason::MaxConnections, worker.limits.access_log);
                     worker
                         .counters
                         .record(&record, &CloseReason::MaxConnections);
@@ -676,6 +689,7 @@ async fn accept_loop(worker: Rc<Worker>, listener_state: Rc<ListenerState>, list
 /// The PROXY protocol header describing this client to the backend.
 fn proxy_header(
     version: ProxyProtocol,
+    cert_tlv: Option<CertTlv>,
     stream: &TcpStream,
     record: &AccessRecord,
     established: &handshake::Established,
@@ -695,6 +709,8 @@ fn proxy_header(
         cn: cn.as_deref(),
         cert_presented: end_entity.is_some(),
         cert_sha256: end_entity.map(|c| *Fingerprint::of(c).as_bytes()),
+        cert_der: end_entity.map(|c| c.as_ref()),
+        cert_tlv,
         identity: record.identity.as_deref(),
     };
     let local = stream.local_addr().unwrap_or(record.client);
@@ -740,7 +756,7 @@ async fn connection(
         tracing::error!(client = %peer, "connection task panicked: {what}");
         CloseReason::Internal(what)
     });
-    record.emit(&reason);
+    record.emit(&reason, worker.limits.access_log);
     worker.counters.record(&record, &reason);
     worker.counters.open.fetch_sub(1, Ordering::Relaxed);
     worker.active.set(worker.active.get() - 1);
@@ -806,40 +822,50 @@ async fn serve(
     record.backend = Some(chosen.name.clone());
     let mut backend = backend;
     if let Some(version) = served.proxy_protocol {
-        let header = proxy_header(version, &stream, record, &established);
+        let cert_tlv = served.proxy_protocol_cert_tlv;
+        let header = proxy_header(version, cert_tlv, &stream, record, &established);
         let (res, _) = monoio::io::AsyncWriteRentExt::write_all(&mut backend, header).await;
         if let Err(e) = res {
             return CloseReason::BackendError(format!("PROXY header: {e}"));
         }
     }
 
+    // Header mode rewrites request heads, so the client's plaintext must
+    // pass through userspace: such connections stay off kernel TLS.
+    let heads = served.client_cert_header.as_ref().map(|h| {
+        let chain = established.conn.peer_certificates().unwrap_or_default();
+        HeadRewriter::new(&h.reserved_names(), h.lines(chain), h.max_head)
+    });
     let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
-    let outcome = if limits.ktls == KtlsMode::Off || !worker.ktls.any() {
-        userspace::run(established, stream, backend, idle, drain, &worker.buffers).await
-    } else {
+    let offload = limits.ktls != KtlsMode::Off && worker.ktls.any();
+    let established = if offload {
         match handover(established, &mut stream, &worker.ktls).await {
             Ok(Handover::Kernel(session)) => {
                 record.path = "ktls";
-                splice::run(
-                    *session,
-                    stream,
-                    backend,
-                    idle,
-                    drain,
-                    &worker.buffers.pipes,
-                )
-                .await
+                let pipes = &worker.buffers.pipes;
+                let outcome =
+                    splice::run(*session, stream, backend, heads, idle, drain, pipes).await;
+                return relayed(record, outcome);
             }
             Ok(Handover::Userspace(_, why)) if limits.ktls == KtlsMode::Require => {
                 return CloseReason::ClientError(format!("ktls = require, but {why}"));
             }
             Ok(Handover::Userspace(established, why)) => {
                 record.ktls_fallback = Some(why);
-                userspace::run(*established, stream, backend, idle, drain, &worker.buffers).await
+                *established
             }
             Err(e) => return CloseReason::ClientError(e.to_string()),
         }
+    } else {
+        established
     };
+    let buffers = &worker.buffers;
+    let outcome = userspace::run(established, stream, backend, heads, idle, drain, buffers).await;
+    relayed(record, outcome)
+}
+
+/// Records a relay's totals; returns why it ended.
+fn relayed(record: &mut AccessRecord, outcome: RelayOutcome) -> CloseReason {
     record.bytes_up = outcome.bytes_up;
     record.bytes_down = outcome.bytes_down;
     outcome.reason

@@ -266,46 +266,20 @@ fn curl_with_client_cert() {
     let backend = Backend::start(Mode::Http);
     let server = ServeArgs::new(&pki, backend.addr).spawn();
     let port = server.addr().port();
-    let mut cmd = Command::new("curl");
+    let mut cmd = curl_cmd(&pki, port, Some(&pki.client));
     cmd.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "--resolve",
-        &format!("localhost:{port}:127.0.0.1"),
-        "--cacert",
-        pki.ca_path.to_str().unwrap(),
-        "--cert",
-        pki.client.cert_path.to_str().unwrap(),
-        "--key",
-        pki.client.key_path.to_str().unwrap(),
         "-w",
         "\nstatus=%{http_code}\n",
         &format!("https://localhost:{port}/hello/tlsplice"),
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    ]);
     let (status, out, err) = run_bounded(cmd, WAIT);
     assert!(status.success(), "curl failed: {status}\n{err}");
     assert!(out.contains("status=200"), "{out}");
     assert!(out.contains("GET /hello/tlsplice HTTP/1.1"), "{out}");
     assert!(out.contains(&format!("Host: localhost:{port}")), "{out}");
     // Without a client certificate curl is refused.
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "--resolve",
-        &format!("localhost:{port}:127.0.0.1"),
-        "--cacert",
-        pki.ca_path.to_str().unwrap(),
-        &format!("https://localhost:{port}/"),
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut cmd = curl_cmd(&pki, port, None);
+    cmd.arg(format!("https://localhost:{port}/"));
     let (status, out, _err) = run_bounded(cmd, WAIT);
     assert!(
         !status.success(),

@@ -25,6 +25,10 @@
 //! tls_versions = ["1.2", "1.3"]   # default both
 //! cipher_suites = ["AES_128_GCM", "AES_256_GCM", "CHACHA20_POLY1305"]  # default all
 //! backends = ["127.0.0.1:8080"]   # required; host:port, resolved at load
+//! proxy_protocol = "v2"           # "v1" | "v2" | "off"; default off
+//! proxy_protocol_cert_tlv = "der:0xE2"  # "sha256[:TYPE]" | "der[:TYPE]" | "off"; default "sha256:0xE0"
+//! # or, for HTTP/1.1 backends (not together with proxy_protocol):
+//! client_cert_header = { format = "rfc9440", name = "Client-Cert", max_head = 65536 }
 //! client_ocsp = { mode = "check", responder = "http://127.0.0.1:8888", timeout = "2s", fail = "closed", cache_ttl = "5m" }
 //!
 //! [[listener.clients]]        # a named client certificate (allowlist alias)
@@ -32,6 +36,8 @@
 //! cert = "clients/billing.p12"    # required; PEM, DER or PKCS#12
 //! password_file = "clients/billing.pass"  # or password_env = "VAR"; PKCS#12 only
 //! ```
+//!
+//! and at top level `access_log = { format = "json" }` ("text" by default).
 //!
 //! Durations are strings such as `"1m30s"` or integers (seconds). List
 //! values accept a single string too. Unknown keys are errors.
@@ -50,8 +56,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::validate::{
-    At, RawClient, RawConfig, RawDuration, RawHealthCheck, RawList, RawListener, RawOcsp, RawPool,
-    RawPoolBackend, RawRoute, RawTls, Scope, Site, Source,
+    At, RawCertHeader, RawClient, RawConfig, RawDuration, RawHealthCheck, RawList, RawListener,
+    RawOcsp, RawPool, RawPoolBackend, RawRoute, RawTls, Scope, Site, Source,
 };
 use super::{ConfigError, Location};
 
@@ -75,6 +81,8 @@ struct FileConfig {
     ktls: Option<Spanned<String>>,
     /// Admin listener address; default none.
     admin: Option<Spanned<String>>,
+    /// `access_log = { format = "text" | "json" }`.
+    access_log: Option<Spanned<FileAccessLog>>,
     /// Session ticket key file shared by a fleet; default: keys in memory.
     ticket_keys: Option<Spanned<PathBuf>>,
     /// Lifetime clients are told for session tickets; default 1h.
@@ -145,6 +153,10 @@ tls_table! {
         backlog: Option<Spanned<i64>>,
         /// PROXY protocol to backends: "v1", "v2" or "off"; default off.
         proxy_protocol: Option<Spanned<String>>,
+        /// v2 client-certificate TLV: `sha256[:TYPE]`, `der[:TYPE]` or `off`.
+        proxy_protocol_cert_tlv: Option<Spanned<String>>,
+        /// HTTP header mode: `{ format, name, max_head }`; default off.
+        client_cert_header: Option<Spanned<FileCertHeader>>,
         /// `[[listener.route]]` tables.
         #[serde(default)]
         route: Vec<Spanned<FileRoute>>,
@@ -240,6 +252,24 @@ struct FileClient {
     password_file: Option<Spanned<String>>,
     /// Environment variable holding it.
     password_env: Option<Spanned<String>>,
+}
+
+/// The `access_log` table.
+#[derive(Debug, Deserialize)]
+struct FileAccessLog {
+    /// `"text"` (default) or `"json"`.
+    format: Option<Spanned<String>>,
+}
+
+/// A listener's `client_cert_header` table.
+#[derive(Debug, Deserialize)]
+struct FileCertHeader {
+    /// `"rfc9440"` (default), `"xfcc"` or `"escaped-pem"`.
+    format: Option<Spanned<String>>,
+    /// Header name; default per format.
+    name: Option<Spanned<String>>,
+    /// Largest request head in bytes; default 64 KiB.
+    max_head: Option<Spanned<i64>>,
 }
 
 /// A pool's `health_check` table.
@@ -525,6 +555,23 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
                     .proxy_protocol
                     .as_ref()
                     .map(|v| loc.at(v, field("proxy_protocol"))),
+                proxy_protocol_cert_tlv: inner
+                    .proxy_protocol_cert_tlv
+                    .as_ref()
+                    .map(|v| loc.at(v, field("proxy_protocol_cert_tlv"))),
+                client_cert_header: inner.client_cert_header.as_ref().map(|h| {
+                    let sub = |key: &str| field(&format!("client_cert_header.{key}"));
+                    let t = h.get_ref();
+                    RawCertHeader {
+                        site: Site {
+                            location: loc.location(h.span()),
+                            field: field("client_cert_header"),
+                        },
+                        format: t.format.as_ref().map(|v| loc.at(v, sub("format"))),
+                        name: t.name.as_ref().map(|v| loc.at(v, sub("name"))),
+                        max_head: t.max_head.as_ref().map(|v| loc.at(v, sub("max_head"))),
+                    }
+                }),
                 backends: inner
                     .backends
                     .as_ref()
@@ -636,6 +683,11 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
             .map(|v| loc.at(v, f("max_connections"))),
         ktls: file.ktls.as_ref().map(|v| loc.at(v, f("ktls"))),
         admin: file.admin.as_ref().map(|v| loc.at(v, f("admin"))),
+        access_log_format: file
+            .access_log
+            .as_ref()
+            .and_then(|a| a.get_ref().format.as_ref())
+            .map(|v| loc.at(v, f("access_log.format"))),
         ticket_keys: file
             .ticket_keys
             .as_ref()
@@ -660,6 +712,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "max_connections",
     "ktls",
     "admin",
+    "access_log",
     "ticket_keys",
     "ticket_lifetime",
     "listener",
@@ -686,6 +739,8 @@ const LISTENER_KEYS: &[&str] = &[
     "cert_password_env",
     "ocsp_staple",
     "proxy_protocol",
+    "proxy_protocol_cert_tlv",
+    "client_cert_header",
     "client_ocsp",
     "clients",
     "route",
@@ -712,6 +767,12 @@ const ROUTE_KEYS: &[&str] = &[
     "client_ocsp",
     "clients",
 ];
+
+/// Keys of the `access_log` table.
+const ACCESS_LOG_KEYS: &[&str] = &["format"];
+
+/// Keys of a listener's `client_cert_header` table.
+const CERT_HEADER_KEYS: &[&str] = &["format", "name", "max_head"];
 
 /// Keys of a `client_ocsp` table.
 const CLIENT_OCSP_KEYS: &[&str] = &["mode", "responder", "timeout", "fail", "cache_ttl"];
@@ -769,6 +830,12 @@ fn unknown_key_error(path: &Path, text: &str, key: &str) -> ConfigError {
             CLIENT_OCSP_KEYS,
             Some("client_ocsp"),
         ),
+        ["listener", i, "client_cert_header", name] => (
+            format!("listener[{i}]"),
+            *name,
+            CERT_HEADER_KEYS,
+            Some("client_cert_header"),
+        ),
         ["listener", i, "clients", j, name] => (
             format!("listener[{i}].clients[{j}]"),
             *name,
@@ -789,11 +856,15 @@ fn unknown_key_error(path: &Path, text: &str, key: &str) -> ConfigError {
             Some("backends"),
         ),
         ["pool", i, name] => (format!("pool[{i}]"), *name, POOL_KEYS, None),
+        ["access_log", name] => (String::new(), *name, ACCESS_LOG_KEYS, Some("access_log")),
         _ => (String::new(), key, TOP_LEVEL_KEYS, None),
     };
     let field = match (table.as_str(), holder) {
-        ("", _) => name.to_string(),
-        (t, Some(inline @ ("health_check" | "client_ocsp"))) => format!("{t}.{inline}.{name}"),
+        ("", Some(inline)) => format!("{inline}.{name}"),
+        ("", None) => name.to_string(),
+        (t, Some(inline @ ("health_check" | "client_ocsp" | "client_cert_header"))) => {
+            format!("{t}.{inline}.{name}")
+        }
         (t, _) => format!("{t}.{name}"),
     };
     // A pool backend's section is its pool's.

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use super::validate::{
-    At, RawConfig, RawDuration, RawList, RawListener, RawOcsp, RawTls, Scope, Site, Source,
+    At, RawCertHeader, RawConfig, RawDuration, RawList, RawListener, RawOcsp, RawTls, Scope, Site,
+    Source,
 };
 use super::Location;
 
@@ -57,6 +58,14 @@ pub struct Flags {
     pub admin: Option<String>,
     /// `--proxy-protocol v1|v2|off`.
     pub proxy_protocol: Option<String>,
+    /// `--proxy-protocol-cert-tlv sha256[:TYPE]|der[:TYPE]|off`.
+    pub proxy_protocol_cert_tlv: Option<String>,
+    /// `--client-cert-header rfc9440|xfcc|escaped-pem`: HTTP header mode.
+    pub client_cert_header: Option<String>,
+    /// `--client-cert-header-name NAME` (needs `--client-cert-header`).
+    pub client_cert_header_name: Option<String>,
+    /// `--access-log text|json`.
+    pub access_log: Option<String>,
     /// `--ticket-keys FILE`.
     pub ticket_keys: Option<PathBuf>,
     /// `--client-ocsp check|off` (`client_ocsp.mode`).
@@ -100,6 +109,24 @@ fn duration(key: &str, d: &Option<String>) -> Option<At<RawDuration>> {
 }
 
 impl Flags {
+    /// The header-mode flags as the listener's `client_cert_header` table;
+    /// a name alone still turns the mode on (with the default format).
+    fn cert_header(&self) -> Option<RawCertHeader> {
+        if self.client_cert_header.is_none() && self.client_cert_header_name.is_none() {
+            return None;
+        }
+        let format = self.client_cert_header.as_ref();
+        Some(RawCertHeader {
+            site: at("client_cert_header", ()).site,
+            format: format.map(|v| at("client_cert_header", v.clone())),
+            name: self
+                .client_cert_header_name
+                .as_ref()
+                .map(|v| at("client_cert_header_name", v.clone())),
+            max_head: None,
+        })
+    }
+
     /// The `--client-ocsp*` flags as a `client_ocsp` table, when any is given.
     fn client_ocsp(&self) -> Option<RawOcsp> {
         let text = |key: &str, v: &Option<String>| v.as_ref().map(|v| at(key, v.clone()));
@@ -159,6 +186,11 @@ impl Flags {
                 .proxy_protocol
                 .as_ref()
                 .map(|v| at("proxy_protocol", v.clone())),
+            client_cert_header: self.cert_header(),
+            proxy_protocol_cert_tlv: self
+                .proxy_protocol_cert_tlv
+                .as_ref()
+                .map(|v| at("proxy_protocol_cert_tlv", v.clone())),
             backends: list("backends", &self.backends),
             pool: None,
             routes: Vec::new(),
@@ -176,6 +208,10 @@ impl Flags {
             max_connections: count("max_connections", self.max_connections),
             ktls: self.ktls.as_ref().map(|v| at("ktls", v.clone())),
             admin: self.admin.as_ref().map(|v| at("admin", v.clone())),
+            access_log_format: self
+                .access_log
+                .as_ref()
+                .map(|v| at("access_log", v.clone())),
             ticket_keys: self
                 .ticket_keys
                 .as_ref()

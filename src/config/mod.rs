@@ -25,7 +25,9 @@ use crate::tls::route::ServerNamePattern;
 use crate::tls::tickets::TicketKey;
 use crate::tls::verify::{Allowlist, Crl, OcspSettings};
 
-pub use crate::connect::proxy_protocol::Version as ProxyProtocol;
+pub use crate::close::AccessLogFormat;
+pub use crate::connect::cert_header::{CertHeader, Format as CertHeaderFormat};
+pub use crate::connect::proxy_protocol::{CertTlv, CertTlvContent, Version as ProxyProtocol};
 
 pub mod duration;
 pub mod file;
@@ -120,6 +122,8 @@ pub struct Config {
     pub ktls: KtlsMode,
     /// Address of the admin listener (/metrics, /healthz, /ready, /reload).
     pub admin: Option<SocketAddr>,
+    /// How access-log lines are written.
+    pub access_log: AccessLogFormat,
     /// Session tickets: shared keys and lifetime.
     pub tickets: TicketSettings,
     /// The listeners.
@@ -198,6 +202,10 @@ pub struct ListenerConfig {
     pub default_route: Option<RouteConfig>,
     /// PROXY protocol header sent to backends, if any.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// The v2 header's client-certificate TLV; `None` when turned off.
+    pub proxy_protocol_cert_tlv: Option<CertTlv>,
+    /// HTTP header mode: the client certificate in every request head.
+    pub client_cert_header: Option<CertHeader>,
 }
 
 impl ListenerConfig {

@@ -698,6 +698,70 @@ fn check_example(name: &str, c: &Config, root: &Path) {
 }
 
 #[test]
+fn client_cert_header_and_access_log() {
+    let pki = Pki::new();
+    let text = format!(
+        "access_log = {{ format = \"json\" }}\n{LISTENER}client_cert_header = {{ format = \"xfcc\", name = \"x-client\" }}\n"
+    );
+    let c = load_file(&write(&pki, &text)).unwrap();
+    assert_eq!(c.access_log, AccessLogFormat::Json);
+    let h = c.listeners[0].client_cert_header.as_ref().unwrap();
+    assert_eq!(
+        (h.format, h.name.as_str(), h.max_head),
+        (CertHeaderFormat::Xfcc, "x-client", 64 * 1024)
+    );
+    // An empty table means RFC 9440 under its default name.
+    let text = format!("{LISTENER}client_cert_header = {{}}\n");
+    let c = load_file(&write(&pki, &text)).unwrap();
+    assert_eq!(c.access_log, AccessLogFormat::Text);
+    let h = c.listeners[0].client_cert_header.as_ref().unwrap();
+    assert_eq!(
+        (h.format, h.name.as_str()),
+        (CertHeaderFormat::Rfc9440, "Client-Cert")
+    );
+}
+
+#[test]
+fn client_cert_header_errors_name_their_field() {
+    let pki = Pki::new();
+    let text = format!("{LISTENER}client_cert_header = {{ format = \"pem\" }}\n");
+    expect_one(
+        &pki,
+        &text,
+        7,
+        33,
+        "listener[0].client_cert_header.format: must be one of \"rfc9440\", \"xfcc\", \"escaped-pem\", not \"pem\"",
+    );
+    let text =
+        format!("{LISTENER}client_cert_header = {{ name = \"Client Cert\", max_head = 10 }}\n");
+    let (_, errs) = errors(&pki, &text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].contains(
+        "listener[0].client_cert_header.name: \"Client Cert\" is not an HTTP header name"
+    ));
+    assert!(errs[1].contains(
+        "listener[0].client_cert_header.max_head: must be between 4096 and 1048576, not 10"
+    ));
+    let text = format!("{LISTENER}client_cert_header = {{ fromat = \"xfcc\" }}\n");
+    let (_, errs) = errors(&pki, &text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains(":7:1: listener[0].client_cert_header.fromat: unknown field `fromat`, expected one of `format`, `name`, `max_head`"),
+        "{errs:?}"
+    );
+    let text = format!("access_log = {{ format = \"xml\", color = 1 }}\n{LISTENER}");
+    let (_, errs) = errors(&pki, &text);
+    assert!(
+        errs[0].contains(":1:1: access_log.color: unknown field `color`, expected one of `format`"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].contains(":1:25: access_log.format: must be \"text\" or \"json\", not \"xml\""),
+        "{errs:?}"
+    );
+}
+
+#[test]
 fn client_ocsp_table() {
     let pki = Pki::new();
     let path = write(
@@ -812,6 +876,86 @@ fn client_ocsp_flags() {
         c.warnings[0].to_string(),
         "--client-ocsp: ignored because --client-auth is off"
     );
+}
+
+#[test]
+fn client_cert_header_excludes_proxy_protocol() {
+    let pki = Pki::new();
+    let text = format!("{LISTENER}proxy_protocol = \"v2\"\nclient_cert_header = {{}}\n");
+    expect_one(
+        &pki,
+        &text,
+        8,
+        22,
+        "listener[0].client_cert_header: cannot be combined with listener[0].proxy_protocol = \"v2\" on the same listener; a backend gets the client's identity one way",
+    );
+    // "off" is no conflict.
+    let text = format!("{LISTENER}proxy_protocol = \"off\"\nclient_cert_header = {{}}\n");
+    assert!(load_file(&write(&pki, &text)).is_ok());
+    // The flags go through the same check.
+    let errs = flag_errors(&Flags {
+        proxy_protocol: Some("v1".into()),
+        client_cert_header_name: Some("x-cert".into()),
+        ..flags(&pki)
+    });
+    assert_eq!(
+        errs,
+        ["--client-cert-header: cannot be combined with --proxy-protocol = \"v1\" on the same listener; a backend gets the client's identity one way"]
+    );
+    let errs = flag_errors(&Flags {
+        client_cert_header: Some("envoy".into()),
+        access_log: Some("yaml".into()),
+        ..flags(&pki)
+    });
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("--access-log: must be")));
+    assert!(errs
+        .iter()
+        .any(|e| e.starts_with("--client-cert-header: must be one of")));
+}
+
+#[test]
+fn proxy_protocol_cert_tlv_values() {
+    let pki = Pki::new();
+    let tlv = |value: &str| {
+        let text =
+            format!("{LISTENER}proxy_protocol = \"v2\"\nproxy_protocol_cert_tlv = \"{value}\"\n");
+        load_file(&write(&pki, &text)).map(|c| c.listeners[0].proxy_protocol_cert_tlv)
+    };
+    let der = |kind| {
+        Some(CertTlv {
+            kind,
+            content: CertTlvContent::Der,
+        })
+    };
+    assert_eq!(tlv("der:0xE2").unwrap(), der(0xE2));
+    assert_eq!(tlv("der:239").unwrap(), der(0xEF));
+    assert_eq!(tlv("sha256").unwrap(), Some(CertTlv::default()));
+    assert_eq!(tlv("off").unwrap(), None);
+    let text = format!("{LISTENER}proxy_protocol = \"v2\"\n");
+    assert_eq!(
+        load_file(&write(&pki, &text)).unwrap().listeners[0].proxy_protocol_cert_tlv,
+        Some(CertTlv::default())
+    );
+    for (value, why) in [
+        ("der:0xE1", "other than 0xE1"),
+        ("der:0x20", "custom type"),
+        ("der:x", "custom type"),
+        ("pem", "is not"),
+        ("off:0xE2", "is not"),
+    ] {
+        let e = tlv(value).unwrap_err().to_string();
+        assert!(
+            e.contains(":8:27: listener[0].proxy_protocol_cert_tlv: ") && e.contains(why),
+            "{value}: {e}"
+        );
+    }
+    // Without PROXY v2 the setting is only a warning.
+    let text = format!("{LISTENER}proxy_protocol_cert_tlv = \"der\"\n");
+    let c = load_file(&write(&pki, &text)).unwrap();
+    assert!(c.warnings[0]
+        .to_string()
+        .contains("has no effect without listener[0].proxy_protocol = \"v2\""));
 }
 
 #[test]

@@ -19,6 +19,10 @@ use super::{
     KtlsMode, ListenerConfig, Location, PoolBackend, PoolConfig, ProxyProtocol, RouteConfig,
     TicketKeyFile, TicketSettings, TlsSettings, TlsVersion, DEFAULT_ROUTE,
 };
+use crate::close::AccessLogFormat;
+use crate::connect::cert_header::{CertHeader, Format as CertHeaderFormat};
+use crate::connect::proxy_protocol::{CertTlv, CertTlvContent, CUSTOM_TLVS, TLV_CLIENT_IDENTITY};
+use crate::relay::http_head::{is_token_byte, DEFAULT_MAX_HEAD};
 use crate::tls::certs;
 use crate::tls::route::ServerNamePattern;
 use crate::tls::tickets::parse_key_file;
@@ -87,6 +91,10 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_WORKERS: i64 = 1024;
 const MAX_CONNECTIONS: i64 = 10_000_000;
 const MAX_BACKLOG: i64 = 65_535;
+/// Bounds of `client_cert_header.max_head`: room for our own header, and
+/// no more memory per connection than a few records.
+const MIN_HEAD: i64 = 4 * 1024;
+const MAX_HEAD: i64 = 1024 * 1024;
 const MAX_WEIGHT: i64 = 1000;
 
 /// Which input a [`RawConfig`] came from; decides field names and hints.
@@ -194,6 +202,8 @@ pub(crate) struct RawConfig {
     pub ktls: Option<At<String>>,
     /// `admin`.
     pub admin: Option<At<String>>,
+    /// `access_log.format`.
+    pub access_log_format: Option<At<String>>,
     /// `ticket_keys`.
     pub ticket_keys: Option<At<PathBuf>>,
     /// `ticket_lifetime`.
@@ -223,6 +233,10 @@ pub(crate) struct RawListener {
     pub pool: Option<At<String>>,
     /// `proxy_protocol`.
     pub proxy_protocol: Option<At<String>>,
+    /// `client_cert_header`.
+    pub client_cert_header: Option<RawCertHeader>,
+    /// `proxy_protocol_cert_tlv`: `CONTENT[:TYPE]` or `off`.
+    pub proxy_protocol_cert_tlv: Option<At<String>>,
     /// `[[listener.route]]` tables, in order.
     pub routes: Vec<RawRoute>,
 }
@@ -384,6 +398,19 @@ pub(crate) struct RawHealthCheck {
     pub fall: Option<At<i64>>,
 }
 
+/// A listener's `client_cert_header` table (or its flags), unchecked.
+#[derive(Debug)]
+pub(crate) struct RawCertHeader {
+    /// Where the table is; problems with it as a whole are reported here.
+    pub site: Site,
+    /// `format`.
+    pub format: Option<At<String>>,
+    /// `name`.
+    pub name: Option<At<String>>,
+    /// `max_head`.
+    pub max_head: Option<At<i64>>,
+}
+
 /// A loaded client CA bundle and the file it came from.
 type CaBundle = (Option<PathBuf>, Vec<CertificateDer<'static>>);
 
@@ -450,6 +477,20 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
             }
         });
 
+    let access_log = match &raw.access_log_format {
+        None => AccessLogFormat::Text,
+        Some(v) => match v.value.as_str() {
+            "text" => AccessLogFormat::Text,
+            "json" => AccessLogFormat::Json,
+            other => {
+                c.errors.push(
+                    v.site
+                        .error(format!("must be \"text\" or \"json\", not {other:?}")),
+                );
+                AccessLogFormat::Text
+            }
+        },
+    };
     let tickets = c.tickets(&raw);
 
     if raw.listeners.is_empty() {
@@ -517,6 +558,7 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         max_connections_per_worker,
         ktls,
         admin,
+        access_log,
         tickets,
         listeners,
         pools,
@@ -718,6 +760,31 @@ impl Checker {
                 }
             },
         };
+        let proxy_protocol_cert_tlv = match &l.proxy_protocol_cert_tlv {
+            None => Some(CertTlv::default()),
+            Some(v) => {
+                if proxy_protocol != Some(ProxyProtocol::V2) {
+                    self.warnings.push(v.site.error(format!(
+                        "has no effect without {} = \"v2\"",
+                        self.source.field(scope, "proxy_protocol")
+                    )));
+                }
+                self.cert_tlv(v)
+            }
+        };
+        let client_cert_header = l
+            .client_cert_header
+            .as_ref()
+            .and_then(|h| self.cert_header(h));
+        if let (Some(h), Some(pp), Some(_)) =
+            (&l.client_cert_header, &l.proxy_protocol, proxy_protocol)
+        {
+            self.errors.push(h.site.error(format!(
+                "cannot be combined with {} = {:?} on the same listener; \
+                 a backend gets the client's identity one way",
+                pp.site.field, pp.value
+            )));
+        }
 
         let mut route_names = HashMap::new();
         let mut routes = Vec::new();
@@ -768,6 +835,98 @@ impl Checker {
             routes,
             default_route,
             proxy_protocol,
+            proxy_protocol_cert_tlv,
+            client_cert_header,
+        })
+    }
+
+    /// Parses `sha256[:TYPE]`, `der[:TYPE]` or `off`; TYPE is a custom TLV
+    /// type (0xE0..=0xEF, hex or decimal) other than the identity's 0xE1.
+    fn cert_tlv(&mut self, v: &At<String>) -> Option<CertTlv> {
+        let (content, kind) = match v.value.split_once(':') {
+            Some((c, k)) => (c, Some(k)),
+            None => (v.value.as_str(), None),
+        };
+        let content = match content {
+            "off" if kind.is_none() => return None,
+            "sha256" => CertTlvContent::Sha256,
+            "der" => CertTlvContent::Der,
+            _ => {
+                self.errors.push(v.site.error(format!(
+                    "{:?} is not \"sha256[:TYPE]\", \"der[:TYPE]\" or \"off\"",
+                    v.value
+                )));
+                return None;
+            }
+        };
+        let Some(kind) = kind else {
+            return Some(CertTlv {
+                content,
+                ..CertTlv::default()
+            });
+        };
+        let parsed = match kind.strip_prefix("0x").or_else(|| kind.strip_prefix("0X")) {
+            Some(hex) => u8::from_str_radix(hex, 16).ok(),
+            None => kind.parse::<u8>().ok(),
+        };
+        match parsed {
+            Some(k) if CUSTOM_TLVS.contains(&k) && k != TLV_CLIENT_IDENTITY => {
+                Some(CertTlv { kind: k, content })
+            }
+            _ => {
+                self.errors.push(v.site.error(format!(
+                    "TLV type {kind:?} must be a custom type 0xE0..=0xEF other than 0xE1 (the identity TLV)"
+                )));
+                None
+            }
+        }
+    }
+
+    /// Checks a `client_cert_header` table: a known format, a header name
+    /// that is an HTTP token, a sane head limit.
+    fn cert_header(&mut self, h: &RawCertHeader) -> Option<CertHeader> {
+        let errors_before = self.errors.len();
+        let format = match &h.format {
+            None => CertHeaderFormat::Rfc9440,
+            Some(v) => match CertHeaderFormat::NAMES.iter().find(|(n, _)| *n == v.value) {
+                Some((_, f)) => *f,
+                None => {
+                    let known: Vec<String> = CertHeaderFormat::NAMES
+                        .iter()
+                        .map(|(n, _)| format!("{n:?}"))
+                        .collect();
+                    self.errors.push(v.site.error(format!(
+                        "must be one of {}, not {:?}",
+                        known.join(", "),
+                        v.value
+                    )));
+                    CertHeaderFormat::Rfc9440
+                }
+            },
+        };
+        let name = match &h.name {
+            None => format.default_name().to_string(),
+            Some(v) => {
+                let token = !v.value.is_empty() && v.value.bytes().all(is_token_byte);
+                if !token {
+                    self.errors.push(v.site.error(format!(
+                        "{:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)",
+                        v.value
+                    )));
+                }
+                v.value.clone()
+            }
+        };
+        let max_head = match &h.max_head {
+            None => DEFAULT_MAX_HEAD,
+            Some(v) => self
+                .int_in(v, MIN_HEAD, MAX_HEAD)
+                .unwrap_or(DEFAULT_MAX_HEAD),
+        };
+        (self.errors.len() == errors_before).then_some(CertHeader {
+            format,
+            name,
+            max_head,
         })
     }
 

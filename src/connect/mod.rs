@@ -11,6 +11,7 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 
 pub mod balance;
+pub mod cert_header;
 pub mod health;
 pub mod pool;
 pub mod proxy_protocol;

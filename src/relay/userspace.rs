@@ -27,6 +27,7 @@ use super::{watchdog, RelayOutcome};
 use crate::close::CloseReason;
 use crate::handshake::{flush_alert, Established, INCOMING_CAPACITY};
 use crate::pool::Buffers;
+use crate::relay::http_head::HeadRewriter;
 use crate::tls::records::TlsOut;
 use crate::trigger::Trigger;
 
@@ -49,6 +50,9 @@ struct Shared {
     canceller: RefCell<Canceller>,
     /// Both pumps have returned.
     finished: Trigger,
+    /// An HTTP response the client gets before the connection closes (a
+    /// request head refused in header mode).
+    reply: RefCell<Vec<u8>>,
 }
 
 struct Session {
@@ -74,11 +78,13 @@ impl Shared {
 
 /// Relays between an established client session and a connected backend
 /// until both directions are closed, one side fails, the connection idles
-/// for `idle_timeout`, or `drain_expired` fires.
+/// for `idle_timeout`, or `drain_expired` fires. With `heads`, the client's
+/// plaintext goes through that request-head rewriter (header mode).
 pub async fn run(
     established: Established,
     client: TcpStream,
     backend: TcpStream,
+    heads: Option<HeadRewriter>,
     idle_timeout: Duration,
     drain_expired: &Trigger,
     buffers: &Buffers,
@@ -107,6 +113,7 @@ pub async fn run(
         failure: RefCell::new(None),
         canceller: RefCell::new(Canceller::new()),
         finished: Trigger::new(),
+        reply: RefCell::new(Vec::new()),
     };
     let cancel = shared.canceller.borrow().handle();
 
@@ -115,6 +122,7 @@ pub async fn run(
         &mut client_rd,
         &mut backend_wr,
         (&mut incoming, &mut up_plain),
+        heads,
         client_closed,
         cancel.clone(),
     );
@@ -156,8 +164,13 @@ pub async fn run(
     // Whatever the client is still owed: a fatal alert rustls queued, or a
     // close_notify when we end the connection ourselves.
     let mut out = TlsOut::with_capacity(256);
-    let owes_close_notify = matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown)
+    let reply = std::mem::take(&mut *shared.reply.borrow_mut());
+    let owes_close_notify = (!reply.is_empty()
+        || matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown))
         && !shared.session.borrow().close_notify_sent;
+    if !reply.is_empty() && !shared.session.borrow().close_notify_sent {
+        let _ = encrypt(&shared, &reply, &mut out);
+    }
     if owes_close_notify {
         // Queued control records go first; a failure here only means the
         // connection can no longer send anything.
@@ -187,9 +200,11 @@ async fn client_to_backend(
     client: &mut OwnedReadHalf<TcpStream>,
     backend: &mut OwnedWriteHalf<TcpStream>,
     (incoming, plain): (&mut Vec<u8>, &mut Vec<u8>),
+    mut heads: Option<HeadRewriter>,
     client_closed: bool,
     cancel: CancelHandle,
 ) -> u64 {
+    let mut rewritten = Vec::new();
     if incoming.capacity() < INCOMING_CAPACITY {
         incoming.reserve(INCOMING_CAPACITY - incoming.len());
     }
@@ -202,6 +217,20 @@ async fn client_to_backend(
                 return total;
             }
         };
+        if let (Some(heads), false) = (heads.as_mut(), plain.is_empty()) {
+            rewritten.clear();
+            let fed = heads.feed(plain, &mut rewritten);
+            std::mem::swap(plain, &mut rewritten);
+            if let Err(refused) = fed {
+                // Nothing more reaches the backend: the client gets the
+                // answer and the connection closes.
+                *shared.reply.borrow_mut() = refused.response();
+                shared.fail(CloseReason::ClientError(format!(
+                    "request head refused: {refused}"
+                )));
+                return total;
+            }
+        }
         if !plain.is_empty() {
             let n = plain.len() as u64;
             let (res, buf) = backend

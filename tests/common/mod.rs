@@ -776,6 +776,31 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// `curl` for `https://localhost:PORT/…` (resolved to 127.0.0.1), trusting
+/// the PKI's CA and presenting `client`'s certificate, if any; bounded to
+/// 10 s. Output is piped, stdin closed; the caller adds the URL and options.
+pub fn curl_cmd(pki: &Pki, port: u16, client: Option<&Identity>) -> Command {
+    require_tool("curl");
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "--resolve",
+        &format!("localhost:{port}:127.0.0.1"),
+        "--cacert",
+        pki.ca_path.to_str().unwrap(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    if let Some(id) = client {
+        cmd.arg("--cert").arg(&id.cert_path);
+        cmd.arg("--key").arg(&id.key_path);
+    }
+    cmd
+}
+
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     find(hay, needle).is_some()
 }

@@ -158,6 +158,11 @@ impl Pki {
         self.dir.path().join(name)
     }
 
+    /// The client's end-entity certificate.
+    pub fn client_cert(&self) -> &CertificateDer<'static> {
+        &self.client_chain[0]
+    }
+
     /// A rustls client configuration with the client certificate, limited
     /// to `version` and, when given, to one cipher suite.
     pub fn client_config(
