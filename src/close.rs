@@ -201,6 +201,7 @@ impl AccessRecord {
             "client": self.client.to_string(),
             "listener": self.listener,
             "sni": self.sni,
+            "route": self.route,
             "subject": self.subject,
             "identity": self.identity,
             "alpn": self.alpn,
@@ -227,6 +228,7 @@ mod tests {
     fn json_record_has_every_field() {
         let mut r = AccessRecord::new("127.0.0.1:4000".parse().unwrap(), "main");
         r.sni = Some("a.example".into());
+        r.route = Some("api".into());
         r.identity = Some("alias:billing".into());
         r.bytes_up = 7;
         r.handshake = Some(Duration::from_micros(1500));
@@ -237,6 +239,7 @@ mod tests {
         assert_eq!(v["time"], "1970-01-01T00:00:00Z");
         assert_eq!(v["client"], "127.0.0.1:4000");
         assert_eq!(v["sni"], "a.example");
+        assert_eq!(v["route"], "api");
         assert_eq!(v["identity"], "alias:billing");
         assert_eq!(v["backend"], serde_json::Value::Null);
         assert_eq!(v["bytes_up"], 7);
