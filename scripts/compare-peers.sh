@@ -31,7 +31,8 @@
 # (2000), RR_CONNECTIONS (16), BULK_CONNECTIONS (1), IDLE_CONNS (1000),
 # QUIET_BUDGET (120: seconds in all to wait for a quiet machine before
 # tests), INSTALL (1: apt-get install missing peers when root), OUT
-# (docs/comparison.md; empty: stdout only), KEEP_WORK (1 keeps the temp dir).
+# (docs/comparison.md; empty: stdout only), KEEP_WORK (1 keeps the temp dir),
+# CHECK_LOADGEN (1: also time nginx with openssl s_time, see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -50,6 +51,7 @@ IDLE_CONNS=${IDLE_CONNS:-1000}
 INSTALL=${INSTALL:-1}
 OUT=${OUT-docs/comparison.md}
 KEEP_WORK=${KEEP_WORK:-0}
+CHECK_LOADGEN=${CHECK_LOADGEN:-1}
 
 say() { echo "[compare $(date +%T)] $*" >&2; }
 
@@ -505,6 +507,35 @@ for round in $(seq "$ROUNDS"); do
     stop_peer "$peer" "$round" load
   done
 done
+
+# ---------------------------------------------------------------- loadgen check
+# tlsplice-load is checked against a client nobody here wrote: one connection
+# at a time, full TLS 1.3 mTLS handshakes against nginx, by `openssl s_time
+# -new` and by `tlsplice-load handshake --connections 1` (no echo, as s_time
+# does none), both on the client cpu, in every round.
+if [ "$CHECK_LOADGEN" = 1 ] && [[ " $PEERS " == *" nginx "* ]] && [ -z "${peer_note[nginx]}" ]; then
+  secs=${DURATION%s}
+  [[ $secs =~ ^[0-9]+$ ]] || secs=5
+  for round in $(seq "$ROUNDS"); do
+    say "load generator check $round/$ROUNDS: openssl s_time vs tlsplice-load against nginx"
+    start_peer nginx || { record nginx "$round" s_time.failed start; continue; }
+    wait_quiet
+    t0=$(date +%s.%N)
+    taskset -c "$CLIENT_CPU" timeout $((secs + 30)) openssl s_time -connect "127.0.0.1:$PEER_PORT" \
+      -new -time "$secs" -tls1_3 -ciphersuites TLS_AES_128_GCM_SHA256 -CAfile "$pki/ca.crt" \
+      -cert "$pki/client.crt" -key "$pki/client.key" >"$work/nginx/s_time-$round.txt" 2>&1 || true
+    t1=$(date +%s.%N)
+    n=$(sed -n 's/^\([0-9][0-9]*\) connections in [0-9]* real seconds.*/\1/p' "$work/nginx/s_time-$round.txt" | tail -n 1)
+    if [ -n "$n" ]; then
+      record nginx "$round" s_time.ops_per_s "$(awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN {print n / (b - a)}')"
+    else
+      record nginx "$round" s_time.failed 1
+      tail -n 5 "$work/nginx/s_time-$round.txt" >&2
+    fi
+    run_load nginx "$round" check_load handshake --connections 1
+    stop_peer
+  done
+fi
 
 # ---------------------------------------------------------------- report
 notes=$work/notes.tsv

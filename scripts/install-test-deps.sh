@@ -5,6 +5,10 @@ set -euo pipefail
 need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
+# tests/proxy_consumer.rs: a real PROXY protocol consumer (in /usr/sbin).
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+# tests/identity_header.rs: the HTTP/1.1 backend is Python's http.server.
+command -v python3 >/dev/null || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -13,3 +17,5 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # The metrics test parses /metrics with the reference Prometheus parser.
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus_client
+# The Kubernetes manifests are checked against the API schemas offline.
+command -v kubernetes-validate >/dev/null || python3 -m pip install -q kubernetes-validate

@@ -14,7 +14,8 @@ use std::thread;
 use std::time::Duration;
 
 use crate::admit::{RefusalReason, Throttle};
-use crate::close::{Counters, HANDSHAKE_BUCKETS_MS, REASON_CODES};
+use crate::close::{Counters, RouteCounters, HANDSHAKE_BUCKETS_MS, REASON_CODES};
+use crate::connect::pool::{Pool, PoolRegistry};
 use crate::tls::verify::{CacheStats, VerifyCache};
 
 /// What the admin endpoints read and drive.
@@ -25,6 +26,10 @@ pub struct AdminState {
     pub cache: Arc<VerifyCache>,
     /// The throttling tiers' state.
     pub throttle: Arc<Throttle>,
+    /// The backend pools (health, ejections, open connections).
+    pub pools: Arc<PoolRegistry>,
+    /// Connections per route.
+    pub routes: Arc<RouteCounters>,
     /// Set once shutdown began: `/ready` turns 503 so load balancers stop
     /// sending new connections.
     pub draining: AtomicBool,
@@ -71,9 +76,9 @@ pub fn route(method: &str, path: &str, state: &AdminState) -> Answer {
             body: render_metrics(
                 state.counters.iter().map(|c| &**c),
                 &state.cache.stats(),
-                &state.throttle,
                 state.draining.load(Ordering::Relaxed),
-            ),
+            ) + &render_upstream_metrics(&state.pools.current(), &state.routes)
+                + &render_throttle_metrics(&state.throttle),
         },
         ("POST", "/reload") => {
             let (tx, rx) = mpsc::channel();
@@ -100,7 +105,6 @@ pub fn route(method: &str, path: &str, state: &AdminState) -> Answer {
 pub fn render_metrics<'a>(
     counters: impl IntoIterator<Item = &'a Counters> + Clone,
     cache: &CacheStats,
-    throttle: &Throttle,
     draining: bool,
 ) -> String {
     let sum = |f: &dyn Fn(&Counters) -> u64| counters.clone().into_iter().map(f).sum::<u64>();
@@ -242,12 +246,90 @@ pub fn render_metrics<'a>(
         "1 while shutting down.",
         u64::from(draining),
     );
-    render_throttle(&mut out, throttle);
     out
 }
 
-/// The throttle's counters: admissions and refusals per tier, pacing.
-fn render_throttle(out: &mut String, throttle: &Throttle) {
+/// Escapes a Prometheus label value.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text of routes and pools: connections by route, and each
+/// backend's health, ejections and open connections.
+pub fn render_upstream_metrics(pools: &[Arc<Pool>], routes: &RouteCounters) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    };
+    let routes = routes.snapshot();
+    let route_labels =
+        |l: &str, r: &str| format!("listener=\"{}\",route=\"{}\"", label(l), label(r));
+    family(
+        "tlsplice_route_connections_total",
+        "counter",
+        "Connections served, by listener and route.",
+        routes
+            .iter()
+            .map(|(l, r, total, _)| (route_labels(l, r), *total))
+            .collect(),
+    );
+    family(
+        "tlsplice_route_connections_open",
+        "gauge",
+        "Connections open now, by listener and route.",
+        routes
+            .iter()
+            .map(|(l, r, _, open)| (route_labels(l, r), *open))
+            .collect(),
+    );
+    let backends = || {
+        pools.iter().flat_map(|p| {
+            p.members().iter().map(move |m| {
+                let labels = format!(
+                    "pool=\"{}\",backend=\"{}\"",
+                    label(&p.name),
+                    label(&m.state.backend.name)
+                );
+                (p, m, labels)
+            })
+        })
+    };
+    family(
+        "tlsplice_backend_healthy",
+        "gauge",
+        "1 while the backend takes new connections (healthy and not ejected).",
+        backends()
+            .map(|(p, m, l)| (l, u64::from(p.in_service(m))))
+            .collect(),
+    );
+    family(
+        "tlsplice_backend_ejections_total",
+        "counter",
+        "Times the backend was ejected after consecutive connect failures.",
+        backends()
+            .map(|(_, m, l)| (l, m.state.ejections()))
+            .collect(),
+    );
+    family(
+        "tlsplice_backend_connections_open",
+        "gauge",
+        "Connections open to the backend now, across workers.",
+        backends().map(|(_, m, l)| (l, m.state.open())).collect(),
+    );
+    out
+}
+
+/// The Prometheus text of the throttle: admissions and refusals per tier,
+/// pacing, clients remembered.
+pub fn render_throttle_metrics(throttle: &Throttle) -> String {
+    let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -320,6 +402,7 @@ fn render_throttle(out: &mut String, throttle: &Throttle) {
         "Idle clients forgotten to make room.",
         one(evictions.to_string()),
     );
+    out
 }
 
 /// Binds the admin listener and serves it on a thread of its own.
@@ -389,6 +472,8 @@ mod tests {
             counters: vec![Arc::default(), Arc::default()],
             cache: Arc::new(VerifyCache::new(CacheConfig::default())),
             throttle: Throttle::new(Tiers::default(), 16),
+            pools: Arc::default(),
+            routes: Arc::default(),
             draining: AtomicBool::new(false),
             reload: Box::new(move |r| tx.send(r).is_ok()),
         };

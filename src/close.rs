@@ -1,9 +1,10 @@
 //! The end of a connection: why it ended and the access-log line.
 
 use std::fmt;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Why a connection ended. Each connection gets exactly one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub enum CloseReason {
     /// The client's throttling tier refused the connection; the detail
     /// names the tier and the limit.
     Throttled(String),
+    /// No route serves the client's SNI (or ALPN); it got the alert.
+    NoRoute(String),
     /// No backend accepted the connection.
     BackendUnavailable(String),
     /// No bytes moved in either direction for the idle timeout.
@@ -48,6 +51,7 @@ impl CloseReason {
             Self::HandshakeFailed(_) => "handshake_failed",
             Self::ClientGoneInHandshake => "client_gone_in_handshake",
             Self::Throttled(_) => "throttled",
+            Self::NoRoute(_) => "no_route",
             Self::BackendUnavailable(_) => "backend_unavailable",
             Self::IdleTimeout => "idle_timeout",
             Self::Shutdown => "shutdown",
@@ -62,6 +66,7 @@ impl CloseReason {
             Self::NotTls(d)
             | Self::HandshakeFailed(d)
             | Self::Throttled(d)
+            | Self::NoRoute(d)
             | Self::BackendUnavailable(d)
             | Self::ClientError(d)
             | Self::BackendError(d)
@@ -80,6 +85,16 @@ impl fmt::Display for CloseReason {
     }
 }
 
+/// How access-log lines are written (`access_log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogFormat {
+    /// `key=value` fields through the log (target `access`).
+    #[default]
+    Text,
+    /// One JSON object per line on stderr.
+    Json,
+}
+
 /// What the access log records about one connection. Filled in along the
 /// connection's path and emitted once, at close. Never holds key material.
 #[derive(Debug)]
@@ -88,6 +103,8 @@ pub struct AccessRecord {
     pub client: SocketAddr,
     /// Listener name.
     pub listener: String,
+    /// Route that served the connection (`default` for the listener's own).
+    pub route: Option<String>,
     /// Server name the client asked for.
     pub sni: Option<String>,
     /// Negotiated ALPN protocol.
@@ -124,6 +141,7 @@ impl AccessRecord {
         Self {
             client,
             listener: listener.to_owned(),
+            route: None,
             sni: None,
             alpn: None,
             version: None,
@@ -141,8 +159,21 @@ impl AccessRecord {
         }
     }
 
-    /// Writes the access-log line (target `access`).
-    pub fn emit(&self, reason: &CloseReason) {
+    /// Writes the access-log line: through the log (target `access`) as
+    /// text, or as one JSON object on its own line of stderr.
+    pub fn emit(&self, reason: &CloseReason, format: AccessLogFormat) {
+        match format {
+            AccessLogFormat::Text => self.emit_text(reason),
+            AccessLogFormat::Json => {
+                let mut line = self.json(reason, SystemTime::now()).to_string();
+                line.push('\n');
+                // One write per line, so lines from several workers never interleave.
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            }
+        }
+    }
+
+    fn emit_text(&self, reason: &CloseReason) {
         fn opt(v: &Option<String>) -> &str {
             v.as_deref().unwrap_or("-")
         }
@@ -150,6 +181,7 @@ impl AccessRecord {
             target: "access",
             client = %self.client,
             listener = %self.listener,
+            route = %opt(&self.route),
             sni = %opt(&self.sni),
             subject = %opt(&self.subject),
             identity = %opt(&self.identity),
@@ -168,11 +200,65 @@ impl AccessRecord {
             "access"
         );
     }
+
+    /// The record as a JSON object; absent values are `null`, durations
+    /// are milliseconds with microsecond precision.
+    pub fn json(&self, reason: &CloseReason, now: SystemTime) -> serde_json::Value {
+        let ms = |d: Duration| d.as_micros() as f64 / 1000.0;
+        serde_json::json!({
+            "time": crate::tls::certs::format_time(now),
+            "client": self.client.to_string(),
+            "listener": self.listener,
+            "sni": self.sni,
+            "route": self.route,
+            "subject": self.subject,
+            "identity": self.identity,
+            "tier": self.tier,
+            "alpn": self.alpn,
+            "version": self.version,
+            "suite": self.suite,
+            "backend": self.backend,
+            "path": self.path,
+            "ktls_fallback": self.ktls_fallback,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "handshake_ms": self.handshake.map(ms),
+            "duration_ms": ms(self.started.elapsed()),
+            "reason": reason.code(),
+            "reason_detail": reason.detail(),
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_record_has_every_field() {
+        let mut r = AccessRecord::new("127.0.0.1:4000".parse().unwrap(), "main");
+        r.sni = Some("a.example".into());
+        r.route = Some("api".into());
+        r.identity = Some("alias:billing".into());
+        r.tier = Some("gold".into());
+        r.bytes_up = 7;
+        r.handshake = Some(Duration::from_micros(1500));
+        let reason = CloseReason::BackendError("write: reset \"x\"".into());
+        let line = r.json(&reason, SystemTime::UNIX_EPOCH).to_string();
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["time"], "1970-01-01T00:00:00Z");
+        assert_eq!(v["client"], "127.0.0.1:4000");
+        assert_eq!(v["sni"], "a.example");
+        assert_eq!(v["route"], "api");
+        assert_eq!(v["identity"], "alias:billing");
+        assert_eq!(v["tier"], "gold");
+        assert_eq!(v["backend"], serde_json::Value::Null);
+        assert_eq!(v["bytes_up"], 7);
+        assert_eq!(v["handshake_ms"], 1.5);
+        assert_eq!(v["reason"], "backend_error");
+        assert_eq!(v["reason_detail"], "write: reset \"x\"");
+    }
 
     #[test]
     fn reason_display_carries_code_and_detail() {
@@ -213,7 +299,7 @@ pub struct Counters {
 pub const HANDSHAKE_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
 
 /// Every close reason code, in counter order.
-pub const REASON_CODES: [&str; 13] = [
+pub const REASON_CODES: [&str; 14] = [
     "done",
     "max_connections",
     "handshake_timeout",
@@ -221,6 +307,7 @@ pub const REASON_CODES: [&str; 13] = [
     "handshake_failed",
     "client_gone_in_handshake",
     "throttled",
+    "no_route",
     "backend_unavailable",
     "idle_timeout",
     "shutdown",
@@ -313,6 +400,7 @@ mod counter_tests {
             CloseReason::HandshakeFailed(String::new()),
             CloseReason::ClientGoneInHandshake,
             CloseReason::Throttled(String::new()),
+            CloseReason::NoRoute(String::new()),
             CloseReason::BackendUnavailable(String::new()),
             CloseReason::IdleTimeout,
             CloseReason::Shutdown,
@@ -331,9 +419,73 @@ mod counter_tests {
         }
         b.record(&rec, &CloseReason::Done);
         let s = Counters::summary([&a, &b]);
-        assert!(s.contains("ktls=14 "), "{s}");
-        assert!(s.contains("bytes_up=70 "), "{s}");
+        assert!(s.contains("ktls=15 "), "{s}");
+        assert!(s.contains("bytes_up=75 "), "{s}");
         assert!(s.contains(" done=2"), "{s}");
         assert!(s.contains(" backend_error=1"), "{s}");
+    }
+}
+
+/// Connections per route, shared by every worker and kept across reloads
+/// (by listener and route name) so the counters only grow.
+#[derive(Debug, Default)]
+pub struct RouteCounters {
+    routes: std::sync::Mutex<Vec<(String, String, std::sync::Arc<RouteCount>)>>,
+}
+
+/// One route's connection counts.
+#[derive(Debug, Default)]
+pub struct RouteCount {
+    /// Connections the route took.
+    pub total: AtomicU64,
+    /// Of those, still open.
+    pub open: AtomicU64,
+}
+
+/// One connection counted as open on its route until dropped.
+#[derive(Debug)]
+pub struct RouteGuard(std::sync::Arc<RouteCount>);
+
+impl RouteCount {
+    /// Counts a new connection on this route.
+    pub fn enter(self: &std::sync::Arc<Self>) -> RouteGuard {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        RouteGuard(self.clone())
+    }
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl RouteCounters {
+    /// The counts of `route` on `listener`, created at first use.
+    pub fn get(&self, listener: &str, route: &str) -> std::sync::Arc<RouteCount> {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, c)) = routes.iter().find(|(l, r, _)| l == listener && r == route) {
+            return c.clone();
+        }
+        let c = std::sync::Arc::<RouteCount>::default();
+        routes.push((listener.to_owned(), route.to_owned(), c.clone()));
+        c
+    }
+
+    /// Every route counted so far: (listener, route, total, open).
+    pub fn snapshot(&self) -> Vec<(String, String, u64, u64)> {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes
+            .iter()
+            .map(|(l, r, c)| {
+                (
+                    l.clone(),
+                    r.clone(),
+                    c.total.load(Ordering::Relaxed),
+                    c.open.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 }

@@ -17,7 +17,7 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
 use rustls::ServerConfig;
 
-use crate::admit::{self, Refusal, Verdict};
+use crate::admit::{self, Verdict};
 use crate::pool::Buffers;
 use crate::tls::client_hello::{self, ClientHello, ClientHelloError};
 use crate::tls::records::TlsOut;
@@ -62,23 +62,39 @@ pub enum HandshakeError {
     Tls(#[from] rustls::Error),
     /// The client's throttling tier refused it (access_denied was sent).
     #[error("throttled: {0}")]
-    Throttled(Refusal),
+    Throttled(admit::Refusal),
     /// The client closed the connection before the handshake completed.
     #[error("client closed the connection during the handshake")]
     ClientGone,
     /// Reading from or writing to the client failed.
     #[error("client I/O: {0}")]
     Io(#[from] io::Error),
+    /// No route serves the ClientHello (the refusal's alert was sent).
+    #[error("{0}")]
+    Refused(Refusal),
+}
+
+/// A ClientHello the listener refuses before any handshake: the alert to
+/// send and the reason to log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Refusal {
+    /// The fatal alert the client gets.
+    pub alert: rustls::AlertDescription,
+    /// Why, for the log.
+    pub reason: String,
 }
 
 /// Runs the server side of the handshake on `stream`.
 ///
-/// `select` picks the configuration for the offered ClientHello (by SNI).
-/// The caller bounds the whole call with the handshake timeout.
+/// `select` picks the configuration for the offered ClientHello (by SNI),
+/// or refuses it; it gets `None` for a ClientHello that does not parse,
+/// which goes to rustls with any configuration for the alert rustls
+/// chooses. The caller bounds the whole call with the handshake timeout.
 pub async fn accept(
     stream: &mut TcpStream,
     buffers: &Buffers,
-    select: impl FnOnce(&ClientHello) -> Arc<ServerConfig>,
+    select: impl FnOnce(Option<&ClientHello>) -> Result<Arc<ServerConfig>, Refusal>,
 ) -> Result<Established, HandshakeError> {
     let mut incoming = buffers.records.take();
     let hello = loop {
@@ -94,9 +110,17 @@ pub async fn accept(
         }
     };
 
-    // An unparsable hello still goes to rustls with the default
-    // configuration, so the client gets the alert rustls chooses for it.
-    let config = select(hello.as_ref().unwrap_or(&ClientHello::default()));
+    let config = match select(hello.as_ref().ok()) {
+        Ok(config) => config,
+        Err(refusal) => {
+            // A plaintext fatal alert: nothing is encrypted yet.
+            let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, u8::from(refusal.alert)];
+            let mut out = TlsOut::from_vec(buffers.chunks.take(), alert.len());
+            out.extend_plain(&alert);
+            let _ = write_out(stream, &mut out).await;
+            return Err(HandshakeError::Refused(refusal));
+        }
+    };
     let mut conn = UnbufferedServerConnection::new(config)?;
     let mut out = TlsOut::from_vec(buffers.chunks.take(), OUTGOING_CAPACITY);
     let mut early_plaintext = Vec::new();

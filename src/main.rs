@@ -92,6 +92,21 @@ struct ServeArgs {
     /// PROXY protocol header to backends: v1, v2 (with TLS and client-certificate TLVs) or off.
     #[arg(long)]
     proxy_protocol: Option<String>,
+    /// PROXY v2 TLV for the client certificate: sha256[:TYPE] (default
+    /// sha256:0xE0), der[:TYPE] (the certificate itself) or off.
+    #[arg(long, value_name = "CONTENT[:TYPE]")]
+    proxy_protocol_cert_tlv: Option<String>,
+    /// Send the client certificate in every HTTP/1.1 request head instead of
+    /// a PROXY header: rfc9440 (Client-Cert), xfcc (X-Forwarded-Client-Cert)
+    /// or escaped-pem (X-SSL-Client-Cert).
+    #[arg(long, value_name = "FORMAT")]
+    client_cert_header: Option<String>,
+    /// Header name for --client-cert-header (any case), e.g. x-client-cert.
+    #[arg(long, value_name = "NAME")]
+    client_cert_header_name: Option<String>,
+    /// Access-log format: text (key=value) or json (one object per line on stderr).
+    #[arg(long)]
+    access_log: Option<String>,
     /// CRL file (PEM or DER) for client certificates (repeatable).
     #[arg(long)]
     crl: Vec<PathBuf>,
@@ -108,6 +123,25 @@ struct ServeArgs {
     /// Environment variable holding the password of a PKCS#12 --cert.
     #[arg(long)]
     cert_password_env: Option<String>,
+    /// Session ticket keys shared by a fleet: one base64 80-byte key per
+    /// line, newest first (re-read on SIGHUP and when the file changes).
+    #[arg(long)]
+    ticket_keys: Option<PathBuf>,
+    /// OCSP checking of client certificates: check or off (any --client-ocsp-* flag implies check).
+    #[arg(long)]
+    client_ocsp: Option<String>,
+    /// OCSP responder URL (http://host:port/path); default: the certificate's AIA OCSP URL.
+    #[arg(long)]
+    client_ocsp_responder: Option<String>,
+    /// Longest an OCSP query may take, e.g. 2s (default 2s, at most 30s).
+    #[arg(long)]
+    client_ocsp_timeout: Option<String>,
+    /// When the OCSP status cannot be learned: closed (refuse, default) or open (admit).
+    #[arg(long)]
+    client_ocsp_fail: Option<String>,
+    /// Longest a good OCSP answer is reused, e.g. 5m (default 5m; never past its nextUpdate).
+    #[arg(long)]
+    client_ocsp_cache_ttl: Option<String>,
 }
 
 impl ServeArgs {
@@ -129,11 +163,21 @@ impl ServeArgs {
             ktls: self.ktls.clone(),
             admin: self.admin.clone(),
             proxy_protocol: self.proxy_protocol.clone(),
+            proxy_protocol_cert_tlv: self.proxy_protocol_cert_tlv.clone(),
+            client_cert_header: self.client_cert_header.clone(),
+            client_cert_header_name: self.client_cert_header_name.clone(),
+            access_log: self.access_log.clone(),
             crl: self.crl.clone(),
             allow: self.allow.clone(),
             ocsp_staple: self.ocsp_staple.clone(),
             cert_password_file: self.cert_password_file.clone(),
             cert_password_env: self.cert_password_env.clone(),
+            ticket_keys: self.ticket_keys.clone(),
+            client_ocsp: self.client_ocsp.clone(),
+            client_ocsp_responder: self.client_ocsp_responder.clone(),
+            client_ocsp_timeout: self.client_ocsp_timeout.clone(),
+            client_ocsp_fail: self.client_ocsp_fail.clone(),
+            client_ocsp_cache_ttl: self.client_ocsp_cache_ttl.clone(),
         }
     }
 }

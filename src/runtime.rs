@@ -22,21 +22,34 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use futures_channel::oneshot;
 use futures_util::FutureExt as _;
+use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
+use rustls::server::ProducesTickets;
 use rustls::ServerConfig;
 
 use crate::admin::{AdminState, ReloadRequest};
 use crate::admit::{self, Client, ClientKey, Throttle, Verdict};
-use crate::close::{AccessRecord, CloseReason, Counters};
-use crate::config::{Backend, Config, KtlsMode, ListenerConfig, ProxyProtocol};
+use crate::close::{
+    AccessLogFormat, AccessRecord, CloseReason, Counters, RouteCount, RouteCounters,
+};
+use crate::config::{
+    CertHeader, CertTlv, Config, KtlsMode, ListenerConfig, ProxyProtocol, RouteConfig,
+};
+use crate::connect::pool::{Pool, PoolRegistry};
 use crate::connect::proxy_protocol::{self, ClientInfo};
-use crate::connect::{self, BackendPool};
-use crate::handshake::{self, HandshakeError};
+use crate::connect::{self};
+use crate::handshake::{self, HandshakeError, Refusal};
 use crate::ktls::handover::{handover, Handover};
 use crate::ktls::probe::{self, Capabilities};
 use crate::pool::Buffers;
-use crate::relay::{splice, userspace};
-use crate::tls::verify::{identify, Allowlist, CacheConfig, Fingerprint, VerifyCache};
+use crate::relay::http_head::HeadRewriter;
+use crate::relay::{splice, userspace, RelayOutcome};
+use crate::tls::client_hello::ClientHello;
+use crate::tls::route::{RouteMatch, RouteTable, Selected};
+use crate::tls::tickets::Ticketers;
+use crate::tls::verify::{
+    identify, Allowlist, CacheConfig, Fingerprint, Identity, RuleKind, VerifyCache,
+};
 use crate::tls::{certs, server_config};
 use crate::trigger::Trigger;
 
@@ -61,22 +74,42 @@ struct Limits {
     drain_timeout: Duration,
     max_connections: usize,
     ktls: KtlsMode,
+    access_log: AccessLogFormat,
 }
 
 /// What a listener serves new connections with. Replaced whole on reload;
 /// a connection keeps the one it started with.
 #[derive(Debug)]
 pub struct Served {
-    /// TLS identity and client policy.
-    pub tls: Arc<ServerConfig>,
-    /// Backends, in configured order.
-    pub backends: Vec<Backend>,
-    /// The allowlist, to name the client after its handshake.
-    pub allowlist: Allowlist,
+    /// Which route a ClientHello gets.
+    pub table: RouteTable,
+    /// The routes, in the table's order.
+    pub routes: Vec<ServedRoute>,
+    /// The listener's own route, for clients no route matches.
+    pub default_route: Option<ServedRoute>,
     /// PROXY protocol header for backends.
     pub proxy_protocol: Option<ProxyProtocol>,
     /// The process-wide throttle (its tiers are reloaded with the rest).
     pub throttle: Arc<Throttle>,
+    /// The v2 header's client-certificate TLV, if any.
+    pub proxy_protocol_cert_tlv: Option<CertTlv>,
+    /// HTTP header mode: the client certificate in every request head.
+    pub client_cert_header: Option<CertHeader>,
+}
+
+/// How one route serves its connections.
+#[derive(Debug)]
+pub struct ServedRoute {
+    /// Name in the access log and metrics.
+    pub name: String,
+    /// TLS identity and client policy.
+    pub tls: Arc<ServerConfig>,
+    /// The allowlist, to name the client after its handshake.
+    pub allowlist: Allowlist,
+    /// Where its connections go.
+    pub pool: Arc<Pool>,
+    /// Its connection counts.
+    pub count: Arc<RouteCount>,
 }
 
 /// A listener's current [`Served`], shared by all workers.
@@ -91,33 +124,101 @@ struct ListenerPlan {
     sockets: Vec<Vec<std::net::TcpListener>>,
 }
 
+/// State the main thread builds routes from and the admin endpoint reads:
+/// shared by every listener and kept across reloads.
+struct Shared {
+    cache: Arc<VerifyCache>,
+    pools: Arc<PoolRegistry>,
+    routes: Arc<RouteCounters>,
+    throttle: Arc<Throttle>,
+}
+
 impl Served {
     fn build(
         listener: &ListenerConfig,
-        cache: &Arc<VerifyCache>,
-        throttle: &Arc<Throttle>,
+        pools: &[Arc<Pool>],
+        shared: &Shared,
+        ticketer: &Arc<dyn ProducesTickets>,
     ) -> anyhow::Result<Self> {
-        let tls = server_config::build(&listener.tls, cache, throttle)
-            .with_context(|| format!("listener {}", listener.name))?;
+        let route = |r: &RouteConfig| -> anyhow::Result<ServedRoute> {
+            let tls = server_config::build(&r.tls, &shared.cache, ticketer, &shared.throttle)
+                .with_context(|| format!("listener {} route {}", listener.name, r.name))?;
+            let pool = pools
+                .iter()
+                .find(|p| p.name == r.pool)
+                .cloned()
+                .with_context(|| format!("route {} names an unknown pool {}", r.name, r.pool))?;
+            Ok(ServedRoute {
+                name: r.name.clone(),
+                tls,
+                allowlist: r.tls.allowlist.clone(),
+                pool,
+                count: shared.routes.get(&listener.name, &r.name),
+            })
+        };
+        let table = RouteTable::new(
+            listener
+                .routes
+                .iter()
+                .map(|r| RouteMatch {
+                    name: r.name.clone(),
+                    server_names: r.server_names.clone(),
+                    alpn: r.tls.alpn.clone(),
+                })
+                .collect(),
+            listener.default_route.is_some(),
+        );
         Ok(Self {
-            tls,
-            backends: listener.backends.clone(),
-            allowlist: listener.tls.allowlist.clone(),
+            table,
+            routes: listener
+                .routes
+                .iter()
+                .map(route)
+                .collect::<anyhow::Result<_>>()?,
+            default_route: listener.default_route.as_ref().map(route).transpose()?,
             proxy_protocol: listener.proxy_protocol,
-            throttle: throttle.clone(),
+            throttle: shared.throttle.clone(),
+            proxy_protocol_cert_tlv: listener.proxy_protocol_cert_tlv,
+            client_cert_header: listener.client_cert_header.clone(),
         })
+    }
+
+    /// The route for a ClientHello, or the refusal; any route for one that
+    /// did not parse (rustls then refuses it with its own alert).
+    fn select(&self, hello: Option<&ClientHello>) -> Result<&ServedRoute, Refusal> {
+        let Some(hello) = hello else {
+            return self
+                .default_route
+                .as_ref()
+                .or(self.routes.first())
+                .ok_or_else(|| Refusal {
+                    alert: rustls::AlertDescription::InternalError,
+                    reason: "listener has no route".into(),
+                });
+        };
+        match self.table.select(hello) {
+            Ok(Selected::Route(i)) => Ok(&self.routes[i]),
+            Ok(Selected::Default) => self.default_route.as_ref().ok_or_else(|| Refusal {
+                alert: rustls::AlertDescription::InternalError,
+                reason: "listener has no default route".into(),
+            }),
+            Err(no) => Err(Refusal {
+                alert: no.alert(),
+                reason: no.to_string(),
+            }),
+        }
     }
 }
 
-/// Applies a reloaded configuration: every listener's TLS state and backends
+/// Applies a reloaded configuration: every listener's routes and the pools
 /// are built first, and only if all succeed are they swapped in, with the
 /// throttling tiers. Listener names and addresses, workers and timeouts
 /// need a restart.
 fn apply_reload(
     plans: &[ListenerPlan],
     config: &Config,
-    cache: &Arc<VerifyCache>,
-    throttle: &Arc<Throttle>,
+    shared: &Shared,
+    ticketers: &mut Ticketers,
 ) -> anyhow::Result<()> {
     let same_listeners = plans.len() == config.listeners.len()
         && plans
@@ -127,12 +228,17 @@ fn apply_reload(
     if !same_listeners {
         anyhow::bail!("listener names or addresses changed; restart to apply that");
     }
+    let ticketer = ticketers
+        .for_settings(&config.tickets)
+        .context("session tickets")?;
+    let pools = shared.pools.build(&config.pools);
     let built = config
         .listeners
         .iter()
-        .map(|l| Served::build(l, cache, throttle))
+        .map(|l| Served::build(l, &pools, shared, &ticketer))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    throttle.set_tiers(config.tiers.clone());
+    shared.pools.install(pools);
+    shared.throttle.set_tiers(config.tiers.clone());
     for (plan, served) in plans.iter().zip(built) {
         plan.served.store(Arc::new(served));
     }
@@ -156,6 +262,7 @@ pub fn run(
         drain_timeout: config.drain_timeout,
         max_connections: config.max_connections_per_worker,
         ktls: config.ktls,
+        access_log: config.access_log,
     };
     let caps = Arc::new(match config.ktls {
         KtlsMode::Off => Capabilities::none("ktls = off"),
@@ -178,14 +285,31 @@ pub fn run(
     .context("cannot start the file watcher")?;
     // One verification cache for the process: workers share verdicts, and
     // reloads start new generations in it.
-    let verify_cache = Arc::new(VerifyCache::new(CacheConfig::default()));
-    // One throttle for the process, too: limits hold across workers and
-    // listeners, and client buckets outlive reloads.
-    let throttle = Throttle::new(config.tiers.clone(), admit::DEFAULT_CAPACITY);
+    let shared = Shared {
+        cache: Arc::new(VerifyCache::new(CacheConfig::default())),
+        pools: Arc::default(),
+        routes: Arc::default(),
+        // Limits hold across workers and listeners, and client buckets
+        // outlive reloads.
+        throttle: Throttle::new(config.tiers.clone(), admit::DEFAULT_CAPACITY),
+    };
+    let mut ticketers = Ticketers::default();
+    let ticketer = ticketers
+        .for_settings(&config.tickets)
+        .context("session tickets")?;
+    if let Some(file) = &config.tickets.keys {
+        tracing::info!(
+            "session tickets: {} key(s) from {}, sealing with key {}",
+            file.keys.len(),
+            file.path.display(),
+            file.keys[0].name_hex()
+        );
+    }
+    let pools = shared.pools.build(&config.pools);
     let mut plans = Vec::new();
     let mut bound = Vec::new();
     for listener in &config.listeners {
-        let served = Served::build(listener, &verify_cache, &throttle)?;
+        let served = Served::build(listener, &pools, &shared, &ticketer)?;
         let mut sockets: Vec<Vec<std::net::TcpListener>> =
             (0..workers).map(|_| Vec::new()).collect();
         for addr in &listener.listen {
@@ -205,6 +329,17 @@ pub fn run(
         });
     }
 
+    shared.pools.install(pools);
+    crate::connect::health::spawn(shared.pools.clone())
+        .context("cannot start the health-check thread")?;
+
+    if std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "0")
+    {
+        tracing::info!(
+            "net.ipv4.tcp_migrate_req is 0: when this process stops beside a newer one, \
+             connections still in its accept queues are reset instead of moved (README, Restarts)"
+        );
+    }
     if !monoio::utils::detect_uring() {
         tracing::warn!("io_uring is not available here; workers use the epoll driver");
     }
@@ -257,8 +392,10 @@ pub fn run(
             let admin_events = events.clone();
             let state = Arc::new(AdminState {
                 counters: counters.clone(),
-                cache: verify_cache.clone(),
-                throttle: throttle.clone(),
+                cache: shared.cache.clone(),
+                pools: shared.pools.clone(),
+                routes: shared.routes.clone(),
+                throttle: shared.throttle.clone(),
                 draining: AtomicBool::new(false),
                 reload: Box::new(move |reply| {
                     admin_events.send(Event::Reload(Some(reply))).is_ok()
@@ -286,7 +423,7 @@ pub fn run(
         match signals.recv_timeout(Duration::from_millis(100)) {
             Ok(Event::Reload(reply)) => {
                 let result = reload()
-                    .and_then(|config| apply_reload(&plans, &config, &verify_cache, &throttle));
+                    .and_then(|config| apply_reload(&plans, &config, &shared, &mut ticketers));
                 // One log line per event, whatever the error spans.
                 let result = result.map_err(|e| format!("{e:#}").replace('\n', "; "));
                 match &result {
@@ -324,7 +461,7 @@ pub fn run(
     for h in handles {
         let _ = h.join();
     }
-    let cache = verify_cache.stats();
+    let cache = shared.cache.stats();
     tracing::info!(
         "stopped: {}; verify cache hits={} negative_hits={} misses={} evictions={}",
         Counters::summary(counters.iter().map(|c| &**c)),
@@ -410,7 +547,6 @@ struct WorkerListener {
 struct ListenerState {
     name: Arc<str>,
     served: SharedServed,
-    pool: BackendPool,
 }
 
 /// Per-worker state shared by its tasks.
@@ -478,7 +614,6 @@ async fn worker(setup: WorkerSetup) -> anyhow::Result<()> {
         let state = Rc::new(ListenerState {
             name: l.name,
             served: l.served,
-            pool: BackendPool::new(id),
         });
         for socket in l.sockets {
             let listener = TcpListener::from_std(socket).context("cannot register listener")?;
@@ -516,16 +651,23 @@ async fn worker(setup: WorkerSetup) -> anyhow::Result<()> {
 }
 
 async fn accept_loop(worker: Rc<Worker>, listener_state: Rc<ListenerState>, listener: TcpListener) {
+    // Stopping cancels the pending accept rather than dropping it: an accept
+    // the kernel completed in the meantime still returns its connection,
+    // which is served, instead of a socket nobody owns.
+    let canceller = Canceller::new();
+    let cancel = canceller.handle();
+    let stopper = worker.clone();
+    monoio::spawn(async move {
+        stopper.stop_accepting.wait().await;
+        canceller.cancel();
+    });
     loop {
-        let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = worker.stop_accepting.wait() => return,
-        };
-        match accepted {
+        match listener.cancelable_accept(cancel.clone()).await {
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => return,
             Ok((stream, peer)) => {
                 if worker.active.get() >= worker.limits.max_connections {
                     let record = AccessRecord::new(peer, &listener_state.name);
-                    record.emit(&CloseReason::MaxConnections);
+                    record.emit(&CloseReason::MaxConnections, worker.limits.access_log);
                     worker
                         .counters
                         .record(&record, &CloseReason::MaxConnections);
@@ -558,6 +700,7 @@ async fn accept_loop(worker: Rc<Worker>, listener_state: Rc<ListenerState>, list
 /// The PROXY protocol header describing this client to the backend.
 fn proxy_header(
     version: ProxyProtocol,
+    cert_tlv: Option<CertTlv>,
     stream: &TcpStream,
     record: &AccessRecord,
     established: &handshake::Established,
@@ -577,10 +720,28 @@ fn proxy_header(
         cn: cn.as_deref(),
         cert_presented: end_entity.is_some(),
         cert_sha256: end_entity.map(|c| *Fingerprint::of(c).as_bytes()),
+        cert_der: end_entity.map(|c| c.as_ref()),
+        cert_tlv,
         identity: record.identity.as_deref(),
     };
     let local = stream.local_addr().unwrap_or(record.client);
     proxy_protocol::encode(version, record.client, local, &info)
+}
+
+/// What hash balancing keys a client on: the alias when the allowlist
+/// names one, else the certificate fingerprint, else the client IP.
+fn hash_key(
+    identity: Option<&Identity>,
+    peer_certificates: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+    client: SocketAddr,
+) -> Vec<u8> {
+    if let Some(id) = identity.filter(|id| id.kind() == RuleKind::Alias) {
+        return format!("alias:{}", id.label()).into_bytes();
+    }
+    if let Some(cert) = peer_certificates.and_then(|c| c.first()) {
+        return Fingerprint::of(cert).as_bytes().to_vec();
+    }
+    client.ip().to_string().into_bytes()
 }
 
 /// One client connection, from accept to its access-log line.
@@ -610,7 +771,7 @@ async fn connection(
     // operator) finds it in /metrics too.
     worker.counters.record(&record, &reason);
     worker.counters.open.fetch_sub(1, Ordering::Relaxed);
-    record.emit(&reason);
+    record.emit(&reason, worker.limits.access_log);
     worker.active.set(worker.active.get() - 1);
 }
 
@@ -625,9 +786,14 @@ async fn serve(
     // This connection keeps the configuration it started with, even if a
     // reload swaps the listener's while it runs.
     let served = listener.served.load_full();
+    let mut route: Option<&ServedRoute> = None;
     let handshake = monoio::time::timeout(
         limits.handshake_timeout,
-        handshake::accept(&mut stream, &worker.buffers, |_hello| served.tls.clone()),
+        handshake::accept(&mut stream, &worker.buffers, |hello| {
+            let chosen = served.select(hello)?;
+            route = Some(chosen);
+            Ok(chosen.tls.clone())
+        }),
     )
     .await;
     let mut established = match handshake {
@@ -641,9 +807,15 @@ async fn serve(
             }
             return CloseReason::Throttled(refusal.to_string());
         }
+        Ok(Err(HandshakeError::Refused(r))) => return CloseReason::NoRoute(r.to_string()),
         Ok(Err(e)) => return CloseReason::HandshakeFailed(e.to_string()),
         Ok(Ok(established)) => established,
     };
+    let Some(route) = route else {
+        return CloseReason::Internal("handshake completed without a route".into());
+    };
+    record.route = Some(route.name.clone());
+    let _counted = route.count.enter();
     record.handshake = Some(record.started.elapsed());
     record.sni = established.hello.server_name.clone();
     let conn = &established.conn;
@@ -658,8 +830,10 @@ async fn serve(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .map(certs::subject);
-    record.identity =
-        identify(&served.allowlist, conn.peer_certificates()).map(|id| id.label().to_owned());
+    let identity = identify(&route.allowlist, conn.peer_certificates());
+    record.identity = identity.as_ref().map(|id| id.label().to_owned());
+
+    let key = hash_key(identity.as_ref(), conn.peer_certificates(), record.client);
 
     // Clients the verifier did not see (no certificate, or a resumed
     // session) are decided now; a refusal can only be a close_notify.
@@ -688,65 +862,68 @@ async fn serve(
     };
     let pacer = admission.as_ref().and_then(admit::Admission::pacer);
 
-    let (backend, chosen) =
-        match connect::connect(&listener.pool, &served.backends, limits.connect_timeout).await {
-            Ok(ok) => ok,
-            Err(e) => return CloseReason::BackendUnavailable(e.to_string()),
-        };
+    let (backend, lease) = match connect::connect(&route.pool, &key, limits.connect_timeout).await {
+        Ok(ok) => ok,
+        Err(e) => return CloseReason::BackendUnavailable(e.to_string()),
+    };
+    let chosen = lease.backend();
     record.backend = Some(chosen.name.clone());
     let mut backend = backend;
     if let Some(version) = served.proxy_protocol {
-        let header = proxy_header(version, &stream, record, &established);
+        let cert_tlv = served.proxy_protocol_cert_tlv;
+        let header = proxy_header(version, cert_tlv, &stream, record, &established);
         let (res, _) = monoio::io::AsyncWriteRentExt::write_all(&mut backend, header).await;
         if let Err(e) = res {
             return CloseReason::BackendError(format!("PROXY header: {e}"));
         }
     }
 
+    // Header mode rewrites request heads, so the client's plaintext must
+    // pass through userspace: such connections stay off kernel TLS.
+    let heads = served.client_cert_header.as_ref().map(|h| {
+        let chain = established.conn.peer_certificates().unwrap_or_default();
+        HeadRewriter::new(&h.reserved_names(), h.lines(chain), h.max_head)
+    });
     let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
-    // The kernel session, or the connection to relay in userspace.
-    let path = if limits.ktls == KtlsMode::Off || !worker.ktls.any() {
-        Err(established)
-    } else {
+    let offload = limits.ktls != KtlsMode::Off && worker.ktls.any();
+    let established = if offload {
         match handover(established, &mut stream, &worker.ktls).await {
-            Ok(Handover::Kernel(session)) => Ok(session),
+            Ok(Handover::Kernel(session)) => {
+                record.path = "ktls";
+                let pipes = &worker.buffers.pipes;
+                let outcome =
+                    splice::run(*session, stream, backend, heads, idle, drain, pipes, pacer).await;
+                return relayed(record, outcome);
+            }
             Ok(Handover::Userspace(_, why)) if limits.ktls == KtlsMode::Require => {
                 return CloseReason::ClientError(format!("ktls = require, but {why}"));
             }
             Ok(Handover::Userspace(established, why)) => {
                 record.ktls_fallback = Some(why);
-                Err(*established)
+                *established
             }
             Err(e) => return CloseReason::ClientError(e.to_string()),
         }
+    } else {
+        established
     };
-    let outcome = match path {
-        Ok(session) => {
-            record.path = "ktls";
-            splice::run(
-                *session,
-                stream,
-                backend,
-                idle,
-                drain,
-                &worker.buffers.pipes,
-                pacer.as_ref(),
-            )
-            .await
-        }
-        Err(established) => {
-            userspace::run(
-                established,
-                stream,
-                backend,
-                idle,
-                drain,
-                &worker.buffers,
-                pacer.as_ref(),
-            )
-            .await
-        }
-    };
+    let buffers = &worker.buffers;
+    let outcome = userspace::run(
+        established,
+        stream,
+        backend,
+        heads,
+        idle,
+        drain,
+        buffers,
+        pacer,
+    )
+    .await;
+    relayed(record, outcome)
+}
+
+/// Records a relay's totals; returns why it ended.
+fn relayed(record: &mut AccessRecord, outcome: RelayOutcome) -> CloseReason {
     record.bytes_up = outcome.bytes_up;
     record.bytes_down = outcome.bytes_down;
     outcome.reason

@@ -116,3 +116,22 @@ fn v1_header_is_one_text_line() {
         )
     );
 }
+
+#[test]
+fn v2_header_can_carry_the_certificate_der_in_a_chosen_tlv() {
+    let pki = Pki::new();
+    let (backend, header) = header_backend();
+    let mut args = ServeArgs::new(&pki, backend);
+    args.flag("--proxy-protocol", "v2")
+        .flag("--proxy-protocol-cert-tlv", "der:0xE5");
+    let server = args.spawn();
+    let mut tls = tls_connect(server.addr(), ClientOpts::new(&pki).build()).unwrap();
+    echo_round_trip(&mut tls, b"der\n");
+    let h = header.recv_timeout(WAIT).expect("backend got a header");
+    let t = tlvs(&h[28..]);
+    assert!(
+        t.contains(&(0xE5, pki.client.cert_der.to_vec())),
+        "client certificate DER in 0xE5: {t:?}"
+    );
+    assert!(!t.iter().any(|(k, _)| *k == 0xE0), "{t:?}");
+}

@@ -81,8 +81,8 @@ fn rate_tier_admits_about_its_rate_and_other_identities_are_unaffected() {
     const WINDOW: Duration = Duration::from_secs(2);
     let pki = Pki::new();
     let backend = Backend::echo();
-    let busy = pki.issue_client("busy", "metered-busy");
-    let calm = pki.issue_client("calm", "metered-calm");
+    let busy = pki.client_for("busy", "metered-busy");
+    let calm = pki.client_for("calm", "metered-calm");
     let path = config(
         &pki,
         &backend,
@@ -114,7 +114,7 @@ burst = 10
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
-                        match outcome(server, &client(pki, busy)) {
+                        match admission(server, &client(pki, busy)) {
                             Ok(()) => ok += 1,
                             Err(rustls::Error::AlertReceived(AlertDescription::AccessDenied)) => {
                                 denied += 1
@@ -129,7 +129,7 @@ burst = 10
         let calm_thread = s.spawn(|| {
             let mut outcomes = Vec::new();
             while start.elapsed() < WINDOW && outcomes.len() < 100 {
-                outcomes.push(outcome(&server, &client(&pki, &calm)));
+                outcomes.push(admission(&server, &client(&pki, &calm)));
                 thread::sleep(Duration::from_millis(100));
             }
             outcomes
@@ -227,7 +227,7 @@ burst = 10
 fn max_connections_refuses_the_extra_one_until_one_closes() {
     let pki = Pki::new();
     let backend = Backend::echo();
-    let pooled = pki.issue_client("pooled", "pool-a");
+    let pooled = pki.client_for("pooled", "pool-a");
     let path = config(
         &pki,
         &backend,
@@ -253,7 +253,7 @@ name = "default"
         })
         .collect();
     assert_eq!(
-        outcome(&server, &client(&pki, &pooled)),
+        admission(&server, &client(&pki, &pooled)),
         Err(rustls::Error::AlertReceived(AlertDescription::AccessDenied))
     );
     let line = throttled_line(&server, "pool");
@@ -285,7 +285,7 @@ name = "default"
     assert!(err.contains("access denied"), "{err}");
 
     // Another identity (the default tier, no limits) is not counted with it.
-    assert_eq!(outcome(&server, &client(&pki, &pki.client)), Ok(()));
+    assert_eq!(admission(&server, &client(&pki, &pki.client)), Ok(()));
 
     // One closes: once its access line is written its slot is free.
     let mut first = open.remove(0);
@@ -295,7 +295,7 @@ name = "default"
         .log
         .wait_line(WAIT, &["access", "identity=cn:pool-a", "reason=done"])
         .expect("the closed connection's access line");
-    assert_eq!(outcome(&server, &client(&pki, &pooled)), Ok(()));
+    assert_eq!(admission(&server, &client(&pki, &pooled)), Ok(()));
     // The one still open was never disturbed.
     echo_round_trip(&mut open[0], b"still here\n");
 }
@@ -330,7 +330,7 @@ max_connections = 1
     assert!(line.contains("identity=-"), "{line}");
     // A client with a certificate is in the same default tier but counted
     // under its identity, not its address.
-    assert_eq!(outcome(&server, &client(&pki, &pki.client)), Ok(()));
+    assert_eq!(admission(&server, &client(&pki, &pki.client)), Ok(()));
     echo_round_trip(&mut held, b"still open\n");
 }
 
@@ -340,7 +340,7 @@ fn bytes_per_second_delays_but_delivers_every_byte() {
     const TOTAL: u64 = 256 * 1024;
     let pki = Pki::new();
     let backend = Backend::echo();
-    let slow = pki.issue_client("slow", "slow-client");
+    let slow = pki.client_for("slow", "slow-client");
     let path = config(
         &pki,
         &backend,
@@ -410,7 +410,7 @@ fn reloaded_limits_apply_and_open_connections_still_count() {
     let mut held = tls_connect(server.addr(), opts.build()).unwrap();
     echo_round_trip(&mut held, b"held\n");
     assert_eq!(
-        outcome(&server, &opts),
+        admission(&server, &opts),
         Err(rustls::Error::AlertReceived(AlertDescription::AccessDenied))
     );
 
@@ -425,7 +425,7 @@ fn reloaded_limits_apply_and_open_connections_still_count() {
     let mut second = tls_connect(server.addr(), opts.build()).unwrap();
     echo_round_trip(&mut second, b"second\n");
     assert_eq!(
-        outcome(&server, &opts),
+        admission(&server, &opts),
         Err(rustls::Error::AlertReceived(AlertDescription::AccessDenied))
     );
     echo_round_trip(&mut held, b"held still\n");

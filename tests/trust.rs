@@ -21,7 +21,7 @@ fn revoked_client_refused_then_admitted_after_reload() {
     let client = ClientOpts::new(&pki).identity(Some(&pki.client));
 
     assert_eq!(
-        outcome(&server, &client),
+        admission(&server, &client),
         Err(rustls::Error::AlertReceived(
             AlertDescription::CertificateRevoked
         ))
@@ -38,7 +38,7 @@ fn revoked_client_refused_then_admitted_after_reload() {
         .log
         .wait_line(Duration::from_secs(10), &["reloaded"])
         .expect("reload logged");
-    assert_eq!(outcome(&server, &client), Ok(()));
+    assert_eq!(admission(&server, &client), Ok(()));
 }
 
 #[test]
@@ -52,7 +52,7 @@ fn allowlist_alias_admitted_with_identity_unlisted_refused() {
     args.flag("--allow", &alias_rule);
     let server = args.spawn();
     let client = ClientOpts::new(&pki).identity(Some(&pki.client));
-    assert_eq!(outcome(&server, &client), Ok(()));
+    assert_eq!(admission(&server, &client), Ok(()));
     let line = server
         .log
         .wait_line(Duration::from_secs(10), &["access", "identity=billing"])
@@ -71,7 +71,7 @@ fn allowlist_alias_admitted_with_identity_unlisted_refused() {
         .flag("--allow", "cn:someone-else")
         .spawn();
     assert_eq!(
-        outcome(&bad, &client),
+        admission(&bad, &client),
         Err(rustls::Error::AlertReceived(AlertDescription::AccessDenied))
     );
     assert_eq!(
@@ -85,7 +85,7 @@ fn allowlist_alias_admitted_with_identity_unlisted_refused() {
     let glob = ServeArgs::new(&pki, backend.addr)
         .flag("--allow", "cn:test-*")
         .spawn();
-    assert_eq!(outcome(&glob, &client), Ok(()));
+    assert_eq!(admission(&glob, &client), Ok(()));
     glob.log
         .wait_line(
             Duration::from_secs(10),
@@ -127,16 +127,7 @@ fn pkcs12_server_identity() {
     let p12 = pki.path().join("server.p12");
     let password = pki.path().join("p12.pass");
     std::fs::write(&password, "s3cret\n").unwrap();
-    let status = std::process::Command::new("openssl")
-        .args(["pkcs12", "-export", "-passout", "pass:s3cret", "-in"])
-        .arg(&pki.server.cert_path)
-        .arg("-inkey")
-        .arg(&pki.server.key_path)
-        .arg("-out")
-        .arg(&p12)
-        .status()
-        .unwrap();
-    assert!(status.success(), "openssl pkcs12 -export");
+    export_pkcs12(&pki.server, &p12, "s3cret");
 
     let mut args = ServeArgs::new(&pki, backend.addr);
     args.remove("--key")
@@ -144,7 +135,7 @@ fn pkcs12_server_identity() {
         .flag("--cert-password-file", password.to_str().unwrap());
     let server = args.spawn();
     let client = ClientOpts::new(&pki).identity(Some(&pki.client));
-    assert_eq!(outcome(&server, &client), Ok(()));
+    assert_eq!(admission(&server, &client), Ok(()));
 
     std::fs::write(&password, "wrong\n").unwrap();
     let (status, _, err) = run_tlsplice(
@@ -153,6 +144,107 @@ fn pkcs12_server_identity() {
     );
     assert!(!status.success());
     assert!(err.contains("server.p12"), "{err}");
+}
+
+/// Exports `id` (certificate and key) as PKCS#12 with `password`.
+fn export_pkcs12(id: &Identity, p12: &std::path::Path, password: &str) {
+    let status = std::process::Command::new("openssl")
+        .args(["pkcs12", "-export", "-passout"])
+        .arg(format!("pass:{password}"))
+        .arg("-in")
+        .arg(&id.cert_path)
+        .arg("-inkey")
+        .arg(&id.key_path)
+        .arg("-out")
+        .arg(p12)
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl pkcs12 -export");
+}
+
+/// A client's PKCS#12 bundle, uploaded under an alias in a
+/// `[[listener.clients]]` table with its password in a file (or the
+/// environment): that client is admitted and known by the alias; a client
+/// of the same CA that is not listed gets access_denied.
+#[test]
+fn pkcs12_client_alias_from_clients_table() {
+    require_tool("openssl");
+    let pki = Pki::new();
+    let backend = Backend::echo();
+    let billing = pki.path().join("billing.p12");
+    export_pkcs12(&pki.client, &billing, "b1lling");
+    let password = pki.path().join("billing.pass");
+    std::fs::write(&password, "b1lling\n").unwrap();
+    let reports = pki.issue_client("reports", None);
+    let reports_p12 = pki.path().join("reports.p12");
+    export_pkcs12(&reports, &reports_p12, "r3ports");
+    let config = pki.path().join("tlsplice.toml");
+    let write_config = |reports_table: &str| {
+        let text = format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\
+             backends = [\"{}\"]\n\n[[listener.clients]]\nalias = \"billing\"\ncert = \"billing.p12\"\n\
+             password_file = \"billing.pass\"\n{reports_table}",
+            pki.server.cert_path, pki.server.key_path, pki.ca_path, backend.addr
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    write_config("");
+    let args = [
+        "serve".to_string(),
+        "--config".into(),
+        config.display().to_string(),
+    ];
+    let server = Server::spawn_args(&args, 1);
+
+    let client = ClientOpts::new(&pki).identity(Some(&pki.client));
+    assert_eq!(admission(&server, &client), Ok(()));
+    server
+        .log
+        .wait_line(Duration::from_secs(10), &["access", "identity=billing"])
+        .unwrap_or_else(|| panic!("alias identity:\n{}", server.log.text()));
+    let stranger = ClientOpts::new(&pki).identity(Some(&reports));
+    assert_eq!(
+        admission(&server, &stranger),
+        Err(rustls::Error::AlertReceived(AlertDescription::AccessDenied))
+    );
+    drop(server);
+
+    // The second alias's password comes from the environment; unset, the
+    // error names the field and the variable.
+    write_config(
+        "\n[[listener.clients]]\nalias = \"reports\"\ncert = \"reports.p12\"\npassword_env = \"TLSPLICE_TEST_REPORTS_PASSWORD\"\n",
+    );
+    let (status, _, err) = run_tlsplice(&["check", "-c", config.to_str().unwrap()], None);
+    assert!(!status.success());
+    assert!(
+        err.contains("listener[0].clients[1].password_env: environment variable TLSPLICE_TEST_REPORTS_PASSWORD is not set"),
+        "{err}"
+    );
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(&args)
+        .env("TLSPLICE_TEST_REPORTS_PASSWORD", "r3ports")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let log = LogBuf::capture(child.stderr.take().unwrap());
+    let addr = log.wait_for(WAIT, |lines| listening_addrs(lines).first().copied());
+    let admitted = addr.map(|addr| {
+        let mut tls = tls_connect(addr, ClientOpts::new(&pki).identity(Some(&reports)).build())
+            .expect("handshake");
+        echo_round_trip(&mut tls, b"hello\n");
+        drop(tls);
+        // The access line is written when the connection closes.
+        log.wait_line(Duration::from_secs(10), &["access", "identity=reports"])
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        admitted.flatten().is_some(),
+        "reports not admitted under its alias:\n{}",
+        log.text()
+    );
 }
 
 /// An OCSP response produced by `openssl ocsp` is stapled, and `openssl

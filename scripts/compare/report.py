@@ -235,6 +235,18 @@ if obs:
     for o in obs:
         w(f"- {o}")
 
+# The load generator against a client nobody here wrote.
+s_time = median("s_time.ops_per_s", "nginx")
+own = median("check_load.ops_per_s", "nginx")
+if s_time and own:
+    w("")
+    w("## Load generator check")
+    w("")
+    w(f"Full TLS 1.3 mTLS handshakes/s against nginx, one connection at a time, on the client "
+      f"cpu (medians of {len(nums('s_time.ops_per_s', 'nginx'))} rounds): `openssl s_time -new` "
+      f"{s_time:,.0f}, `tlsplice-load handshake --connections 1` {own:,.0f} "
+      f"(ratio {own / s_time:.2f}).")
+
 # Per-round values.
 w("")
 w("## Every round")

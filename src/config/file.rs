@@ -25,6 +25,16 @@
 //! tls_versions = ["1.2", "1.3"]   # default both
 //! cipher_suites = ["AES_128_GCM", "AES_256_GCM", "CHACHA20_POLY1305"]  # default all
 //! backends = ["127.0.0.1:8080"]   # required; host:port, resolved at load
+//! proxy_protocol = "v2"           # "v1" | "v2" | "off"; default off
+//! proxy_protocol_cert_tlv = "der:0xE2"  # "sha256[:TYPE]" | "der[:TYPE]" | "off"; default "sha256:0xE0"
+//! # or, for HTTP/1.1 backends (not together with proxy_protocol):
+//! client_cert_header = { format = "rfc9440", name = "Client-Cert", max_head = 65536 }
+//! client_ocsp = { mode = "check", responder = "http://127.0.0.1:8888", timeout = "2s", fail = "closed", cache_ttl = "5m" }
+//!
+//! [[listener.clients]]        # a named client certificate (allowlist alias)
+//! alias = "billing"           # required
+//! cert = "clients/billing.p12"    # required; PEM, DER or PKCS#12
+//! password_file = "clients/billing.pass"  # or password_env = "VAR"; PKCS#12 only
 //!
 //! default_tier = "free"       # top level; default: the tier named "default", if any
 //!
@@ -36,6 +46,8 @@
 //! max_connections = 20        # open at once per client, all workers; default unlimited
 //! bytes_per_second = 1048576  # per client, each direction; default unlimited
 //! ```
+//!
+//! and at top level `access_log = { format = "json" }` ("text" by default).
 //!
 //! Durations are strings such as `"1m30s"` or integers (seconds). List
 //! values accept a single string too. Unknown keys are errors.
@@ -53,7 +65,10 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::validate::{At, RawConfig, RawDuration, RawList, RawListener, RawTier, Site, Source};
+use super::validate::{
+    At, RawCertHeader, RawClient, RawConfig, RawDuration, RawHealthCheck, RawList, RawListener,
+    RawOcsp, RawPool, RawPoolBackend, RawRoute, RawTier, RawTls, Scope, Site, Source,
+};
 use super::{ConfigError, Location};
 
 /// Top level of the config file. Unknown keys are not a parse error
@@ -76,9 +91,18 @@ struct FileConfig {
     ktls: Option<Spanned<String>>,
     /// Admin listener address; default none.
     admin: Option<Spanned<String>>,
+    /// `access_log = { format = "text" | "json" }`.
+    access_log: Option<Spanned<FileAccessLog>>,
+    /// Session ticket key file shared by a fleet; default: keys in memory.
+    ticket_keys: Option<Spanned<PathBuf>>,
+    /// Lifetime clients are told for session tickets; default 1h.
+    ticket_lifetime: Option<Spanned<RawDuration>>,
     /// `[[listener]]` tables; at least one.
     #[serde(default)]
     listener: Vec<Spanned<FileListener>>,
+    /// `[[pool]]` tables.
+    #[serde(default)]
+    pool: Vec<Spanned<FilePool>>,
     /// Tier of clients no tier's rules match; default: the tier named "default".
     default_tier: Option<Spanned<String>>,
     /// `[[tier]]` tables; default none (no throttling).
@@ -103,43 +127,278 @@ struct FileTier {
     bytes_per_second: Option<Spanned<i64>>,
 }
 
-/// One `[[listener]]` table.
+/// Declares a table holding the keys a listener and a route share (name,
+/// TLS identity and client policy, backends or pool) and its own `extra`
+/// keys. One declaration keeps the two tables' shared keys identical.
+macro_rules! tls_table {
+    ($(#[$meta:meta])* struct $name:ident { $($extra:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Deserialize)]
+        struct $name {
+            /// Name in logs and metrics.
+            name: Option<Spanned<String>>,
+            /// Server certificate chain file (or PKCS#12 bundle).
+            cert: Option<Spanned<String>>,
+            /// Server private key file.
+            key: Option<Spanned<String>>,
+            /// `required`, `optional` or `off`; default `required`.
+            client_auth: Option<Spanned<String>>,
+            /// CA bundle for client certificates; required unless `client_auth = "off"`.
+            client_ca: Option<Spanned<String>>,
+            /// ALPN protocols; default none.
+            alpn: Option<Spanned<StringList>>,
+            /// `"1.2"`, `"1.3"`; default both.
+            tls_versions: Option<Spanned<StringList>>,
+            /// Cipher suite names; default all.
+            cipher_suites: Option<Spanned<StringList>>,
+            /// Backends as `host:port` (an implicit round-robin pool).
+            backends: Option<Spanned<StringList>>,
+            /// A `[[pool]]` name, instead of `backends`.
+            pool: Option<Spanned<String>>,
+            /// CRL files (PEM or DER) for client certificates; default none.
+            crl: Option<Spanned<StringList>>,
+            /// DER OCSP response stapled to the server certificate.
+            ocsp_staple: Option<Spanned<String>>,
+            /// File whose first line is the password of a PKCS#12 `cert`.
+            cert_password_file: Option<Spanned<String>>,
+            /// Environment variable holding that password.
+            cert_password_env: Option<Spanned<String>>,
+            /// Allowlist rules; default none (every verified client admitted).
+            allow: Option<Spanned<StringList>>,
+            /// OCSP checking of client certificates; default off.
+            client_ocsp: Option<Spanned<FileOcsp>>,
+            /// `[[...clients]]`: named client certificates.
+            #[serde(default)]
+            clients: Vec<Spanned<FileClient>>,
+            $($extra)*
+        }
+    };
+}
+
+tls_table! {
+    /// One `[[listener]]` table; its own TLS keys and backends make the
+    /// default route.
+    struct FileListener {
+        /// Socket addresses; required.
+        listen: Option<Spanned<StringList>>,
+        /// Accept backlog; default 1024.
+        backlog: Option<Spanned<i64>>,
+        /// PROXY protocol to backends: "v1", "v2" or "off"; default off.
+        proxy_protocol: Option<Spanned<String>>,
+        /// v2 client-certificate TLV: `sha256[:TYPE]`, `der[:TYPE]` or `off`.
+        proxy_protocol_cert_tlv: Option<Spanned<String>>,
+        /// HTTP header mode: `{ format, name, max_head }`; default off.
+        client_cert_header: Option<Spanned<FileCertHeader>>,
+        /// `[[listener.route]]` tables.
+        #[serde(default)]
+        route: Vec<Spanned<FileRoute>>,
+    }
+}
+
+tls_table! {
+    /// One `[[listener.route]]` table.
+    struct FileRoute {
+        /// Server names served (exact or `*.` wildcard); required.
+        server_names: Option<Spanned<StringList>>,
+    }
+}
+
+/// One `[[pool]]` table.
 #[derive(Debug, Deserialize)]
-struct FileListener {
-    /// Name in logs and metrics; default `listener<N>`.
+struct FilePool {
+    /// Name routes refer to; required.
     name: Option<Spanned<String>>,
-    /// Socket addresses; required.
-    listen: Option<Spanned<StringList>>,
-    /// Accept backlog; default 1024.
-    backlog: Option<Spanned<i64>>,
-    /// Server certificate chain file; required.
+    /// `round-robin`, `least-connections` or `hash`; default `round-robin`.
+    balance: Option<Spanned<String>>,
+    /// Backends: `"host:port"` or `{ address, weight, max_connections }`.
+    backends: Option<Spanned<Vec<Spanned<FilePoolBackend>>>>,
+    /// `{ interval, timeout, rise, fall }`; default: no active checks.
+    health_check: Option<Spanned<FileHealthCheck>>,
+    /// Consecutive connect failures that eject a backend; 0 never ejects.
+    eject_after: Option<Spanned<i64>>,
+    /// How long an ejected backend is left out.
+    eject_for: Option<Spanned<RawDuration>>,
+}
+
+/// A pool backend: its address alone, or a table.
+#[derive(Debug)]
+enum FilePoolBackend {
+    Address(String),
+    Table(FileBackendTable),
+}
+
+/// A pool backend written as a table.
+#[derive(Debug, Deserialize)]
+struct FileBackendTable {
+    /// `host:port`; required.
+    address: Option<Spanned<String>>,
+    /// Relative share; default 1.
+    weight: Option<Spanned<i64>>,
+    /// Most open connections; default unlimited.
+    max_connections: Option<Spanned<i64>>,
+}
+
+impl<'de> Deserialize<'de> for FilePoolBackend {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FilePoolBackend;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"host:port\" or a table { address = \"host:port\", weight = N, max_connections = N }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FilePoolBackend, E> {
+                Ok(FilePoolBackend::Address(v.to_string()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<FilePoolBackend, A::Error> {
+                FileBackendTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(FilePoolBackend::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A listener's or route's `client_ocsp` table.
+#[derive(Debug, Deserialize)]
+struct FileOcsp {
+    /// "check" (default) or "off".
+    mode: Option<Spanned<String>>,
+    /// Responder URL; default: the certificate's AIA OCSP URL.
+    responder: Option<Spanned<String>>,
+    /// Query time limit; default 2s.
+    timeout: Option<Spanned<RawDuration>>,
+    /// "closed" (default) or "open".
+    fail: Option<Spanned<String>>,
+    /// Longest a good answer is reused; default 5m.
+    cache_ttl: Option<Spanned<RawDuration>>,
+}
+
+/// One `[[listener.clients]]` (or route `clients`) table.
+#[derive(Debug, Deserialize)]
+struct FileClient {
+    /// The client's name in logs.
+    alias: Option<Spanned<String>>,
+    /// Its certificate: PEM, DER or PKCS#12.
     cert: Option<Spanned<String>>,
-    /// Server private key file; required.
-    key: Option<Spanned<String>>,
-    /// `required`, `optional` or `off`; default `required`.
-    client_auth: Option<Spanned<String>>,
-    /// CA bundle for client certificates; required unless `client_auth = "off"`.
-    client_ca: Option<Spanned<String>>,
-    /// ALPN protocols; default none.
-    alpn: Option<Spanned<StringList>>,
-    /// `"1.2"`, `"1.3"`; default both.
-    tls_versions: Option<Spanned<StringList>>,
-    /// Cipher suite names; default all.
-    cipher_suites: Option<Spanned<StringList>>,
-    /// Backends as `host:port`; required.
-    backends: Option<Spanned<StringList>>,
-    /// CRL files (PEM or DER) for client certificates; default none.
-    crl: Option<Spanned<StringList>>,
-    /// DER OCSP response stapled to the server certificate.
-    ocsp_staple: Option<Spanned<String>>,
-    /// File whose first line is the password of a PKCS#12 `cert`.
-    cert_password_file: Option<Spanned<String>>,
-    /// Environment variable holding that password.
-    cert_password_env: Option<Spanned<String>>,
-    /// Allowlist rules; default none (every verified client admitted).
-    allow: Option<Spanned<StringList>>,
-    /// PROXY protocol to backends: "v1", "v2" or "off"; default off.
-    proxy_protocol: Option<Spanned<String>>,
+    /// File whose first line is the PKCS#12 password.
+    password_file: Option<Spanned<String>>,
+    /// Environment variable holding it.
+    password_env: Option<Spanned<String>>,
+}
+
+/// The `access_log` table.
+#[derive(Debug, Deserialize)]
+struct FileAccessLog {
+    /// `"text"` (default) or `"json"`.
+    format: Option<Spanned<String>>,
+}
+
+/// A listener's `client_cert_header` table.
+#[derive(Debug, Deserialize)]
+struct FileCertHeader {
+    /// `"rfc9440"` (default), `"xfcc"` or `"escaped-pem"`.
+    format: Option<Spanned<String>>,
+    /// Header name; default per format.
+    name: Option<Spanned<String>>,
+    /// Largest request head in bytes; default 64 KiB.
+    max_head: Option<Spanned<i64>>,
+}
+
+/// A pool's `health_check` table.
+#[derive(Debug, Deserialize)]
+struct FileHealthCheck {
+    /// Time between checks; default 2s.
+    interval: Option<Spanned<RawDuration>>,
+    /// Connect timeout; default 1s.
+    timeout: Option<Spanned<RawDuration>>,
+    /// Successes to become healthy; default 2.
+    rise: Option<Spanned<i64>>,
+    /// Failures to become unhealthy; default 3.
+    fall: Option<Spanned<i64>>,
+}
+
+/// The TLS keys of a listener or route table as a [`RawTls`]; `$field`
+/// names a key in that table.
+macro_rules! raw_tls {
+    ($loc:expr, $t:expr, $field:expr) => {{
+        let (loc, t, field) = ($loc, $t, $field);
+        RawTls {
+            cert: t.cert.as_ref().map(|v| loc.path(v, field("cert"))),
+            key: t.key.as_ref().map(|v| loc.path(v, field("key"))),
+            client_auth: t
+                .client_auth
+                .as_ref()
+                .map(|v| loc.at(v, field("client_auth"))),
+            client_ca: t
+                .client_ca
+                .as_ref()
+                .map(|v| loc.path(v, field("client_ca"))),
+            alpn: t.alpn.as_ref().map(|v| loc.list(v, field("alpn"))),
+            crl: t.crl.as_ref().map(|v| loc.list(v, field("crl"))),
+            ocsp_staple: t
+                .ocsp_staple
+                .as_ref()
+                .map(|v| loc.path(v, field("ocsp_staple"))),
+            cert_password_file: t
+                .cert_password_file
+                .as_ref()
+                .map(|v| loc.path(v, field("cert_password_file"))),
+            cert_password_env: t
+                .cert_password_env
+                .as_ref()
+                .map(|v| loc.at(v, field("cert_password_env"))),
+            allow: t.allow.as_ref().map(|v| loc.list(v, field("allow"))),
+            client_ocsp: t.client_ocsp.as_ref().map(|o| {
+                let sub = |key: &str| field(&format!("client_ocsp.{key}"));
+                let t = o.get_ref();
+                RawOcsp {
+                    site: Site {
+                        location: loc.location(o.span()),
+                        field: field("client_ocsp"),
+                    },
+                    mode: t.mode.as_ref().map(|v| loc.at(v, sub("mode"))),
+                    responder: t.responder.as_ref().map(|v| loc.at(v, sub("responder"))),
+                    timeout: t.timeout.as_ref().map(|v| loc.at(v, sub("timeout"))),
+                    fail: t.fail.as_ref().map(|v| loc.at(v, sub("fail"))),
+                    cache_ttl: t.cache_ttl.as_ref().map(|v| loc.at(v, sub("cache_ttl"))),
+                }
+            }),
+            clients: t
+                .clients
+                .iter()
+                .enumerate()
+                .map(|(j, c)| {
+                    let table = field(&format!("clients[{j}]"));
+                    let sub = |key: &str| format!("{table}.{key}");
+                    let t = c.get_ref();
+                    RawClient {
+                        site: Site {
+                            location: loc.location(c.span()),
+                            field: table.clone(),
+                        },
+                        alias: t.alias.as_ref().map(|v| loc.at(v, sub("alias"))),
+                        cert: t.cert.as_ref().map(|v| loc.path(v, sub("cert"))),
+                        password_file: t
+                            .password_file
+                            .as_ref()
+                            .map(|v| loc.path(v, sub("password_file"))),
+                        password_env: t
+                            .password_env
+                            .as_ref()
+                            .map(|v| loc.at(v, sub("password_env"))),
+                    }
+                })
+                .collect(),
+            tls_versions: t
+                .tls_versions
+                .as_ref()
+                .map(|v| loc.list(v, field("tls_versions"))),
+            cipher_suites: t
+                .cipher_suites
+                .as_ref()
+                .map(|v| loc.list(v, field("cipher_suites"))),
+        }
+    }};
 }
 
 /// A list of strings, or one string standing for a list of one.
@@ -286,61 +545,144 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
         .map(|key| unknown_key_error(path, text, key))
         .collect();
     let loc = Locator { path, text };
-    let f = |key: &str| Source::File.field(None, key);
+    let f = |key: &str| Source::File.field(Scope::Top, key);
 
     let listeners = file
         .listener
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            let field = |key: &str| Source::File.field(Some(i), key);
+            let field = |key: &str| Source::File.field(Scope::Listener(i), key);
             let inner = l.get_ref();
+            let routes = inner
+                .route
+                .iter()
+                .enumerate()
+                .map(|(j, r)| {
+                    let field = |key: &str| Source::File.field(Scope::Route(i, j), key);
+                    let route = r.get_ref();
+                    RawRoute {
+                        location: loc.location(r.span()),
+                        name: route.name.as_ref().map(|v| loc.at(v, field("name"))),
+                        server_names: route
+                            .server_names
+                            .as_ref()
+                            .map(|v| loc.list(v, field("server_names"))),
+                        tls: raw_tls!(&loc, route, &field),
+                        backends: route
+                            .backends
+                            .as_ref()
+                            .map(|v| loc.list(v, field("backends"))),
+                        pool: route.pool.as_ref().map(|v| loc.at(v, field("pool"))),
+                    }
+                })
+                .collect();
             RawListener {
                 location: loc.location(l.span()),
                 name: inner.name.as_ref().map(|v| loc.at(v, field("name"))),
                 listen: inner.listen.as_ref().map(|v| loc.list(v, field("listen"))),
                 backlog: inner.backlog.as_ref().map(|v| loc.at(v, field("backlog"))),
-                cert: inner.cert.as_ref().map(|v| loc.path(v, field("cert"))),
-                key: inner.key.as_ref().map(|v| loc.path(v, field("key"))),
-                client_auth: inner
-                    .client_auth
-                    .as_ref()
-                    .map(|v| loc.at(v, field("client_auth"))),
-                client_ca: inner
-                    .client_ca
-                    .as_ref()
-                    .map(|v| loc.path(v, field("client_ca"))),
-                alpn: inner.alpn.as_ref().map(|v| loc.list(v, field("alpn"))),
-                crl: inner.crl.as_ref().map(|v| loc.list(v, field("crl"))),
-                ocsp_staple: inner
-                    .ocsp_staple
-                    .as_ref()
-                    .map(|v| loc.path(v, field("ocsp_staple"))),
-                cert_password_file: inner
-                    .cert_password_file
-                    .as_ref()
-                    .map(|v| loc.path(v, field("cert_password_file"))),
-                cert_password_env: inner
-                    .cert_password_env
-                    .as_ref()
-                    .map(|v| loc.at(v, field("cert_password_env"))),
-                allow: inner.allow.as_ref().map(|v| loc.list(v, field("allow"))),
+                tls: raw_tls!(&loc, inner, &field),
                 proxy_protocol: inner
                     .proxy_protocol
                     .as_ref()
                     .map(|v| loc.at(v, field("proxy_protocol"))),
-                tls_versions: inner
-                    .tls_versions
+                proxy_protocol_cert_tlv: inner
+                    .proxy_protocol_cert_tlv
                     .as_ref()
-                    .map(|v| loc.list(v, field("tls_versions"))),
-                cipher_suites: inner
-                    .cipher_suites
-                    .as_ref()
-                    .map(|v| loc.list(v, field("cipher_suites"))),
+                    .map(|v| loc.at(v, field("proxy_protocol_cert_tlv"))),
+                client_cert_header: inner.client_cert_header.as_ref().map(|h| {
+                    let sub = |key: &str| field(&format!("client_cert_header.{key}"));
+                    let t = h.get_ref();
+                    RawCertHeader {
+                        site: Site {
+                            location: loc.location(h.span()),
+                            field: field("client_cert_header"),
+                        },
+                        format: t.format.as_ref().map(|v| loc.at(v, sub("format"))),
+                        name: t.name.as_ref().map(|v| loc.at(v, sub("name"))),
+                        max_head: t.max_head.as_ref().map(|v| loc.at(v, sub("max_head"))),
+                    }
+                }),
                 backends: inner
                     .backends
                     .as_ref()
                     .map(|v| loc.list(v, field("backends"))),
+                pool: inner.pool.as_ref().map(|v| loc.at(v, field("pool"))),
+                routes,
+            }
+        })
+        .collect();
+
+    let pools = file
+        .pool
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let field = |key: &str| Source::File.field(Scope::Pool(i), key);
+            let inner = p.get_ref();
+            RawPool {
+                location: loc.location(p.span()),
+                name: inner.name.as_ref().map(|v| loc.at(v, field("name"))),
+                balance: inner.balance.as_ref().map(|v| loc.at(v, field("balance"))),
+                backends: inner.backends.as_ref().map(|list| At {
+                    value: list
+                        .get_ref()
+                        .iter()
+                        .enumerate()
+                        .map(|(j, b)| {
+                            let field = |key: &str| format!("{}[{j}]{key}", field("backends"));
+                            match b.get_ref() {
+                                FilePoolBackend::Address(a) => RawPoolBackend {
+                                    location: loc.location(b.span()),
+                                    address: Some(At {
+                                        value: a.clone(),
+                                        site: Site {
+                                            location: loc.location(b.span()),
+                                            field: field(""),
+                                        },
+                                    }),
+                                    weight: None,
+                                    max_connections: None,
+                                },
+                                FilePoolBackend::Table(t) => RawPoolBackend {
+                                    location: loc.location(b.span()),
+                                    address: t
+                                        .address
+                                        .as_ref()
+                                        .map(|v| loc.at(v, field(".address"))),
+                                    weight: t.weight.as_ref().map(|v| loc.at(v, field(".weight"))),
+                                    max_connections: t
+                                        .max_connections
+                                        .as_ref()
+                                        .map(|v| loc.at(v, field(".max_connections"))),
+                                },
+                            }
+                        })
+                        .collect(),
+                    site: Site {
+                        location: loc.location(list.span()),
+                        field: field("backends"),
+                    },
+                }),
+                health_check: inner.health_check.as_ref().map(|h| {
+                    let field = |key: &str| format!("{}.{key}", field("health_check"));
+                    let h = h.get_ref();
+                    RawHealthCheck {
+                        interval: h.interval.as_ref().map(|v| loc.at(v, field("interval"))),
+                        timeout: h.timeout.as_ref().map(|v| loc.at(v, field("timeout"))),
+                        rise: h.rise.as_ref().map(|v| loc.at(v, field("rise"))),
+                        fall: h.fall.as_ref().map(|v| loc.at(v, field("fall"))),
+                    }
+                }),
+                eject_after: inner
+                    .eject_after
+                    .as_ref()
+                    .map(|v| loc.at(v, field("eject_after"))),
+                eject_for: inner
+                    .eject_for
+                    .as_ref()
+                    .map(|v| loc.at(v, field("eject_for"))),
             }
         })
         .collect();
@@ -405,7 +747,21 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
             .map(|v| loc.at(v, f("max_connections"))),
         ktls: file.ktls.as_ref().map(|v| loc.at(v, f("ktls"))),
         admin: file.admin.as_ref().map(|v| loc.at(v, f("admin"))),
+        access_log_format: file
+            .access_log
+            .as_ref()
+            .and_then(|a| a.get_ref().format.as_ref())
+            .map(|v| loc.at(v, f("access_log.format"))),
+        ticket_keys: file
+            .ticket_keys
+            .as_ref()
+            .map(|v| loc.at(v, f("ticket_keys"))),
+        ticket_lifetime: file
+            .ticket_lifetime
+            .as_ref()
+            .map(|v| loc.at(v, f("ticket_lifetime"))),
         listeners,
+        pools,
         default_tier: file
             .default_tier
             .as_ref()
@@ -425,7 +781,11 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "max_connections",
     "ktls",
     "admin",
+    "access_log",
+    "ticket_keys",
+    "ticket_lifetime",
     "listener",
+    "pool",
     "default_tier",
     "tier",
 ];
@@ -453,38 +813,151 @@ const LISTENER_KEYS: &[&str] = &[
     "tls_versions",
     "cipher_suites",
     "backends",
+    "pool",
     "crl",
     "allow",
     "cert_password_file",
     "cert_password_env",
     "ocsp_staple",
     "proxy_protocol",
+    "proxy_protocol_cert_tlv",
+    "client_cert_header",
+    "client_ocsp",
+    "clients",
+    "route",
 ];
 
+/// Keys of a `[[listener.route]]` table.
+const ROUTE_KEYS: &[&str] = &[
+    "name",
+    "server_names",
+    "cert",
+    "key",
+    "client_auth",
+    "client_ca",
+    "alpn",
+    "tls_versions",
+    "cipher_suites",
+    "backends",
+    "pool",
+    "crl",
+    "allow",
+    "cert_password_file",
+    "cert_password_env",
+    "ocsp_staple",
+    "client_ocsp",
+    "clients",
+];
+
+/// Keys of the `access_log` table.
+const ACCESS_LOG_KEYS: &[&str] = &["format"];
+
+/// Keys of a listener's `client_cert_header` table.
+const CERT_HEADER_KEYS: &[&str] = &["format", "name", "max_head"];
+
+/// Keys of a `client_ocsp` table.
+const CLIENT_OCSP_KEYS: &[&str] = &["mode", "responder", "timeout", "fail", "cache_ttl"];
+
+/// Keys of a `[[listener.clients]]` table.
+const CLIENT_KEYS: &[&str] = &["alias", "cert", "password_file", "password_env"];
+
+/// Keys of a `[[pool]]` table.
+const POOL_KEYS: &[&str] = &[
+    "name",
+    "balance",
+    "backends",
+    "health_check",
+    "eject_after",
+    "eject_for",
+];
+
+/// Keys of a pool's `health_check` table.
+const HEALTH_CHECK_KEYS: &[&str] = &["interval", "timeout", "rise", "fall"];
+
+/// Keys of a pool backend written as a table.
+const POOL_BACKEND_KEYS: &[&str] = &["address", "weight", "max_connections"];
+
 /// An error for a key the schema does not have. `key` is serde_ignored's
-/// path (`tls_versoin`, `listener.0.tls_versoin`); its position is found in
-/// the text: the key's line inside the right table.
+/// path (`tls_versoin`, `listener.0.route.1.tls_versoin`); its position is
+/// found in the text: the key's line inside the right table, or the line
+/// of the inline table holding it.
 fn unknown_key_error(path: &Path, text: &str, key: &str) -> ConfigError {
-    // Spanned values add a private path segment of their own.
-    let parts: Vec<&str> = key.split('.').filter(|p| !p.starts_with("$__")).collect();
-    let (table, name, field, known) = match parts.as_slice() {
-        [table, index, name] => {
-            let index: usize = index.parse().unwrap_or(0);
-            let field = format!("{table}[{index}].{name}");
-            let known = if *table == "tier" {
-                TIER_KEYS
-            } else {
-                LISTENER_KEYS
-            };
-            (Some((*table, index)), *name, field, known)
+    // Spanned values add a private path segment of their own, and
+    // optional values a `?`.
+    let parts: Vec<&str> = key
+        .split('.')
+        .filter(|p| !p.starts_with("$__") && *p != "?")
+        .collect();
+    // (table path, key, keys known there, key of the inline table holding it)
+    let (table, name, known, holder) = match parts.as_slice() {
+        ["listener", i, "route", j, "client_ocsp", name] => (
+            format!("listener[{i}].route[{j}]"),
+            *name,
+            CLIENT_OCSP_KEYS,
+            Some("client_ocsp"),
+        ),
+        ["listener", i, "route", j, "clients", k, name] => (
+            format!("listener[{i}].route[{j}].clients[{k}]"),
+            *name,
+            CLIENT_KEYS,
+            None,
+        ),
+        ["listener", i, "route", j, name] => {
+            (format!("listener[{i}].route[{j}]"), *name, ROUTE_KEYS, None)
         }
-        _ => (None, key, key.to_string(), TOP_LEVEL_KEYS),
+        ["listener", i, "client_ocsp", name] => (
+            format!("listener[{i}]"),
+            *name,
+            CLIENT_OCSP_KEYS,
+            Some("client_ocsp"),
+        ),
+        ["listener", i, "client_cert_header", name] => (
+            format!("listener[{i}]"),
+            *name,
+            CERT_HEADER_KEYS,
+            Some("client_cert_header"),
+        ),
+        ["listener", i, "clients", j, name] => (
+            format!("listener[{i}].clients[{j}]"),
+            *name,
+            CLIENT_KEYS,
+            None,
+        ),
+        ["listener", i, name] => (format!("listener[{i}]"), *name, LISTENER_KEYS, None),
+        ["pool", i, "health_check", name] => (
+            format!("pool[{i}]"),
+            *name,
+            HEALTH_CHECK_KEYS,
+            Some("health_check"),
+        ),
+        ["pool", i, "backends", j, name] => (
+            format!("pool[{i}].backends[{j}]"),
+            *name,
+            POOL_BACKEND_KEYS,
+            Some("backends"),
+        ),
+        ["pool", i, name] => (format!("pool[{i}]"), *name, POOL_KEYS, None),
+        ["tier", i, name] => (format!("tier[{i}]"), *name, TIER_KEYS, None),
+        ["access_log", name] => (String::new(), *name, ACCESS_LOG_KEYS, Some("access_log")),
+        _ => (String::new(), key, TOP_LEVEL_KEYS, None),
     };
+    let field = match (table.as_str(), holder) {
+        ("", Some(inline)) => format!("{inline}.{name}"),
+        ("", None) => name.to_string(),
+        (t, Some(inline @ ("health_check" | "client_ocsp" | "client_cert_header"))) => {
+            format!("{t}.{inline}.{name}")
+        }
+        (t, _) => format!("{t}.{name}"),
+    };
+    // A pool backend's section is its pool's.
+    let section = table.split(".backends[").next().unwrap_or("");
     let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
-    let offset = locate_key(text, table, name).unwrap_or(0);
+    let offset = locate_key(text, section, name)
+        .or_else(|| holder.and_then(|h| locate_key(text, section, h)))
+        .unwrap_or(0);
     let (line, column) = line_column(text, offset);
     // TOML puts a key written after a table header into that table.
-    let hint = if table.is_some() && TOP_LEVEL_KEYS.contains(&name) {
+    let hint = if !table.is_empty() && TOP_LEVEL_KEYS.contains(&name) {
         format!("; `{name}` is a top-level key: write it above the first [[table]]")
     } else {
         String::new()
@@ -503,22 +976,57 @@ fn unknown_key_error(path: &Path, text: &str, key: &str) -> ConfigError {
     }
 }
 
-/// Byte offset of the line assigning `key`, at top level (`table` None) or
-/// inside the `index`-th `[[table]]`.
-fn locate_key(text: &str, table: Option<(&str, usize)>, key: &str) -> Option<usize> {
+/// Names the table each header line opens, as a field path:
+/// `[[listener]]` -> `listener[1]`, then `[[listener.route]]` ->
+/// `listener[1].route[0]` (route indices restart in each listener).
+#[derive(Default)]
+struct Headers {
+    /// Entries seen of each array of tables, by dotted header name, since
+    /// its parent's current entry began.
+    counts: std::collections::HashMap<String, usize>,
+}
+
+impl Headers {
+    /// The path of the table a trimmed line opens, if it is a header
+    /// (even a malformed one such as `[[listener]`).
+    fn visit(&mut self, line: &str) -> Option<String> {
+        let (name, array) = match line.strip_prefix("[[") {
+            Some(rest) => (header_name(rest)?, true),
+            None => (header_name(line.strip_prefix('[')?)?, false),
+        };
+        if array {
+            *self.counts.entry(name.to_string()).or_insert(0) += 1;
+            let children = format!("{name}.");
+            self.counts.retain(|k, _| !k.starts_with(&children));
+        }
+        let mut path = String::new();
+        let mut prefix = String::new();
+        for segment in name.split('.') {
+            if !prefix.is_empty() {
+                prefix.push('.');
+                path.push('.');
+            }
+            prefix.push_str(segment);
+            path.push_str(segment);
+            if let Some(n) = self.counts.get(&prefix) {
+                path.push_str(&format!("[{}]", n - 1));
+            }
+        }
+        Some(path)
+    }
+}
+
+/// Byte offset of the line assigning `key` in the table `section` (a path
+/// as [`Headers`] names it; empty for the top level).
+fn locate_key(text: &str, section: &str, key: &str) -> Option<usize> {
     let mut offset = 0;
-    let mut current: Option<(String, usize)> = None;
-    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut current = String::new();
+    let mut headers = Headers::default();
     for line in text.split_inclusive('\n') {
         let t = line.trim();
-        if let Some(name) = t.strip_prefix("[[").and_then(header_name) {
-            let n = seen.entry(name.to_string()).or_insert(0);
-            current = Some((name.to_string(), *n));
-            *n += 1;
-        } else if let Some(name) = t.strip_prefix('[').and_then(header_name) {
-            current = Some((name.to_string(), usize::MAX));
-        } else if key_of(t) == Some(key) && current.as_ref().map(|(n, i)| (n.as_str(), *i)) == table
-        {
+        if let Some(path) = headers.visit(t) {
+            current = path;
+        } else if current == section && key_of(t) == Some(key) {
             return Some(offset + (line.len() - line.trim_start().len()));
         }
         offset += line.len();
@@ -568,19 +1076,12 @@ fn field_at(text: &str, offset: usize) -> Option<String> {
     // The enclosing table, and how many times each array-of-tables header
     // appeared up to it.
     let mut table: Option<String> = None;
-    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut headers = Headers::default();
     let mut key_line: Option<&str> = None;
     for line in lines.iter().take(line_no) {
         let t = line.trim();
-        if let Some(name) = t.strip_prefix("[[") {
-            table = header_name(name).map(|name| {
-                let n = seen.entry(name.to_string()).or_insert(0);
-                *n += 1;
-                format!("{name}[{}]", *n - 1)
-            });
-            key_line = None;
-        } else if let Some(name) = t.strip_prefix('[') {
-            table = header_name(name).map(str::to_string);
+        if t.starts_with('[') {
+            table = headers.visit(t);
             key_line = None;
         } else if key_of(t).is_some() {
             key_line = Some(t);
@@ -645,17 +1146,22 @@ mod tests {
         assert_eq!(field_at(broken, 11).as_deref(), Some("listener[0]"));
     }
 
-    #[test]
-    fn unknown_keys_are_each_located() {
-        let text = "workers = 2\nbogus = 1\n[[listener]]\nname = \"a\"\n[[listener]]\ncert = \"x\"\ntls_versoin = \"1.3\"\n";
-        let (_, unknown) = parse(Path::new("x.toml"), text).unwrap();
-        let got: Vec<(String, usize)> = unknown
+    /// Each error's field and line.
+    fn fields_and_lines(errors: &[ConfigError]) -> Vec<(String, usize)> {
+        errors
             .iter()
             .map(|e| match &e.location {
                 Location::File { line, .. } => (e.field.clone(), *line),
                 Location::Flag => (e.field.clone(), 0),
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn unknown_keys_are_each_located() {
+        let text = "workers = 2\nbogus = 1\n[[listener]]\nname = \"a\"\n[[listener]]\ncert = \"x\"\ntls_versoin = \"1.3\"\n";
+        let (_, unknown) = parse(Path::new("x.toml"), text).unwrap();
+        let got = fields_and_lines(&unknown);
         assert_eq!(
             got,
             vec![
@@ -663,6 +1169,41 @@ mod tests {
                 ("listener[1].tls_versoin".to_string(), 7)
             ]
         );
+    }
+
+    #[test]
+    fn unknown_keys_in_routes_and_pools_are_located() {
+        let text = "[[listener]]\n[[listener.route]]\nname = \"a\"\n[[listener]]\n[[listener.route]]\n[[listener.route]]\nsever_names = []\n[[pool]]\nname = \"p\"\nhealth_check = { interval = \"1s\", rsie = 2 }\nbackends = [\"a:1\", { address = \"b:2\", wieght = 2 }]\nbalanse = \"hash\"\n";
+        let (raw, unknown) = parse(Path::new("x.toml"), text).unwrap();
+        let got = fields_and_lines(&unknown);
+        assert_eq!(
+            got,
+            vec![
+                ("listener[1].route[1].sever_names".to_string(), 7),
+                ("pool[0].health_check.rsie".to_string(), 10),
+                ("pool[0].backends[1].wieght".to_string(), 11),
+                ("pool[0].balanse".to_string(), 12),
+            ]
+        );
+        assert!(
+            unknown[0].message.contains("`server_names`"),
+            "{}",
+            unknown[0].message
+        );
+        assert_eq!(raw.listeners[1].routes.len(), 2);
+        let backends = &raw.pools[0].backends.as_ref().unwrap().value;
+        assert_eq!(backends[0].address.as_ref().unwrap().value, "a:1");
+        assert_eq!(
+            backends[1].address.as_ref().unwrap().site.field,
+            "pool[0].backends[1].address"
+        );
+    }
+
+    #[test]
+    fn parser_errors_name_route_tables() {
+        let text = "[[listener]]\n[[listener]]\n[[listener.route]]\n[[listener.route]]\nname = 1\n";
+        let at = field_at(text, text.find('1').unwrap());
+        assert_eq!(at.as_deref(), Some("listener[1].route[1].name"));
     }
 
     #[test]

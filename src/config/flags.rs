@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use super::validate::{At, RawConfig, RawDuration, RawList, RawListener, Site, Source};
+use super::validate::{
+    At, RawCertHeader, RawConfig, RawDuration, RawList, RawListener, RawOcsp, RawTls, Scope, Site,
+    Source,
+};
 use super::Location;
 
 /// The drop-in flags, filled by the CLI (clap lives in `main.rs`, not here).
@@ -55,6 +58,26 @@ pub struct Flags {
     pub admin: Option<String>,
     /// `--proxy-protocol v1|v2|off`.
     pub proxy_protocol: Option<String>,
+    /// `--proxy-protocol-cert-tlv sha256[:TYPE]|der[:TYPE]|off`.
+    pub proxy_protocol_cert_tlv: Option<String>,
+    /// `--client-cert-header rfc9440|xfcc|escaped-pem`: HTTP header mode.
+    pub client_cert_header: Option<String>,
+    /// `--client-cert-header-name NAME` (needs `--client-cert-header`).
+    pub client_cert_header_name: Option<String>,
+    /// `--access-log text|json`.
+    pub access_log: Option<String>,
+    /// `--ticket-keys FILE`.
+    pub ticket_keys: Option<PathBuf>,
+    /// `--client-ocsp check|off` (`client_ocsp.mode`).
+    pub client_ocsp: Option<String>,
+    /// `--client-ocsp-responder URL`.
+    pub client_ocsp_responder: Option<String>,
+    /// `--client-ocsp-timeout DURATION`.
+    pub client_ocsp_timeout: Option<String>,
+    /// `--client-ocsp-fail closed|open`.
+    pub client_ocsp_fail: Option<String>,
+    /// `--client-ocsp-cache-ttl DURATION`.
+    pub client_ocsp_cache_ttl: Option<String>,
 }
 
 fn at<T>(key: &str, value: T) -> At<T> {
@@ -62,7 +85,7 @@ fn at<T>(key: &str, value: T) -> At<T> {
         value,
         site: Site {
             location: Location::Flag,
-            field: Source::Flags.field(None, key),
+            field: Source::Flags.field(Scope::Top, key),
         },
     }
 }
@@ -86,6 +109,43 @@ fn duration(key: &str, d: &Option<String>) -> Option<At<RawDuration>> {
 }
 
 impl Flags {
+    /// The header-mode flags as the listener's `client_cert_header` table;
+    /// a name alone still turns the mode on (with the default format).
+    fn cert_header(&self) -> Option<RawCertHeader> {
+        if self.client_cert_header.is_none() && self.client_cert_header_name.is_none() {
+            return None;
+        }
+        let format = self.client_cert_header.as_ref();
+        Some(RawCertHeader {
+            site: at("client_cert_header", ()).site,
+            format: format.map(|v| at("client_cert_header", v.clone())),
+            name: self
+                .client_cert_header_name
+                .as_ref()
+                .map(|v| at("client_cert_header_name", v.clone())),
+            max_head: None,
+        })
+    }
+
+    /// The `--client-ocsp*` flags as a `client_ocsp` table, when any is given.
+    fn client_ocsp(&self) -> Option<RawOcsp> {
+        let text = |key: &str, v: &Option<String>| v.as_ref().map(|v| at(key, v.clone()));
+        let raw = RawOcsp {
+            site: at("client_ocsp", ()).site,
+            mode: text("client_ocsp", &self.client_ocsp),
+            responder: text("client_ocsp_responder", &self.client_ocsp_responder),
+            timeout: duration("client_ocsp_timeout", &self.client_ocsp_timeout),
+            fail: text("client_ocsp_fail", &self.client_ocsp_fail),
+            cache_ttl: duration("client_ocsp_cache_ttl", &self.client_ocsp_cache_ttl),
+        };
+        let any = raw.mode.is_some()
+            || raw.responder.is_some()
+            || raw.timeout.is_some()
+            || raw.fail.is_some()
+            || raw.cache_ttl.is_some();
+        any.then_some(raw)
+    }
+
     /// The flags as an unchecked configuration with one listener.
     pub(crate) fn to_raw(&self) -> RawConfig {
         let listener = RawListener {
@@ -93,36 +153,47 @@ impl Flags {
             name: None,
             listen: list("listen", &self.listen),
             backlog: None,
-            cert: path("cert", &self.cert),
-            key: path("key", &self.key),
-            client_auth: self
-                .client_auth
-                .as_ref()
-                .map(|v| at("client_auth", v.clone())),
-            client_ca: path("client_ca", &self.client_ca),
-            alpn: list("alpn", &self.alpn),
-            crl: list(
-                "crl",
-                &self
-                    .crl
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>(),
-            ),
-            allow: list("allow", &self.allow),
+            tls: RawTls {
+                cert: path("cert", &self.cert),
+                key: path("key", &self.key),
+                client_auth: self
+                    .client_auth
+                    .as_ref()
+                    .map(|v| at("client_auth", v.clone())),
+                client_ca: path("client_ca", &self.client_ca),
+                alpn: list("alpn", &self.alpn),
+                crl: list(
+                    "crl",
+                    &self
+                        .crl
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>(),
+                ),
+                allow: list("allow", &self.allow),
+                ocsp_staple: path("ocsp_staple", &self.ocsp_staple),
+                cert_password_file: path("cert_password_file", &self.cert_password_file),
+                cert_password_env: self
+                    .cert_password_env
+                    .as_ref()
+                    .map(|v| at("cert_password_env", v.clone())),
+                tls_versions: None,
+                cipher_suites: None,
+                client_ocsp: self.client_ocsp(),
+                clients: Vec::new(),
+            },
             proxy_protocol: self
                 .proxy_protocol
                 .as_ref()
                 .map(|v| at("proxy_protocol", v.clone())),
-            ocsp_staple: path("ocsp_staple", &self.ocsp_staple),
-            cert_password_file: path("cert_password_file", &self.cert_password_file),
-            cert_password_env: self
-                .cert_password_env
+            client_cert_header: self.cert_header(),
+            proxy_protocol_cert_tlv: self
+                .proxy_protocol_cert_tlv
                 .as_ref()
-                .map(|v| at("cert_password_env", v.clone())),
-            tls_versions: None,
-            cipher_suites: None,
+                .map(|v| at("proxy_protocol_cert_tlv", v.clone())),
             backends: list("backends", &self.backends),
+            pool: None,
+            routes: Vec::new(),
         };
         RawConfig {
             source: Source::Flags,
@@ -137,7 +208,17 @@ impl Flags {
             max_connections: count("max_connections", self.max_connections),
             ktls: self.ktls.as_ref().map(|v| at("ktls", v.clone())),
             admin: self.admin.as_ref().map(|v| at("admin", v.clone())),
+            access_log_format: self
+                .access_log
+                .as_ref()
+                .map(|v| at("access_log", v.clone())),
+            ticket_keys: self
+                .ticket_keys
+                .as_ref()
+                .map(|v| at("ticket_keys", v.clone())),
+            ticket_lifetime: None,
             listeners: vec![listener],
+            pools: Vec::new(),
             // Tiers are tables of rules and limits: config file only.
             default_tier: None,
             tiers: Vec::new(),

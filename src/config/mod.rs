@@ -22,9 +22,13 @@ use std::time::{Duration, SystemTime};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::admit::Tiers;
-use crate::tls::verify::{Allowlist, Crl};
+use crate::tls::route::ServerNamePattern;
+use crate::tls::tickets::TicketKey;
+use crate::tls::verify::{Allowlist, Crl, OcspSettings};
 
-pub use crate::connect::proxy_protocol::Version as ProxyProtocol;
+pub use crate::close::AccessLogFormat;
+pub use crate::connect::cert_header::{CertHeader, Format as CertHeaderFormat};
+pub use crate::connect::proxy_protocol::{CertTlv, CertTlvContent, Version as ProxyProtocol};
 
 pub mod duration;
 pub mod file;
@@ -119,10 +123,19 @@ pub struct Config {
     pub ktls: KtlsMode,
     /// Address of the admin listener (/metrics, /healthz, /ready, /reload).
     pub admin: Option<SocketAddr>,
+    /// How access-log lines are written.
+    pub access_log: AccessLogFormat,
+    /// Session tickets: shared keys and lifetime.
+    pub tickets: TicketSettings,
     /// The listeners.
     pub listeners: Vec<ListenerConfig>,
+    /// Backend pools: the `[[pool]]` tables, then one implicit round-robin
+    /// pool for each route that lists its `backends` inline.
+    pub pools: Vec<PoolConfig>,
     /// Throttling tiers, applied on every listener; empty: no throttling.
     pub tiers: Tiers,
+    /// Certificate files the tiers' alias rules name.
+    pub tier_cert_paths: Vec<PathBuf>,
     /// File this config was read from; `None` when built from flags.
     pub source: Option<PathBuf>,
     /// Non-fatal problems, such as an expired server certificate or a
@@ -133,24 +146,52 @@ pub struct Config {
 
 impl Config {
     /// Every file this configuration was built from: the config file, and
-    /// each listener's certificate, key, client CA and CRLs. A change to any
+    /// each listener's certificate, key, client CA, CRLs and allowlist
+    /// alias certificates. A change to any
     /// of them is worth a reload.
     pub fn files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self.source.iter().cloned().collect();
-        for l in &self.listeners {
-            let t = &l.tls;
+        for t in self
+            .listeners
+            .iter()
+            .flat_map(|l| l.all_routes())
+            .map(|r| &r.tls)
+        {
             files.push(t.cert_path.clone());
             files.push(t.key_path.clone());
             files.extend(t.client_ca_path.iter().cloned());
             files.extend(t.crl_paths.iter().cloned());
+            files.extend(t.client_cert_paths.iter().cloned());
         }
+        files.extend(self.tickets.keys.iter().map(|k| k.path.clone()));
+        files.extend(self.tier_cert_paths.iter().cloned());
         files.sort();
         files.dedup();
         files
     }
 }
 
-/// One listening service: addresses, TLS identity and policy, backends.
+/// How session tickets are sealed and how long clients keep them.
+#[derive(Debug)]
+pub struct TicketSettings {
+    /// Keys shared with the rest of the fleet; `None` keeps rotating keys in
+    /// memory, private to this process.
+    pub keys: Option<TicketKeyFile>,
+    /// Lifetime announced with each ticket.
+    pub lifetime: Duration,
+}
+
+/// A ticket key file as loaded.
+#[derive(Debug)]
+pub struct TicketKeyFile {
+    /// Where the keys came from (watched for rotation).
+    pub path: PathBuf,
+    /// The keys, newest (sealing) first.
+    pub keys: Vec<TicketKey>,
+}
+
+/// One listening service: addresses, and the routes that pick the TLS
+/// identity, client policy and backend pool of each connection.
 #[derive(Debug)]
 pub struct ListenerConfig {
     /// Name used in logs and metrics.
@@ -159,12 +200,99 @@ pub struct ListenerConfig {
     pub listen: Vec<SocketAddr>,
     /// Accept backlog.
     pub backlog: u32,
-    /// Server TLS settings.
-    pub tls: TlsSettings,
-    /// Backends, tried round-robin.
-    pub backends: Vec<Backend>,
+    /// Routes chosen by the client's SNI (and ALPN), in configured order.
+    pub routes: Vec<RouteConfig>,
+    /// The listener's own certificate and backends: the route for clients
+    /// no route matches. Without one, those clients are refused with the
+    /// `unrecognized_name` alert.
+    pub default_route: Option<RouteConfig>,
     /// PROXY protocol header sent to backends, if any.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// The v2 header's client-certificate TLV; `None` when turned off.
+    pub proxy_protocol_cert_tlv: Option<CertTlv>,
+    /// HTTP header mode: the client certificate in every request head.
+    pub client_cert_header: Option<CertHeader>,
+}
+
+impl ListenerConfig {
+    /// The routes, then the default route if any.
+    pub fn all_routes(&self) -> impl Iterator<Item = &RouteConfig> {
+        self.routes.iter().chain(self.default_route.as_ref())
+    }
+}
+
+/// Name of the route made of a listener's own certificate and backends.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// One route: which clients it serves, and how.
+#[derive(Debug)]
+pub struct RouteConfig {
+    /// Name in the access log (`route=`) and metrics; [`DEFAULT_ROUTE`]
+    /// for the listener's own.
+    pub name: String,
+    /// Server names it serves (exact or `*.` one-label wildcards); empty
+    /// for the default route.
+    pub server_names: Vec<ServerNamePattern>,
+    /// TLS identity and client policy. For a route (not the default), a
+    /// non-empty `alpn` also selects it: the client must offer one of them.
+    pub tls: TlsSettings,
+    /// Name of its pool in [`Config::pools`].
+    pub pool: String,
+}
+
+/// How a pool picks the backend for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// In turn, in proportion to the weights.
+    RoundRobin,
+    /// The backend with the fewest open connections for its weight.
+    LeastConnections,
+    /// Consistent (rendezvous) hashing on the client identity: the alias
+    /// when the allowlist names one, else the certificate fingerprint, else
+    /// the client IP.
+    Hash,
+}
+
+/// A group of interchangeable backends.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Name in logs and metrics. Implicit pools are named after their
+    /// listener and route (`main/api`), which no `[[pool]]` name can be.
+    pub name: String,
+    /// Balancing policy.
+    pub balance: Balance,
+    /// The backends, in configured order.
+    pub backends: Vec<PoolBackend>,
+    /// Active TCP health checks, if configured.
+    pub health_check: Option<HealthCheck>,
+    /// Consecutive connect failures that eject a backend; `None` never ejects.
+    pub eject_after: Option<u32>,
+    /// How long an ejected backend is left out.
+    pub eject_for: Duration,
+}
+
+/// A backend of a pool with its share and limit.
+#[derive(Debug, Clone)]
+pub struct PoolBackend {
+    /// Address.
+    pub backend: Backend,
+    /// Relative share of new connections (1..=1000).
+    pub weight: u32,
+    /// Most connections open to it at once, across workers; `None`: no limit.
+    pub max_connections: Option<u64>,
+}
+
+/// Active health checking of a pool's backends (a TCP connect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Time between checks of one backend.
+    pub interval: Duration,
+    /// Longest time one connect may take.
+    pub timeout: Duration,
+    /// Consecutive successes that make an unhealthy backend healthy.
+    pub rise: u32,
+    /// Consecutive failures that make a healthy backend unhealthy.
+    pub fall: u32,
 }
 
 /// Server-side TLS settings of a listener, with its key material loaded.
@@ -198,6 +326,10 @@ pub struct TlsSettings {
     pub crl_paths: Vec<PathBuf>,
     /// Which verified clients are admitted; empty admits every verified one.
     pub allowlist: Allowlist,
+    /// Certificate files of allowlist aliases, for reload.
+    pub client_cert_paths: Vec<PathBuf>,
+    /// OCSP checking of client certificates; `None` when off.
+    pub client_ocsp: Option<OcspSettings>,
 }
 
 /// Whether connections move to kernel TLS after the handshake.

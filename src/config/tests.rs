@@ -40,6 +40,18 @@ fn expect_one(pki: &Pki, text: &str, line: usize, column: usize, rest: &str) {
     assert_eq!(errs, vec![want], "config:\n{text}");
 }
 
+/// The TLS settings of a listener's own (default) route.
+fn own_tls(l: &ListenerConfig) -> &TlsSettings {
+    &l.default_route.as_ref().expect("a default route").tls
+}
+
+/// The backends of a listener's own (default) route.
+fn own_backends(c: &Config, l: &ListenerConfig) -> Vec<Backend> {
+    let pool = &l.default_route.as_ref().expect("a default route").pool;
+    let pool = c.pools.iter().find(|p| p.name == *pool).expect("its pool");
+    pool.backends.iter().map(|b| b.backend.clone()).collect()
+}
+
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
@@ -91,7 +103,7 @@ backends = "127.0.0.1:9090"
         vec![addr("127.0.0.1:8443"), addr("[::1]:8443")]
     );
     assert_eq!(main.backlog, 1024);
-    let tls = &main.tls;
+    let tls = own_tls(main);
     assert_eq!(tls.client_auth, ClientAuth::Required);
     assert_eq!(tls.cert_chain, vec![pki.server_cert_der.clone()]);
     assert_eq!(tls.client_ca, vec![pki.ca_cert_der.clone()]);
@@ -105,24 +117,24 @@ backends = "127.0.0.1:9090"
             CipherSuite::Chacha20Poly1305
         ]
     );
-    assert_eq!(main.backends[0].addr, addr("127.0.0.1:8080"));
-    assert_eq!(main.backends[1].name, "localhost:8081");
-    assert_eq!(main.backends[1].addr.port(), 8081);
-    assert!(main.backends[1].addr.ip().is_loopback());
+    assert_eq!(own_backends(&c, main)[0].addr, addr("127.0.0.1:8080"));
+    assert_eq!(own_backends(&c, main)[1].name, "localhost:8081");
+    assert_eq!(own_backends(&c, main)[1].addr.port(), 8081);
+    assert!(own_backends(&c, main)[1].addr.ip().is_loopback());
 
     let second = &c.listeners[1];
     assert_eq!(second.name, "listener1");
     assert_eq!(second.backlog, 16);
-    assert_eq!(second.tls.client_auth, ClientAuth::Off);
-    assert!(second.tls.client_ca.is_empty());
-    assert_eq!(second.tls.client_ca_path, None);
-    assert!(second.tls.alpn.is_empty());
-    assert_eq!(second.tls.versions, vec![TlsVersion::Tls13]);
+    assert_eq!(own_tls(second).client_auth, ClientAuth::Off);
+    assert!(own_tls(second).client_ca.is_empty());
+    assert_eq!(own_tls(second).client_ca_path, None);
+    assert!(own_tls(second).alpn.is_empty());
+    assert_eq!(own_tls(second).versions, vec![TlsVersion::Tls13]);
     assert_eq!(
-        second.tls.cipher_suites,
+        own_tls(second).cipher_suites,
         vec![CipherSuite::Chacha20Poly1305, CipherSuite::Aes256Gcm]
     );
-    assert_eq!(second.backends[0].addr, addr("127.0.0.1:9090"));
+    assert_eq!(own_backends(&c, second)[0].addr, addr("127.0.0.1:9090"));
 }
 
 #[test]
@@ -139,7 +151,7 @@ fn relative_paths_resolve_against_the_config_directory() {
     // The test's working directory has no pki/, so success proves the
     // paths were resolved against the file's directory.
     let c = load_file(&write(&pki, LISTENER)).unwrap();
-    let tls = &c.listeners[0].tls;
+    let tls = own_tls(&c.listeners[0]);
     assert_eq!(tls.cert_path, pki.root().join("pki/server.crt"));
     assert_eq!(tls.key_path, pki.root().join("pki/server.key"));
     assert_eq!(tls.client_ca_path, Some(pki.root().join("pki/ca.crt")));
@@ -157,8 +169,14 @@ fn relative_paths_resolve_against_the_config_directory() {
         );
     fs::write(&nested, text).unwrap();
     let c = load_file(&nested).unwrap();
-    assert_eq!(c.listeners[0].tls.cert_path, etc.join("../pki/server.crt"));
-    assert_eq!(c.listeners[0].tls.client_ca_path, Some(pki.path("ca.crt")));
+    assert_eq!(
+        own_tls(&c.listeners[0]).cert_path,
+        etc.join("../pki/server.crt")
+    );
+    assert_eq!(
+        own_tls(&c.listeners[0]).client_ca_path,
+        Some(pki.path("ca.crt"))
+    );
 }
 
 #[test]
@@ -383,7 +401,7 @@ fn no_backends() {
         &format!("\n{text}"),
         2,
         1,
-        "listener[0].backends: missing; at least one backend (host:port) is required",
+        "listener[0].backends: missing; at least one backend (host:port) is required, or a pool = \"NAME\"",
     );
     expect_one(
         &pki,
@@ -470,8 +488,8 @@ fn expired_server_certificate_is_a_warning() {
 fn client_ca_with_auth_off_is_a_warning() {
     let pki = Pki::new();
     let c = load_file(&write(&pki, &format!("{LISTENER}client_auth = \"off\"\n"))).unwrap();
-    assert_eq!(c.listeners[0].tls.client_auth, ClientAuth::Off);
-    assert!(c.listeners[0].tls.client_ca.is_empty());
+    assert_eq!(own_tls(&c.listeners[0]).client_auth, ClientAuth::Off);
+    assert!(own_tls(&c.listeners[0]).client_ca.is_empty());
     let w: Vec<String> = c.warnings.iter().map(|w| w.field.clone()).collect();
     assert_eq!(w, vec!["listener[0].client_ca"]);
     assert!(c.warnings[0].message.contains("ignored"));
@@ -538,9 +556,9 @@ fn flags_happy_path() {
     let l = &c.listeners[0];
     assert_eq!(l.name, "listener0");
     assert_eq!(l.listen, vec![addr("127.0.0.1:8443"), addr("[::1]:8443")]);
-    assert_eq!(l.tls.client_auth, ClientAuth::Optional);
-    assert_eq!(l.tls.alpn, vec![b"http/1.1".to_vec()]);
-    assert_eq!(l.tls.client_ca_path, Some(pki.path("ca.crt")));
+    assert_eq!(own_tls(l).client_auth, ClientAuth::Optional);
+    assert_eq!(own_tls(l).alpn, vec![b"http/1.1".to_vec()]);
+    assert_eq!(own_tls(l).client_ca_path, Some(pki.path("ca.crt")));
 
     // Client auth off needs no CA.
     let f = Flags {
@@ -549,7 +567,7 @@ fn flags_happy_path() {
         ..flags(&pki)
     };
     assert_eq!(
-        from_flags(&f).unwrap().listeners[0].tls.client_auth,
+        own_tls(&from_flags(&f).unwrap().listeners[0]).client_auth,
         ClientAuth::Off
     );
 }
@@ -622,6 +640,16 @@ fn example_configs_load() {
         ("edge.toml", include_str!("../../configs/edge.toml")),
     ];
     let pki = Pki::new();
+    // edge.toml's two domains have certificates and a CA of their own.
+    for (from, to) in [
+        ("server.crt", "api.crt"),
+        ("server.key", "api.key"),
+        ("server.crt", "portal.crt"),
+        ("server.key", "portal.key"),
+        ("ca.crt", "partners-ca.crt"),
+    ] {
+        fs::copy(pki.path(from), pki.path(to)).unwrap();
+    }
     for (name, text) in examples {
         let path = pki.root().join(name);
         fs::write(&path, text).unwrap();
@@ -633,25 +661,37 @@ fn example_configs_load() {
 
 fn check_example(name: &str, c: &Config, root: &Path) {
     let first = &c.listeners[0];
-    assert_eq!(first.tls.cert_path, root.join("pki/server.crt"), "{name}");
     match name {
         "quickstart.toml" => {
+            assert_eq!(own_tls(first).cert_path, root.join("pki/server.crt"));
             assert_eq!(first.listen, vec![addr("127.0.0.1:8443")]);
-            assert_eq!(first.tls.client_auth, ClientAuth::Required);
-            assert_eq!(first.backends[0].addr, addr("127.0.0.1:9000"));
+            assert_eq!(own_tls(first).client_auth, ClientAuth::Required);
+            assert_eq!(own_backends(c, first)[0].addr, addr("127.0.0.1:9000"));
         }
         "sidecar.toml" => {
+            assert_eq!(own_tls(first).cert_path, root.join("pki/server.crt"));
             assert_eq!(c.workers, 2);
             assert_eq!(first.listen, vec![addr("0.0.0.0:8443"), addr("[::]:8443")]);
-            assert_eq!(first.tls.client_auth, ClientAuth::Required);
-            assert_eq!(first.backends.len(), 1);
+            assert_eq!(own_tls(first).client_auth, ClientAuth::Required);
+            assert_eq!(own_backends(c, first).len(), 1);
         }
         "edge.toml" => {
-            assert_eq!(c.listeners.len(), 2);
-            assert_eq!(first.tls.client_auth, ClientAuth::Required);
-            assert_eq!(c.listeners[1].tls.client_auth, ClientAuth::Optional);
-            assert!(first.backends.len() > 1);
-            assert!(!first.tls.alpn.is_empty());
+            assert!(first.default_route.is_none());
+            let [api, portal] = &first.routes[..] else {
+                panic!("edge.toml has two routes")
+            };
+            assert_eq!(api.tls.cert_path, root.join("pki/api.crt"));
+            assert_eq!(
+                api.tls.client_ca_path,
+                Some(root.join("pki/partners-ca.crt"))
+            );
+            assert_eq!(portal.tls.client_auth, ClientAuth::Optional);
+            assert!(!api.tls.alpn.is_empty());
+            let pool = |name: &str| c.pools.iter().find(|p| p.name == name).unwrap();
+            assert_eq!(pool(&api.pool).balance, Balance::Hash);
+            assert_eq!(pool(&api.pool).backends.len(), 3);
+            assert!(pool(&api.pool).health_check.is_some());
+            assert_eq!(pool(&portal.pool).balance, Balance::LeastConnections);
             let names: Vec<&str> = c.tiers.tiers().iter().map(|t| &*t.name).collect();
             assert_eq!(names, ["partner", "free"]);
             assert_eq!(c.tiers.default_tier().map(|t| &*t.name), Some("free"));
@@ -751,6 +791,30 @@ colour = "red"
 }
 
 #[test]
+fn client_cert_header_and_access_log() {
+    let pki = Pki::new();
+    let text = format!(
+        "access_log = {{ format = \"json\" }}\n{LISTENER}client_cert_header = {{ format = \"xfcc\", name = \"x-client\" }}\n"
+    );
+    let c = load_file(&write(&pki, &text)).unwrap();
+    assert_eq!(c.access_log, AccessLogFormat::Json);
+    let h = c.listeners[0].client_cert_header.as_ref().unwrap();
+    assert_eq!(
+        (h.format, h.name.as_str(), h.max_head),
+        (CertHeaderFormat::Xfcc, "x-client", 64 * 1024)
+    );
+    // An empty table means RFC 9440 under its default name.
+    let text = format!("{LISTENER}client_cert_header = {{}}\n");
+    let c = load_file(&write(&pki, &text)).unwrap();
+    assert_eq!(c.access_log, AccessLogFormat::Text);
+    let h = c.listeners[0].client_cert_header.as_ref().unwrap();
+    assert_eq!(
+        (h.format, h.name.as_str()),
+        (CertHeaderFormat::Rfc9440, "Client-Cert")
+    );
+}
+
+#[test]
 fn unreachable_tier_is_a_warning() {
     let pki = Pki::new();
     let path = write(
@@ -778,5 +842,416 @@ fn top_level_key_inside_a_table_gets_a_hint() {
         errs[0]
             .ends_with("; `default_tier` is a top-level key: write it above the first [[table]]"),
         "{errs:?}"
+    );
+}
+
+#[test]
+fn client_cert_header_errors_name_their_field() {
+    let pki = Pki::new();
+    let text = format!("{LISTENER}client_cert_header = {{ format = \"pem\" }}\n");
+    expect_one(
+        &pki,
+        &text,
+        7,
+        33,
+        "listener[0].client_cert_header.format: must be one of \"rfc9440\", \"xfcc\", \"escaped-pem\", not \"pem\"",
+    );
+    let text =
+        format!("{LISTENER}client_cert_header = {{ name = \"Client Cert\", max_head = 10 }}\n");
+    let (_, errs) = errors(&pki, &text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].contains(
+        "listener[0].client_cert_header.name: \"Client Cert\" is not an HTTP header name"
+    ));
+    assert!(errs[1].contains(
+        "listener[0].client_cert_header.max_head: must be between 4096 and 1048576, not 10"
+    ));
+    let text = format!("{LISTENER}client_cert_header = {{ fromat = \"xfcc\" }}\n");
+    let (_, errs) = errors(&pki, &text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains(":7:1: listener[0].client_cert_header.fromat: unknown field `fromat`, expected one of `format`, `name`, `max_head`"),
+        "{errs:?}"
+    );
+    let text = format!("access_log = {{ format = \"xml\", color = 1 }}\n{LISTENER}");
+    let (_, errs) = errors(&pki, &text);
+    assert!(
+        errs[0].contains(":1:1: access_log.color: unknown field `color`, expected one of `format`"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].contains(":1:25: access_log.format: must be \"text\" or \"json\", not \"xml\""),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn client_ocsp_table() {
+    let pki = Pki::new();
+    let path = write(
+        &pki,
+        &format!(
+            "{LISTENER}client_ocsp = {{ responder = \"http://127.0.0.1:8888/ocsp\", timeout = \"500ms\", fail = \"open\", cache_ttl = \"1m\" }}\n"
+        ),
+    );
+    let c = load_file(&path).unwrap();
+    let o = own_tls(&c.listeners[0]).client_ocsp.clone().unwrap();
+    assert_eq!(
+        o.responder.as_ref().map(|u| u.as_str()),
+        Some("http://127.0.0.1:8888/ocsp")
+    );
+    assert_eq!(o.timeout, Duration::from_millis(500));
+    assert!(o.fail_open);
+    assert_eq!(o.cache_ttl, Duration::from_secs(60));
+
+    // Defaults: AIA responder, 2 s, fail closed, 5 minutes.
+    let path = write(
+        &pki,
+        &format!("{LISTENER}client_ocsp = {{ mode = \"check\" }}\n"),
+    );
+    let c = load_file(&path).unwrap();
+    let o = own_tls(&c.listeners[0]).client_ocsp.clone().unwrap();
+    assert_eq!(o, crate::tls::verify::OcspSettings::default());
+    let path = write(
+        &pki,
+        &format!("{LISTENER}client_ocsp = {{ mode = \"off\" }}\n"),
+    );
+    assert!(own_tls(&load_file(&path).unwrap().listeners[0])
+        .client_ocsp
+        .is_none());
+}
+
+#[test]
+fn client_ocsp_errors_name_the_field() {
+    let pki = Pki::new();
+    expect_one(
+        &pki,
+        &format!("{LISTENER}client_ocsp = {{ mode = \"always\" }}\n"),
+        7,
+        24,
+        "listener[0].client_ocsp.mode: must be \"check\" or \"off\", not \"always\"",
+    );
+    expect_one(
+        &pki,
+        &format!("{LISTENER}client_ocsp = {{ responder = \"https://ocsp.example\" }}\n"),
+        7,
+        29,
+        "listener[0].client_ocsp.responder: OCSP responder URL \"https://ocsp.example\" must use http:// (OCSP responses are signed; https is not supported)",
+    );
+    expect_one(
+        &pki,
+        &format!("{LISTENER}client_ocsp = {{ timeout = \"1m\" }}\n"),
+        7,
+        27,
+        "listener[0].client_ocsp.timeout: must be at most 30s: a query holds up its worker's handshakes that long",
+    );
+    expect_one(
+        &pki,
+        &format!("{LISTENER}client_ocsp = {{ fail = \"maybe\" }}\n"),
+        7,
+        24,
+        "listener[0].client_ocsp.fail: must be \"closed\" or \"open\", not \"maybe\"",
+    );
+    let (path, errs) = errors(
+        &pki,
+        &format!("{LISTENER}client_ocsp = {{ mdoe = \"check\" }}\n"),
+    );
+    let want = format!(
+        "{}:7:1: listener[0].client_ocsp.mdoe: unknown field `mdoe`, expected one of `mode`, `responder`",
+        path.display()
+    );
+    assert!(errs[0].starts_with(&want), "{errs:?}");
+}
+
+#[test]
+fn client_ocsp_flags() {
+    let pki = Pki::new();
+    let f = Flags {
+        client_ocsp_responder: Some("http://[::1]:9/".into()),
+        client_ocsp_fail: Some("open".into()),
+        ..flags(&pki)
+    };
+    // Any --client-ocsp-* flag turns checking on.
+    let c = from_flags(&f).unwrap();
+    let o = own_tls(&c.listeners[0]).client_ocsp.clone().unwrap();
+    assert!(o.fail_open);
+    let f = Flags {
+        client_ocsp: Some("yes".into()),
+        client_ocsp_timeout: Some("0s".into()),
+        ..flags(&pki)
+    };
+    assert_eq!(
+        flag_errors(&f),
+        vec![
+            "--client-ocsp: must be \"check\" or \"off\", not \"yes\"".to_string(),
+            "--client-ocsp-timeout: must be greater than zero".to_string(),
+        ]
+    );
+    // Ignored, with a warning, when client certificates are off.
+    let f = Flags {
+        client_ocsp: Some("check".into()),
+        client_auth: Some("off".into()),
+        client_ca: None,
+        ..flags(&pki)
+    };
+    let c = from_flags(&f).unwrap();
+    assert!(own_tls(&c.listeners[0]).client_ocsp.is_none());
+    assert_eq!(
+        c.warnings[0].to_string(),
+        "--client-ocsp: ignored because --client-auth is off"
+    );
+}
+
+#[test]
+fn client_cert_header_excludes_proxy_protocol() {
+    let pki = Pki::new();
+    let text = format!("{LISTENER}proxy_protocol = \"v2\"\nclient_cert_header = {{}}\n");
+    expect_one(
+        &pki,
+        &text,
+        8,
+        22,
+        "listener[0].client_cert_header: cannot be combined with listener[0].proxy_protocol = \"v2\" on the same listener; a backend gets the client's identity one way",
+    );
+    // "off" is no conflict.
+    let text = format!("{LISTENER}proxy_protocol = \"off\"\nclient_cert_header = {{}}\n");
+    assert!(load_file(&write(&pki, &text)).is_ok());
+    // The flags go through the same check.
+    let errs = flag_errors(&Flags {
+        proxy_protocol: Some("v1".into()),
+        client_cert_header_name: Some("x-cert".into()),
+        ..flags(&pki)
+    });
+    assert_eq!(
+        errs,
+        ["--client-cert-header: cannot be combined with --proxy-protocol = \"v1\" on the same listener; a backend gets the client's identity one way"]
+    );
+    let errs = flag_errors(&Flags {
+        client_cert_header: Some("envoy".into()),
+        access_log: Some("yaml".into()),
+        ..flags(&pki)
+    });
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("--access-log: must be")));
+    assert!(errs
+        .iter()
+        .any(|e| e.starts_with("--client-cert-header: must be one of")));
+}
+
+#[test]
+fn proxy_protocol_cert_tlv_values() {
+    let pki = Pki::new();
+    let tlv = |value: &str| {
+        let text =
+            format!("{LISTENER}proxy_protocol = \"v2\"\nproxy_protocol_cert_tlv = \"{value}\"\n");
+        load_file(&write(&pki, &text)).map(|c| c.listeners[0].proxy_protocol_cert_tlv)
+    };
+    let der = |kind| {
+        Some(CertTlv {
+            kind,
+            content: CertTlvContent::Der,
+        })
+    };
+    assert_eq!(tlv("der:0xE2").unwrap(), der(0xE2));
+    assert_eq!(tlv("der:239").unwrap(), der(0xEF));
+    assert_eq!(tlv("sha256").unwrap(), Some(CertTlv::default()));
+    assert_eq!(tlv("off").unwrap(), None);
+    let text = format!("{LISTENER}proxy_protocol = \"v2\"\n");
+    assert_eq!(
+        load_file(&write(&pki, &text)).unwrap().listeners[0].proxy_protocol_cert_tlv,
+        Some(CertTlv::default())
+    );
+    for (value, why) in [
+        ("der:0xE1", "other than 0xE1"),
+        ("der:0x20", "custom type"),
+        ("der:x", "custom type"),
+        ("pem", "is not"),
+        ("off:0xE2", "is not"),
+    ] {
+        let e = tlv(value).unwrap_err().to_string();
+        assert!(
+            e.contains(":8:27: listener[0].proxy_protocol_cert_tlv: ") && e.contains(why),
+            "{value}: {e}"
+        );
+    }
+    // Without PROXY v2 the setting is only a warning.
+    let text = format!("{LISTENER}proxy_protocol_cert_tlv = \"der\"\n");
+    let c = load_file(&write(&pki, &text)).unwrap();
+    assert!(c.warnings[0]
+        .to_string()
+        .contains("has no effect without listener[0].proxy_protocol = \"v2\""));
+}
+
+#[test]
+fn client_alias_tables() {
+    let pki = Pki::new();
+    let client = pki.path("client.crt");
+    let text = format!(
+        "{LISTENER}\n[[listener.clients]]\nalias = \"billing\"\ncert = \"{}\"\n",
+        client.display()
+    );
+    let c = load_file(&write(&pki, &text)).unwrap();
+    let der = crate::tls::certs::load_certs(&client).unwrap().remove(0);
+    let who = own_tls(&c.listeners[0]).allowlist.identify(&der).unwrap();
+    assert_eq!(who.label(), "billing");
+    assert!(c.files().contains(&client));
+
+    let (path, errs) = errors(
+        &pki,
+        &format!("{LISTENER}\n[[listener.clients]]\nalias = \"x\"\n"),
+    );
+    assert_eq!(
+        errs,
+        vec![format!(
+            "{}:8:1: listener[0].clients[0].cert: missing; the client's certificate file is required",
+            path.display()
+        )]
+    );
+    let (path, errs) = errors(
+        &pki,
+        &format!(
+            "{LISTENER}\n[[listener.clients]]\nalias = \"x\"\ncert = \"{}\"\npassword_env = \"P\"\n",
+            client.display()
+        ),
+    );
+    assert_eq!(
+        errs,
+        vec![format!(
+            "{}:11:16: listener[0].clients[0].password_env: not used: {} is not a PKCS#12 file (.p12/.pfx)",
+            path.display(),
+            client.display()
+        )]
+    );
+    let (path, errs) = errors(
+        &pki,
+        &format!("{LISTENER}\n[[listener.clients]]\nalias = \"x\"\ncolour = 1\n"),
+    );
+    let want = format!(
+        "{}:10:1: listener[0].clients[0].colour: unknown field `colour`, expected one of `alias`, `cert`",
+        path.display()
+    );
+    assert!(errs[0].starts_with(&want), "{errs:?}");
+}
+
+const ROUTES: &str = r#"[[pool]]
+name = "api"
+balance = "least-connections"
+backends = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3, max_connections = 50 }]
+health_check = { interval = "100ms", timeout = "50ms", rise = 1, fall = 2 }
+eject_after = 0
+
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8443"
+
+[[listener.route]]
+name = "api"
+server_names = ["API.example.com", "*.api.example.com"]
+cert = "pki/server.crt"
+key = "pki/server.key"
+client_ca = "pki/ca.crt"
+pool = "api"
+
+[[listener.route]]
+server_names = "www.example.com"
+cert = "pki/server.crt"
+key = "pki/server.key"
+client_auth = "off"
+alpn = ["h2"]
+backends = ["127.0.0.1:9003"]
+"#;
+
+#[test]
+fn routes_and_pools() {
+    let pki = Pki::new();
+    let c = load_file(&write(&pki, ROUTES)).unwrap();
+    let l = &c.listeners[0];
+    assert!(l.default_route.is_none());
+    assert_eq!(l.routes.len(), 2);
+    let (api, www) = (&l.routes[0], &l.routes[1]);
+    assert_eq!(api.name, "api");
+    assert_eq!(
+        api.server_names
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["api.example.com", "*.api.example.com"]
+    );
+    assert_eq!(api.pool, "api");
+    assert_eq!(www.name, "route1");
+    assert_eq!(www.tls.client_auth, ClientAuth::Off);
+    assert_eq!(www.tls.alpn, vec![b"h2".to_vec()]);
+    // The inline backends became an implicit round-robin pool.
+    assert_eq!(www.pool, "edge/route1");
+    assert_eq!(c.pools.len(), 2);
+    let pool = &c.pools[0];
+    assert_eq!(pool.balance, Balance::LeastConnections);
+    assert_eq!(pool.backends[1].weight, 3);
+    assert_eq!(pool.backends[1].max_connections, Some(50));
+    assert_eq!(pool.backends[0].weight, 1);
+    assert_eq!(
+        pool.health_check,
+        Some(HealthCheck {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(50),
+            rise: 1,
+            fall: 2
+        })
+    );
+    assert_eq!(pool.eject_after, None, "0 turns passive ejection off");
+    let implicit = &c.pools[1];
+    assert_eq!(implicit.balance, Balance::RoundRobin);
+    assert_eq!(implicit.eject_after, None);
+    assert!(implicit.health_check.is_none());
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn route_and_pool_mistakes_are_each_reported() {
+    let pki = Pki::new();
+    let text = ROUTES
+        .replace("pool = \"api\"", "pool = \"apis\"")
+        .replace("\"www.example.com\"", "[\"www.*.com\"]")
+        .replace("balance = \"least-connections\"", "balance = \"random\"")
+        .replace("rise = 1", "rise = 0")
+        .replace(
+            "listen = \"127.0.0.1:8443\"",
+            "listen = \"127.0.0.1:8443\"\nclient_ca = \"pki/ca.crt\"",
+        )
+        .replace("alpn = [\"h2\"]", "alpn = [\"h2\"]\npool = \"api\"");
+    let (path, errs) = errors(&pki, &text);
+    let p = path.display();
+    assert_eq!(
+        errs,
+        vec![
+            format!("{p}:3:11: pool[0].balance: must be \"round-robin\", \"least-connections\" or \"hash\", not \"random\""),
+            format!("{p}:5:63: pool[0].health_check.rise: must be between 1 and 100, not 0"),
+            format!("{p}:19:8: listener[0].route[0].pool: no [[pool]] is named \"apis\"; defined: none"),
+            format!("{p}:22:17: listener[0].route[1].server_names[0]: \"www.*.com\": a wildcard must be the whole first label, as in \"*.example.com\""),
+            format!("{p}:27:8: listener[0].route[1].pool: give either backends or pool, not both"),
+            format!("{p}:11:13: listener[0].client_ca: not used: this listener has routes and no default route (no cert, key or backends of its own); set it on a [[listener.route]]"),
+        ]
+    );
+}
+
+#[test]
+fn route_names_and_pool_references() {
+    let pki = Pki::new();
+    expect_one(
+        &pki,
+        &ROUTES.replace("name = \"api\"\nserver_names", "name = \"default\"\nserver_names"),
+        13,
+        8,
+        "listener[0].route[0].name: \"default\" names the listener's own route; choose another name",
+    );
+    let unused = ROUTES.replace("pool = \"api\"", "backends = \"127.0.0.1:9004\"");
+    let c = load_file(&write(&pki, &unused)).unwrap();
+    assert_eq!(c.warnings.len(), 1);
+    assert!(
+        c.warnings[0]
+            .to_string()
+            .ends_with("pool[0].name: pool \"api\" is not used by any route"),
+        "{}",
+        c.warnings[0]
     );
 }

@@ -15,18 +15,38 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::duration::{format_duration, parse_duration};
 use super::{
-    Backend, CipherSuite, ClientAuth, Config, ConfigError, ConfigErrors, KtlsMode, ListenerConfig,
-    Location, ProxyProtocol, TlsSettings, TlsVersion,
+    Backend, Balance, CipherSuite, ClientAuth, Config, ConfigError, ConfigErrors, HealthCheck,
+    KtlsMode, ListenerConfig, Location, PoolBackend, PoolConfig, ProxyProtocol, RouteConfig,
+    TicketKeyFile, TicketSettings, TlsSettings, TlsVersion, DEFAULT_ROUTE,
 };
 use crate::admit::{ConnectionRate, Limits, Tier, Tiers};
+use crate::close::AccessLogFormat;
+use crate::connect::cert_header::{CertHeader, Format as CertHeaderFormat};
+use crate::connect::proxy_protocol::{CertTlv, CertTlvContent, CUSTOM_TLVS, TLV_CLIENT_IDENTITY};
+use crate::relay::http_head::{is_token_byte, DEFAULT_MAX_HEAD};
 use crate::tls::certs;
-use crate::tls::verify::{load_crls, load_pkcs12, AllowEntry, Allowlist, Crl};
+use crate::tls::route::ServerNamePattern;
+use crate::tls::tickets::parse_key_file;
+use crate::tls::verify::{
+    load_crls, load_pkcs12, load_pkcs12_certificate, AllowEntry, Allowlist, Crl, OcspSettings,
+    ResponderUrl,
+};
 
 /// Whether a certificate file is a PKCS#12 bundle, by its extension.
 fn is_pkcs12(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("p12") || e.eq_ignore_ascii_case("pfx"))
+}
+
+/// The one client certificate in a file named by an alias: PEM or DER (the
+/// first certificate), or PKCS#12 (the key's certificate, or the only one).
+fn client_certificate(path: &Path, password: &str) -> Result<CertificateDer<'static>, String> {
+    if is_pkcs12(path) {
+        return load_pkcs12_certificate(path, password).map_err(|e| e.to_string());
+    }
+    let mut chain = certs::load_certs(path).map_err(|e| e.to_string())?;
+    Ok(chain.swap_remove(0))
 }
 
 /// Defaults, shared by the file and the flags (and quoted in `docs/config.md`).
@@ -45,7 +65,26 @@ pub(crate) mod defaults {
     pub const MAX_CONNECTIONS: usize = 10_000;
     /// Listen backlog.
     pub const BACKLOG: u32 = 1024;
+    /// How long clients are told to keep a session ticket.
+    pub const TICKET_LIFETIME: Duration = Duration::from_secs(3600);
+    /// Time between health checks of one backend.
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+    /// Longest health-check connect.
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Successes that make a backend healthy again.
+    pub const HEALTH_RISE: u32 = 2;
+    /// Failures that make a backend unhealthy.
+    pub const HEALTH_FALL: u32 = 3;
+    /// Consecutive connect failures that eject a backend of a `[[pool]]`.
+    pub const EJECT_AFTER: u32 = 3;
+    /// How long an ejected backend is left out.
+    pub const EJECT_FOR: Duration = Duration::from_secs(10);
 }
+
+/// TLS 1.3 caps a ticket's lifetime at seven days (RFC 8446, 4.6.1).
+const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest OCSP query: the worker running it waits this long at most.
+const MAX_OCSP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Upper bound for every timeout: far beyond any sensible setting, and small
 /// enough that adding it to an `Instant` can never overflow.
@@ -59,6 +98,11 @@ const MAX_TIER_RATE: i64 = 1_000_000;
 const MAX_TIER_BYTES: i64 = 1 << 40;
 /// The tier that is the default when `default_tier` is not set.
 const DEFAULT_TIER_NAME: &str = "default";
+/// Bounds of `client_cert_header.max_head`: room for our own header, and
+/// no more memory per connection than a few records.
+const MIN_HEAD: i64 = 4 * 1024;
+const MAX_HEAD: i64 = 1024 * 1024;
+const MAX_WEIGHT: i64 = 1000;
 
 /// Which input a [`RawConfig`] came from; decides field names and hints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,15 +113,30 @@ pub(crate) enum Source {
     Flags,
 }
 
+/// The table a key belongs to, for naming it in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The top level.
+    Top,
+    /// `listener[i]`.
+    Listener(usize),
+    /// `listener[i].route[j]`.
+    Route(usize, usize),
+    /// `pool[i]`.
+    Pool(usize),
+}
+
 impl Source {
-    /// The name to report for `key`, at top level or in listener `listener`.
-    pub fn field(self, listener: Option<usize>, key: &str) -> String {
-        match (self, listener) {
-            (Source::File, None) => key.to_string(),
-            (Source::File, Some(i)) => format!("listener[{i}].{key}"),
+    /// The name to report for `key` inside `scope`.
+    pub fn field(self, scope: Scope, key: &str) -> String {
+        match (self, scope) {
+            (Source::File, Scope::Top) => key.to_string(),
+            (Source::File, Scope::Listener(i)) => format!("listener[{i}].{key}"),
+            (Source::File, Scope::Route(i, j)) => format!("listener[{i}].route[{j}].{key}"),
+            (Source::File, Scope::Pool(i)) => format!("pool[{i}].{key}"),
             // The flag is singular because it is given once per backend.
             (Source::Flags, _) if key == "backends" => "--backend".to_string(),
-            (Source::Flags, _) => format!("--{}", key.replace('_', "-")),
+            (Source::Flags, _) => format!("--{}", key.replace(['_', '.'], "-")),
         }
     }
 }
@@ -150,8 +209,16 @@ pub(crate) struct RawConfig {
     pub ktls: Option<At<String>>,
     /// `admin`.
     pub admin: Option<At<String>>,
+    /// `access_log.format`.
+    pub access_log_format: Option<At<String>>,
+    /// `ticket_keys`.
+    pub ticket_keys: Option<At<PathBuf>>,
+    /// `ticket_lifetime`.
+    pub ticket_lifetime: Option<At<RawDuration>>,
     /// The listeners, in order.
     pub listeners: Vec<RawListener>,
+    /// The `[[pool]]` tables, in order.
+    pub pools: Vec<RawPool>,
     /// `default_tier`.
     pub default_tier: Option<At<String>>,
     /// The `[[tier]]` tables, in order.
@@ -190,6 +257,25 @@ pub(crate) struct RawListener {
     pub listen: Option<RawList>,
     /// `backlog`.
     pub backlog: Option<At<i64>>,
+    /// The listener's own TLS settings: its default route.
+    pub tls: RawTls,
+    /// `backends` of the default route.
+    pub backends: Option<RawList>,
+    /// `pool` of the default route.
+    pub pool: Option<At<String>>,
+    /// `proxy_protocol`.
+    pub proxy_protocol: Option<At<String>>,
+    /// `client_cert_header`.
+    pub client_cert_header: Option<RawCertHeader>,
+    /// `proxy_protocol_cert_tlv`: `CONTENT[:TYPE]` or `off`.
+    pub proxy_protocol_cert_tlv: Option<At<String>>,
+    /// `[[listener.route]]` tables, in order.
+    pub routes: Vec<RawRoute>,
+}
+
+/// The TLS keys shared by a listener and its routes, unchecked.
+#[derive(Debug, Default)]
+pub(crate) struct RawTls {
     /// `cert`, as written (not yet resolved).
     pub cert: Option<At<PathBuf>>,
     /// `key`.
@@ -204,8 +290,6 @@ pub(crate) struct RawListener {
     pub tls_versions: Option<RawList>,
     /// `cipher_suites`.
     pub cipher_suites: Option<RawList>,
-    /// `backends`.
-    pub backends: Option<RawList>,
     /// `crl`.
     pub crl: Option<RawList>,
     /// `ocsp_staple`: DER OCSP response file for the server certificate.
@@ -216,8 +300,147 @@ pub(crate) struct RawListener {
     pub cert_password_env: Option<At<String>>,
     /// `allow`.
     pub allow: Option<RawList>,
-    /// `proxy_protocol`.
-    pub proxy_protocol: Option<At<String>>,
+    /// `client_ocsp`.
+    pub client_ocsp: Option<RawOcsp>,
+    /// `[[listener.clients]]`: named client certificates.
+    pub clients: Vec<RawClient>,
+}
+
+/// The `client_ocsp` settings, unchecked.
+#[derive(Debug)]
+pub(crate) struct RawOcsp {
+    /// The table (or the flags), for problems with the settings as a whole.
+    pub site: Site,
+    /// `mode`: "check" or "off"; "check" when omitted.
+    pub mode: Option<At<String>>,
+    /// `responder`: URL overriding the certificate's AIA URL.
+    pub responder: Option<At<String>>,
+    /// `timeout`.
+    pub timeout: Option<At<RawDuration>>,
+    /// `fail`: "closed" or "open".
+    pub fail: Option<At<String>>,
+    /// `cache_ttl`.
+    pub cache_ttl: Option<At<RawDuration>>,
+}
+
+/// One `[[listener.clients]]` table, unchecked.
+#[derive(Debug)]
+pub(crate) struct RawClient {
+    /// The table, for missing keys.
+    pub site: Site,
+    /// `alias`.
+    pub alias: Option<At<String>>,
+    /// `cert`: PEM, DER or PKCS#12 file.
+    pub cert: Option<At<PathBuf>>,
+    /// `password_file`: password of a PKCS#12 `cert`.
+    pub password_file: Option<At<PathBuf>>,
+    /// `password_env`: environment variable holding it.
+    pub password_env: Option<At<String>>,
+}
+
+impl RawTls {
+    /// The sites of the keys given.
+    fn given(&self) -> Vec<&Site> {
+        let paths = [
+            &self.cert,
+            &self.key,
+            &self.client_ca,
+            &self.ocsp_staple,
+            &self.cert_password_file,
+        ];
+        let lists = [
+            &self.alpn,
+            &self.tls_versions,
+            &self.cipher_suites,
+            &self.crl,
+            &self.allow,
+        ];
+        let texts = [&self.client_auth, &self.cert_password_env];
+        paths
+            .into_iter()
+            .flatten()
+            .map(|v| &v.site)
+            .chain(lists.into_iter().flatten().map(|v| &v.site))
+            .chain(texts.into_iter().flatten().map(|v| &v.site))
+            .chain(self.client_ocsp.iter().map(|o| &o.site))
+            .chain(self.clients.iter().map(|c| &c.site))
+            .collect()
+    }
+}
+
+/// One `[[listener.route]]`, unchecked.
+#[derive(Debug)]
+pub(crate) struct RawRoute {
+    /// Where the route starts; missing keys are reported here.
+    pub location: Location,
+    /// `name`.
+    pub name: Option<At<String>>,
+    /// `server_names`.
+    pub server_names: Option<RawList>,
+    /// The route's TLS settings (`alpn` also selects the route).
+    pub tls: RawTls,
+    /// `backends`.
+    pub backends: Option<RawList>,
+    /// `pool`.
+    pub pool: Option<At<String>>,
+}
+
+/// One `[[pool]]`, unchecked.
+#[derive(Debug)]
+pub(crate) struct RawPool {
+    /// Where the pool starts; missing keys are reported here.
+    pub location: Location,
+    /// `name`.
+    pub name: Option<At<String>>,
+    /// `balance`.
+    pub balance: Option<At<String>>,
+    /// `backends`: strings or tables.
+    pub backends: Option<At<Vec<RawPoolBackend>>>,
+    /// `health_check`.
+    pub health_check: Option<RawHealthCheck>,
+    /// `eject_after`.
+    pub eject_after: Option<At<i64>>,
+    /// `eject_for`.
+    pub eject_for: Option<At<RawDuration>>,
+}
+
+/// One entry of a pool's `backends`.
+#[derive(Debug)]
+pub(crate) struct RawPoolBackend {
+    /// Where the entry is; a missing address is reported here.
+    pub location: Location,
+    /// `address` (or the entry itself when it is a string).
+    pub address: Option<At<String>>,
+    /// `weight`.
+    pub weight: Option<At<i64>>,
+    /// `max_connections`.
+    pub max_connections: Option<At<i64>>,
+}
+
+/// A pool's `health_check` table, unchecked.
+#[derive(Debug)]
+pub(crate) struct RawHealthCheck {
+    /// `interval`.
+    pub interval: Option<At<RawDuration>>,
+    /// `timeout`.
+    pub timeout: Option<At<RawDuration>>,
+    /// `rise`.
+    pub rise: Option<At<i64>>,
+    /// `fall`.
+    pub fall: Option<At<i64>>,
+}
+
+/// A listener's `client_cert_header` table (or its flags), unchecked.
+#[derive(Debug)]
+pub(crate) struct RawCertHeader {
+    /// Where the table is; problems with it as a whole are reported here.
+    pub site: Site,
+    /// `format`.
+    pub format: Option<At<String>>,
+    /// `name`.
+    pub name: Option<At<String>>,
+    /// `max_head`.
+    pub max_head: Option<At<i64>>,
 }
 
 /// A loaded client CA bundle and the file it came from.
@@ -286,6 +509,22 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
             }
         });
 
+    let access_log = match &raw.access_log_format {
+        None => AccessLogFormat::Text,
+        Some(v) => match v.value.as_str() {
+            "text" => AccessLogFormat::Text,
+            "json" => AccessLogFormat::Json,
+            other => {
+                c.errors.push(
+                    v.site
+                        .error(format!("must be \"text\" or \"json\", not {other:?}")),
+                );
+                AccessLogFormat::Text
+            }
+        },
+    };
+    let tickets = c.tickets(&raw);
+
     if raw.listeners.is_empty() {
         let field = match raw.source {
             Source::File => "listener",
@@ -304,18 +543,42 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         );
     }
 
+    // Pools first: routes refer to them by name.
+    let mut pool_names = HashMap::new();
+    let mut pools: Vec<PoolConfig> = Vec::new();
+    for (i, p) in raw.pools.iter().enumerate() {
+        if let Some(pool) = c.pool(i, p, &mut pool_names) {
+            pools.push(pool);
+        }
+    }
+    let declared = pools.len();
+
     // Names and addresses must be unique across listeners: two listeners on
     // one address would silently share it through SO_REUSEPORT.
-    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut names = HashMap::new();
     let mut addrs: HashMap<SocketAddr, usize> = HashMap::new();
     let mut listeners = Vec::new();
     for (i, l) in raw.listeners.iter().enumerate() {
-        if let Some(listener) = c.listener(i, l, &mut names, &mut addrs) {
+        if let Some(listener) = c.listener(i, l, &mut names, &mut addrs, &mut pools) {
             listeners.push(listener);
         }
     }
+    for (pool, raw_pool) in pools[..declared].iter().zip(&raw.pools) {
+        let used = listeners
+            .iter()
+            .flat_map(|l| l.all_routes())
+            .any(|r| r.pool == pool.name);
+        if !used && c.errors.is_empty() {
+            let site = raw_pool.name.as_ref().map_or_else(
+                || c.site(Scope::Top, "pool", &raw_pool.location),
+                |n| n.site.clone(),
+            );
+            c.warnings
+                .push(site.error(format!("pool {:?} is not used by any route", pool.name)));
+        }
+    }
 
-    let tiers = c.tiers(&raw);
+    let (tiers, tier_cert_paths) = c.tiers(&raw);
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
@@ -329,18 +592,22 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         max_connections_per_worker,
         ktls,
         admin,
+        access_log,
+        tickets,
         listeners,
+        pools,
         tiers,
+        tier_cert_paths,
         source: raw.path,
         warnings: c.warnings,
     })
 }
 
 impl Checker {
-    fn site(&self, listener: usize, key: &str, location: &Location) -> Site {
+    fn site(&self, scope: Scope, key: &str, location: &Location) -> Site {
         Site {
             location: location.clone(),
-            field: self.source.field(Some(listener), key),
+            field: self.source.field(scope, key),
         }
     }
 
@@ -384,6 +651,50 @@ impl Checker {
         default
     }
 
+    /// The session ticket settings; a key file is read and checked now, and
+    /// a bad line in it is reported at that line of the key file.
+    fn tickets(&mut self, raw: &RawConfig) -> TicketSettings {
+        let mut lifetime = self.duration(&raw.ticket_lifetime, defaults::TICKET_LIFETIME, false);
+        if let Some(v) = raw
+            .ticket_lifetime
+            .as_ref()
+            .filter(|_| lifetime > MAX_TICKET_LIFETIME)
+        {
+            self.errors.push(
+                v.site
+                    .error("must be at most 7d (TLS 1.3's limit for tickets)"),
+            );
+            lifetime = defaults::TICKET_LIFETIME;
+        }
+        let keys = raw.ticket_keys.as_ref().and_then(|v| {
+            let path = self.path(v)?;
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) => {
+                    self.errors
+                        .push(v.site.error(format!("cannot read {}: {e}", path.display())));
+                    return None;
+                }
+            };
+            match parse_key_file(&text) {
+                Ok(keys) => Some(TicketKeyFile { path, keys }),
+                Err(e) => {
+                    self.errors.push(ConfigError {
+                        location: Location::File {
+                            path: path.clone(),
+                            line: e.line,
+                            column: 1,
+                        },
+                        field: v.site.field.clone(),
+                        message: e.message,
+                    });
+                    None
+                }
+            }
+        });
+        TicketSettings { keys, lifetime }
+    }
+
     /// Resolves a configured path against the config file's directory.
     fn path(&mut self, v: &At<PathBuf>) -> Option<PathBuf> {
         if v.value.as_os_str().is_empty() {
@@ -419,35 +730,44 @@ impl Checker {
         }
     }
 
+    /// A name for logs and metrics: letters, digits, '-', '_' or '.', and
+    /// unique among `taken` (which maps names to the field that took them).
+    fn name(&mut self, n: &At<String>, taken: &mut HashMap<String, String>) {
+        let ok = !n.value.is_empty()
+            && n.value
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
+        if !ok {
+            self.errors.push(n.site.error(format!(
+                "{:?} is not a valid name; use letters, digits, '-', '_' or '.'",
+                n.value
+            )));
+        }
+        match taken.get(&n.value) {
+            Some(first) => self.errors.push(
+                n.site
+                    .error(format!("name {:?} is already used by {first}", n.value)),
+            ),
+            None => {
+                taken.insert(n.value.clone(), n.site.field.clone());
+            }
+        }
+    }
+
     fn listener(
         &mut self,
         i: usize,
         l: &RawListener,
-        names: &mut HashMap<String, usize>,
+        names: &mut HashMap<String, String>,
         addrs: &mut HashMap<SocketAddr, usize>,
+        pools: &mut Vec<PoolConfig>,
     ) -> Option<ListenerConfig> {
         let errors_before = self.errors.len();
-        let missing = |c: &Self, key: &str| c.site(i, key, &l.location);
+        let scope = Scope::Listener(i);
 
         let name = match &l.name {
             Some(n) => {
-                let ok = !n.value.is_empty()
-                    && n.value
-                        .chars()
-                        .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
-                if !ok {
-                    self.errors.push(n.site.error(format!(
-                        "{:?} is not a valid name; use letters, digits, '-', '_' or '.'",
-                        n.value
-                    )));
-                }
-                if let Some(first) = names.insert(n.value.clone(), i) {
-                    self.errors.push(n.site.error(format!(
-                        "name {:?} is already used by {}",
-                        n.value,
-                        self.source.field(Some(first), "name")
-                    )));
-                }
+                self.name(n, names);
                 n.value.clone()
             }
             None => format!("listener{i}"),
@@ -460,25 +780,6 @@ impl Checker {
                 .and_then(|b| u32::try_from(b).ok())
                 .unwrap_or(defaults::BACKLOG),
             None => defaults::BACKLOG,
-        };
-        let tls = self.tls(i, l);
-        let backends = match &l.backends {
-            None => {
-                self.errors.push(
-                    missing(self, "backends")
-                        .error("missing; at least one backend (host:port) is required"),
-                );
-                Vec::new()
-            }
-            Some(list) => {
-                if list.value.is_empty() {
-                    self.errors.push(
-                        list.site
-                            .error("at least one backend (host:port) is required"),
-                    );
-                }
-                list.value.iter().filter_map(|b| self.backend(b)).collect()
-            }
         };
         let proxy_protocol = match &l.proxy_protocol {
             None => None,
@@ -495,6 +796,70 @@ impl Checker {
                 }
             },
         };
+        let proxy_protocol_cert_tlv = match &l.proxy_protocol_cert_tlv {
+            None => Some(CertTlv::default()),
+            Some(v) => {
+                if proxy_protocol != Some(ProxyProtocol::V2) {
+                    self.warnings.push(v.site.error(format!(
+                        "has no effect without {} = \"v2\"",
+                        self.source.field(scope, "proxy_protocol")
+                    )));
+                }
+                self.cert_tlv(v)
+            }
+        };
+        let client_cert_header = l
+            .client_cert_header
+            .as_ref()
+            .and_then(|h| self.cert_header(h));
+        if let (Some(h), Some(pp), Some(_)) =
+            (&l.client_cert_header, &l.proxy_protocol, proxy_protocol)
+        {
+            self.errors.push(h.site.error(format!(
+                "cannot be combined with {} = {:?} on the same listener; \
+                 a backend gets the client's identity one way",
+                pp.site.field, pp.value
+            )));
+        }
+
+        let mut route_names = HashMap::new();
+        let mut routes = Vec::new();
+        for (j, r) in l.routes.iter().enumerate() {
+            if let Some(route) = self.route(&name, (i, j), r, &mut route_names, pools) {
+                routes.push(route);
+            }
+        }
+        // With routes, the listener's own certificate and backends are
+        // optional: they make the default route when given.
+        let has_default = l.routes.is_empty()
+            || l.tls.cert.is_some()
+            || l.tls.key.is_some()
+            || l.backends.is_some()
+            || l.pool.is_some();
+        let default_route = if has_default {
+            let tls = self.tls(scope, &l.location, &l.tls);
+            let pool = self.upstream(
+                scope,
+                &l.location,
+                format!("{name}/{DEFAULT_ROUTE}"),
+                &l.backends,
+                &l.pool,
+                pools,
+            );
+            tls.zip(pool).map(|(tls, pool)| RouteConfig {
+                name: DEFAULT_ROUTE.to_string(),
+                server_names: Vec::new(),
+                tls,
+                pool,
+            })
+        } else {
+            for site in l.tls.given() {
+                self.errors.push(site.error(
+                    "not used: this listener has routes and no default route (no cert, key or backends of its own); set it on a [[listener.route]]",
+                ));
+            }
+            None
+        };
 
         if self.errors.len() > errors_before {
             return None;
@@ -503,9 +868,357 @@ impl Checker {
             name,
             listen,
             backlog,
-            tls: tls?,
-            backends,
+            routes,
+            default_route,
             proxy_protocol,
+            proxy_protocol_cert_tlv,
+            client_cert_header,
+        })
+    }
+
+    /// Parses `sha256[:TYPE]`, `der[:TYPE]` or `off`; TYPE is a custom TLV
+    /// type (0xE0..=0xEF, hex or decimal) other than the identity's 0xE1.
+    fn cert_tlv(&mut self, v: &At<String>) -> Option<CertTlv> {
+        let (content, kind) = match v.value.split_once(':') {
+            Some((c, k)) => (c, Some(k)),
+            None => (v.value.as_str(), None),
+        };
+        let content = match content {
+            "off" if kind.is_none() => return None,
+            "sha256" => CertTlvContent::Sha256,
+            "der" => CertTlvContent::Der,
+            _ => {
+                self.errors.push(v.site.error(format!(
+                    "{:?} is not \"sha256[:TYPE]\", \"der[:TYPE]\" or \"off\"",
+                    v.value
+                )));
+                return None;
+            }
+        };
+        let Some(kind) = kind else {
+            return Some(CertTlv {
+                content,
+                ..CertTlv::default()
+            });
+        };
+        let parsed = match kind.strip_prefix("0x").or_else(|| kind.strip_prefix("0X")) {
+            Some(hex) => u8::from_str_radix(hex, 16).ok(),
+            None => kind.parse::<u8>().ok(),
+        };
+        match parsed {
+            Some(k) if CUSTOM_TLVS.contains(&k) && k != TLV_CLIENT_IDENTITY => {
+                Some(CertTlv { kind: k, content })
+            }
+            _ => {
+                self.errors.push(v.site.error(format!(
+                    "TLV type {kind:?} must be a custom type 0xE0..=0xEF other than 0xE1 (the identity TLV)"
+                )));
+                None
+            }
+        }
+    }
+
+    /// Checks a `client_cert_header` table: a known format, a header name
+    /// that is an HTTP token, a sane head limit.
+    fn cert_header(&mut self, h: &RawCertHeader) -> Option<CertHeader> {
+        let errors_before = self.errors.len();
+        let format = match &h.format {
+            None => CertHeaderFormat::Rfc9440,
+            Some(v) => match CertHeaderFormat::NAMES.iter().find(|(n, _)| *n == v.value) {
+                Some((_, f)) => *f,
+                None => {
+                    let known: Vec<String> = CertHeaderFormat::NAMES
+                        .iter()
+                        .map(|(n, _)| format!("{n:?}"))
+                        .collect();
+                    self.errors.push(v.site.error(format!(
+                        "must be one of {}, not {:?}",
+                        known.join(", "),
+                        v.value
+                    )));
+                    CertHeaderFormat::Rfc9440
+                }
+            },
+        };
+        let name = match &h.name {
+            None => format.default_name().to_string(),
+            Some(v) => {
+                let token = !v.value.is_empty() && v.value.bytes().all(is_token_byte);
+                if !token {
+                    self.errors.push(v.site.error(format!(
+                        "{:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)",
+                        v.value
+                    )));
+                }
+                v.value.clone()
+            }
+        };
+        let max_head = match &h.max_head {
+            None => DEFAULT_MAX_HEAD,
+            Some(v) => self
+                .int_in(v, MIN_HEAD, MAX_HEAD)
+                .unwrap_or(DEFAULT_MAX_HEAD),
+        };
+        (self.errors.len() == errors_before).then_some(CertHeader {
+            format,
+            name,
+            max_head,
+        })
+    }
+
+    /// One `[[listener.route]]` of the listener named `listener`.
+    fn route(
+        &mut self,
+        listener: &str,
+        (i, j): (usize, usize),
+        r: &RawRoute,
+        names: &mut HashMap<String, String>,
+        pools: &mut Vec<PoolConfig>,
+    ) -> Option<RouteConfig> {
+        let errors_before = self.errors.len();
+        let scope = Scope::Route(i, j);
+        let name = match &r.name {
+            Some(n) if n.value == DEFAULT_ROUTE => {
+                self.errors.push(n.site.error(format!(
+                    "{DEFAULT_ROUTE:?} names the listener's own route; choose another name"
+                )));
+                n.value.clone()
+            }
+            Some(n) => {
+                self.name(n, names);
+                n.value.clone()
+            }
+            None => format!("route{j}"),
+        };
+        let server_names = match &r.server_names {
+            None => {
+                self.errors.push(self.site(scope, "server_names", &r.location).error(
+                    "missing; the names this route serves are required, e.g. [\"api.example.com\", \"*.example.com\"]",
+                ));
+                Vec::new()
+            }
+            Some(_) => self
+                .list(
+                    &r.server_names,
+                    Some("at least one server name is required"),
+                    |n| ServerNamePattern::parse(n).map_err(|e| e.to_string()),
+                )
+                .unwrap_or_default(),
+        };
+        let tls = self.tls(scope, &r.location, &r.tls);
+        let pool = self.upstream(
+            scope,
+            &r.location,
+            format!("{listener}/{name}"),
+            &r.backends,
+            &r.pool,
+            pools,
+        );
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(RouteConfig {
+            name,
+            server_names,
+            tls: tls?,
+            pool: pool?,
+        })
+    }
+
+    /// The pool a route sends to: a `[[pool]]` by name, or an implicit
+    /// round-robin pool (added to `pools` as `implicit_name`) of inline
+    /// `backends`. Returns the pool's name.
+    fn upstream(
+        &mut self,
+        scope: Scope,
+        location: &Location,
+        implicit_name: String,
+        backends: &Option<RawList>,
+        pool: &Option<At<String>>,
+        pools: &mut Vec<PoolConfig>,
+    ) -> Option<String> {
+        match (backends, pool) {
+            (Some(_), Some(p)) => {
+                self.errors
+                    .push(p.site.error("give either backends or pool, not both"));
+                None
+            }
+            (None, Some(p)) => {
+                if pools.iter().any(|known| known.name == p.value) {
+                    Some(p.value.clone())
+                } else {
+                    let known: Vec<String> = pools
+                        .iter()
+                        .filter(|k| !k.name.contains('/'))
+                        .map(|k| format!("{:?}", k.name))
+                        .collect();
+                    self.errors.push(p.site.error(format!(
+                        "no [[pool]] is named {:?}; defined: {}",
+                        p.value,
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    )));
+                    None
+                }
+            }
+            (None, None) => {
+                let message = match self.source {
+                    Source::File => "missing; at least one backend (host:port) is required, or a pool = \"NAME\"",
+                    Source::Flags => "missing; at least one backend (host:port) is required",
+                };
+                self.errors
+                    .push(self.site(scope, "backends", location).error(message));
+                None
+            }
+            (Some(list), None) => {
+                if list.value.is_empty() {
+                    self.errors.push(
+                        list.site
+                            .error("at least one backend (host:port) is required"),
+                    );
+                }
+                let backends: Vec<PoolBackend> = list
+                    .value
+                    .iter()
+                    .filter_map(|b| self.backend(b))
+                    .map(|backend| PoolBackend {
+                        backend,
+                        weight: 1,
+                        max_connections: None,
+                    })
+                    .collect();
+                pools.push(PoolConfig {
+                    name: implicit_name.clone(),
+                    balance: Balance::RoundRobin,
+                    backends,
+                    health_check: None,
+                    eject_after: None,
+                    eject_for: defaults::EJECT_FOR,
+                });
+                Some(implicit_name)
+            }
+        }
+    }
+
+    /// One `[[pool]]`.
+    fn pool(
+        &mut self,
+        i: usize,
+        p: &RawPool,
+        names: &mut HashMap<String, String>,
+    ) -> Option<PoolConfig> {
+        let errors_before = self.errors.len();
+        let scope = Scope::Pool(i);
+        let name = match &p.name {
+            Some(n) => {
+                self.name(n, names);
+                n.value.clone()
+            }
+            None => {
+                self.errors.push(
+                    self.site(scope, "name", &p.location)
+                        .error("missing; routes refer to a pool by its name"),
+                );
+                String::new()
+            }
+        };
+        let balance = match p.balance.as_ref().map(|b| (b, b.value.as_str())) {
+            None | Some((_, "round-robin")) => Balance::RoundRobin,
+            Some((_, "least-connections")) => Balance::LeastConnections,
+            Some((_, "hash")) => Balance::Hash,
+            Some((b, other)) => {
+                self.errors.push(b.site.error(format!(
+                    "must be \"round-robin\", \"least-connections\" or \"hash\", not {other:?}"
+                )));
+                Balance::RoundRobin
+            }
+        };
+        let mut backends: Vec<PoolBackend> = Vec::new();
+        match &p.backends {
+            None => self.errors.push(
+                self.site(scope, "backends", &p.location)
+                    .error("missing; at least one backend (host:port) is required"),
+            ),
+            Some(list) if list.value.is_empty() => self.errors.push(
+                list.site
+                    .error("at least one backend (host:port) is required"),
+            ),
+            Some(list) => {
+                for b in &list.value {
+                    let weight = b
+                        .weight
+                        .as_ref()
+                        .map_or(Some(1), |w| self.int_in(w, 1, MAX_WEIGHT));
+                    let max_connections = b
+                        .max_connections
+                        .as_ref()
+                        .map(|m| self.int_in(m, 1, MAX_CONNECTIONS));
+                    let Some(address) = &b.address else {
+                        self.errors.push(
+                            Site {
+                                location: b.location.clone(),
+                                field: list.site.field.clone(),
+                            }
+                            .error("missing; address = \"host:port\" is required"),
+                        );
+                        continue;
+                    };
+                    let Some(backend) = self.backend(address) else {
+                        continue;
+                    };
+                    if backends
+                        .iter()
+                        .any(|known| known.backend.addr == backend.addr)
+                    {
+                        self.errors.push(
+                            address
+                                .site
+                                .error(format!("backend {} is listed twice", backend.name)),
+                        );
+                        continue;
+                    }
+                    backends.push(PoolBackend {
+                        backend,
+                        weight: weight.and_then(|w| u32::try_from(w).ok()).unwrap_or(1),
+                        max_connections: max_connections.flatten().map(|m| m as u64),
+                    });
+                }
+            }
+        }
+        let health_check = p.health_check.as_ref().map(|h| {
+            let count = |c: &mut Self, v: &Option<At<i64>>, default: u32| {
+                v.as_ref()
+                    .map_or(Some(default as usize), |v| c.int_in(v, 1, 100))
+                    .map_or(default, |n| n as u32)
+            };
+            HealthCheck {
+                interval: self.duration(&h.interval, defaults::HEALTH_INTERVAL, false),
+                timeout: self.duration(&h.timeout, defaults::HEALTH_TIMEOUT, false),
+                rise: count(self, &h.rise, defaults::HEALTH_RISE),
+                fall: count(self, &h.fall, defaults::HEALTH_FALL),
+            }
+        });
+        let eject_after = match &p.eject_after {
+            None => Some(defaults::EJECT_AFTER),
+            Some(v) => self
+                .int_in(v, 0, 1000)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0),
+        };
+        let eject_for = self.duration(&p.eject_for, defaults::EJECT_FOR, false);
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(PoolConfig {
+            name,
+            balance,
+            backends,
+            health_check,
+            eject_after,
+            eject_for,
         })
     }
 
@@ -522,8 +1235,10 @@ impl Checker {
                 }
                 Source::Flags => "missing; pass --listen ADDR (e.g. 127.0.0.1:8443) at least once",
             };
-            self.errors
-                .push(self.site(i, "listen", &l.location).error(hint));
+            self.errors.push(
+                self.site(Scope::Listener(i), "listen", &l.location)
+                    .error(hint),
+            );
             return Vec::new();
         };
         if list.value.is_empty() {
@@ -538,7 +1253,7 @@ impl Checker {
                         let whom = if first == i {
                             "listed twice".to_string()
                         } else {
-                            format!("already used by {}", self.source.field(Some(first), "listen"))
+                            format!("already used by {}", self.source.field(Scope::Listener(first), "listen"))
                         };
                         self.errors
                             .push(a.site.error(format!("address {addr} is {whom}")));
@@ -593,29 +1308,29 @@ impl Checker {
         }
     }
 
-    fn tls(&mut self, i: usize, l: &RawListener) -> Option<TlsSettings> {
+    fn tls(&mut self, scope: Scope, location: &Location, t: &RawTls) -> Option<TlsSettings> {
         let errors_before = self.errors.len();
         let missing = |c: &Self, key: &str, what: &str| {
             let hint = match c.source {
                 Source::File => format!("missing; {what} is required"),
                 Source::Flags => format!(
                     "missing; {what} is required (pass {})",
-                    c.source.field(None, key)
+                    c.source.field(Scope::Top, key)
                 ),
             };
-            c.site(i, key, &l.location).error(hint)
+            c.site(scope, key, location).error(hint)
         };
 
         // A PKCS#12 bundle holds the chain and the key together.
-        if let Some(v) = l.cert.as_ref().filter(|v| is_pkcs12(&v.value)) {
-            if let Some(k) = &l.key {
+        if let Some(v) = t.cert.as_ref().filter(|v| is_pkcs12(&v.value)) {
+            if let Some(k) = &t.key {
                 self.errors.push(
                     k.site.error(
                         "not used: the PKCS#12 cert already holds the private key".to_string(),
                     ),
                 );
             }
-            let password = self.pkcs12_password(l);
+            let password = self.pkcs12_password(&t.cert_password_file, &t.cert_password_env);
             let loaded = self.path(v).and_then(|path| {
                 match load_pkcs12(&path, password.as_deref().unwrap_or("")) {
                     Ok((chain, key)) => {
@@ -629,15 +1344,16 @@ impl Checker {
                 }
             });
             return self.tls_rest(
-                i,
-                l,
+                scope,
+                location,
+                t,
                 errors_before,
                 loaded.map(|(p, c, k)| ((p.clone(), c), (p, k))),
             );
         }
 
         // Certificate chain.
-        let cert = match &l.cert {
+        let cert = match &t.cert {
             None => {
                 self.errors
                     .push(missing(self, "cert", "the server certificate chain file"));
@@ -658,7 +1374,7 @@ impl Checker {
         };
 
         // Private key, and whether it belongs to the certificate.
-        let key = match &l.key {
+        let key = match &t.key {
             None => {
                 self.errors
                     .push(missing(self, "key", "the server private key file"));
@@ -683,13 +1399,17 @@ impl Checker {
             (Some(cert), Some((key_path, key, _))) => Some((cert, (key_path, key))),
             _ => None,
         };
-        self.tls_rest(i, l, errors_before, identity)
+        self.tls_rest(scope, location, t, errors_before, identity)
     }
 
-    /// The password of a PKCS#12 `cert`: from `cert_password_file` (first
-    /// line), or the variable `cert_password_env` names; none means empty.
-    fn pkcs12_password(&mut self, l: &RawListener) -> Option<String> {
-        if let Some(v) = &l.cert_password_file {
+    /// The password of a PKCS#12 file: from a password file (first line),
+    /// or the environment variable named; none means empty.
+    fn pkcs12_password(
+        &mut self,
+        file: &Option<At<PathBuf>>,
+        env: &Option<At<String>>,
+    ) -> Option<String> {
+        if let Some(v) = file {
             let path = self.path(v)?;
             return match std::fs::read_to_string(&path) {
                 Ok(text) => Some(text.lines().next().unwrap_or("").to_string()),
@@ -700,7 +1420,7 @@ impl Checker {
                 }
             };
         }
-        if let Some(v) = &l.cert_password_env {
+        if let Some(v) = env {
             return match std::env::var(&v.value) {
                 Ok(password) => Some(password),
                 Err(_) => {
@@ -720,8 +1440,9 @@ impl Checker {
     #[allow(clippy::type_complexity)]
     fn tls_rest(
         &mut self,
-        i: usize,
-        l: &RawListener,
+        scope: Scope,
+        location: &Location,
+        t: &RawTls,
         errors_before: usize,
         identity: Option<(
             (PathBuf, Vec<CertificateDer<'static>>),
@@ -730,7 +1451,7 @@ impl Checker {
     ) -> Option<TlsSettings> {
         // `None` when the mode is invalid: whether a CA is needed is then
         // unknown, so only a given CA file is checked.
-        let client_auth = match &l.client_auth {
+        let client_auth = match &t.client_auth {
             None => Some(ClientAuth::Required),
             Some(v) => match v.value.as_str() {
                 "required" => Some(ClientAuth::Required),
@@ -745,16 +1466,19 @@ impl Checker {
             },
         };
         let client_ca = match client_auth {
-            Some(auth) => self.client_ca(i, l, auth),
-            None if l.client_ca.is_some() => self.client_ca(i, l, ClientAuth::Required),
+            Some(auth) => self.client_ca(scope, location, t, auth),
+            None if t.client_ca.is_some() => {
+                self.client_ca(scope, location, t, ClientAuth::Required)
+            }
             None => None,
         };
-        let alpn = self.alpn(l);
-        let (crl_paths, crls) = self.crls(l);
-        let ocsp_staple = self.ocsp_staple(l);
-        let allowlist = self.allowlist(l);
-        let versions = self.versions(l);
-        let cipher_suites = self.cipher_suites(l);
+        let alpn = self.alpn(t);
+        let (crl_paths, crls) = self.crls(t);
+        let ocsp_staple = self.ocsp_staple(t);
+        let (allowlist, client_cert_paths) = self.allowlist(t);
+        let client_ocsp = self.client_ocsp(t, client_auth);
+        let versions = self.versions(t);
+        let cipher_suites = self.cipher_suites(t);
 
         if self.errors.len() > errors_before {
             return None;
@@ -776,13 +1500,15 @@ impl Checker {
             crls,
             crl_paths,
             allowlist,
+            client_cert_paths,
+            client_ocsp,
         })
     }
 
     /// The OCSP response to staple: read as is (DER), since the operator
     /// refreshes the file and reloads; an empty file staples nothing.
-    fn ocsp_staple(&mut self, l: &RawListener) -> Option<Vec<u8>> {
-        let v = l.ocsp_staple.as_ref()?;
+    fn ocsp_staple(&mut self, t: &RawTls) -> Option<Vec<u8>> {
+        let v = t.ocsp_staple.as_ref()?;
         let path = self.path(v)?;
         match std::fs::read(&path) {
             Ok(der) if der.is_empty() => None,
@@ -805,9 +1531,9 @@ impl Checker {
     }
 
     /// CRL files, each loaded (and checked) now.
-    fn crls(&mut self, l: &RawListener) -> (Vec<PathBuf>, Vec<Crl>) {
+    fn crls(&mut self, t: &RawTls) -> (Vec<PathBuf>, Vec<Crl>) {
         let (mut paths, mut crls) = (Vec::new(), Vec::new());
-        for item in l.crl.iter().flat_map(|list| &list.value) {
+        for item in t.crl.iter().flat_map(|list| &list.value) {
             let path_at = At {
                 value: PathBuf::from(&item.value),
                 site: item.site.clone(),
@@ -826,15 +1552,37 @@ impl Checker {
         (paths, crls)
     }
 
-    /// The listener's allowlist.
-    fn allowlist(&mut self, l: &RawListener) -> Allowlist {
-        Allowlist::new(self.client_rules(l.allow.as_ref()))
+    /// Allowlist rules (see [`Checker::client_rules`]), then the `clients`
+    /// aliases; with the certificate files read.
+    fn allowlist(&mut self, t: &RawTls) -> (Allowlist, Vec<PathBuf>) {
+        let mut paths = Vec::new();
+        let mut entries = self.client_rules(t.allow.as_ref(), &mut paths);
+        for client in &t.clients {
+            let Some(entry) = self.client_alias(client, &mut paths) else {
+                continue;
+            };
+            if entries.contains(&entry) {
+                self.errors.push(
+                    client.site.error(
+                        "this alias and certificate are already in the allowlist".to_string(),
+                    ),
+                );
+            } else {
+                entries.push(entry);
+            }
+        }
+        (Allowlist::new(entries), paths)
     }
 
     /// Client rules, for the allowlist and the tiers alike:
     /// `alias:NAME=CERT_FILE`, `sha256:HEX`, `cn:GLOB`, `dns:GLOB`,
-    /// `uri:GLOB`, `spiffe://...` (a SPIFFE ID glob).
-    fn client_rules(&mut self, list: Option<&RawList>) -> Vec<AllowEntry> {
+    /// `uri:GLOB`, `spiffe://...` (a SPIFFE ID glob); the certificate files
+    /// read go to `paths`.
+    fn client_rules(
+        &mut self,
+        list: Option<&RawList>,
+        paths: &mut Vec<PathBuf>,
+    ) -> Vec<AllowEntry> {
         let mut entries: Vec<AllowEntry> = Vec::new();
         for item in list.iter().flat_map(|list| &list.value) {
             let rule = item.value.as_str();
@@ -846,11 +1594,10 @@ impl Checker {
                             site: item.site.clone(),
                         };
                         let Some(path) = self.path(&file_at) else { continue };
-                        certs::load_certs(&path)
-                            .map_err(|e| e.to_string())
-                            .and_then(|chain| {
-                                AllowEntry::alias(name, &chain[0]).map_err(|e| e.to_string())
-                            })
+                        paths.push(path.clone());
+                        client_certificate(&path, "").and_then(|cert| {
+                            AllowEntry::alias(name, &cert).map_err(|e| e.to_string())
+                        })
                     }
                     None => Err("an alias rule is alias:NAME=CERT_FILE".to_string()),
                 },
@@ -874,12 +1621,124 @@ impl Checker {
         entries
     }
 
+    /// One `[[listener.clients]]` table: an alias for a certificate file
+    /// (PEM, DER, or PKCS#12 with its password).
+    fn client_alias(&mut self, c: &RawClient, paths: &mut Vec<PathBuf>) -> Option<AllowEntry> {
+        let missing = |key: &str, what: &str| {
+            Site {
+                location: c.site.location.clone(),
+                field: format!("{}.{key}", c.site.field),
+            }
+            .error(format!("missing; {what} is required"))
+        };
+        let Some(alias) = &c.alias else {
+            self.errors
+                .push(missing("alias", "the name this client is known by"));
+            return None;
+        };
+        let Some(cert) = &c.cert else {
+            self.errors
+                .push(missing("cert", "the client's certificate file"));
+            return None;
+        };
+        let path = self.path(cert)?;
+        let has_password = c.password_file.is_some() || c.password_env.is_some();
+        if has_password && !is_pkcs12(&path) {
+            let site = c.password_file.as_ref().map_or_else(
+                || &c.password_env.as_ref().expect("one is set").site,
+                |v| &v.site,
+            );
+            self.errors.push(site.error(format!(
+                "not used: {} is not a PKCS#12 file (.p12/.pfx)",
+                path.display()
+            )));
+            return None;
+        }
+        let password = self.pkcs12_password(&c.password_file, &c.password_env);
+        paths.push(path.clone());
+        let loaded = client_certificate(&path, password.as_deref().unwrap_or(""))
+            .and_then(|der| AllowEntry::alias(&alias.value, &der).map_err(|e| e.to_string()));
+        match loaded {
+            Ok(entry) => Some(entry),
+            Err(m) => {
+                self.errors.push(cert.site.error(m));
+                None
+            }
+        }
+    }
+
+    /// OCSP checking of client certificates; `None` when off.
+    fn client_ocsp(&mut self, t: &RawTls, auth: Option<ClientAuth>) -> Option<OcspSettings> {
+        let o = t.client_ocsp.as_ref()?;
+        let check = match &o.mode {
+            None => true,
+            Some(v) => match v.value.as_str() {
+                "check" => true,
+                "off" => false,
+                other => {
+                    self.errors.push(
+                        v.site
+                            .error(format!("must be \"check\" or \"off\", not {other:?}")),
+                    );
+                    false
+                }
+            },
+        };
+        let responder = o.responder.as_ref().and_then(|v| {
+            ResponderUrl::parse(&v.value)
+                .map_err(|e| self.errors.push(v.site.error(e.to_string())))
+                .ok()
+        });
+        let defaults = OcspSettings::default();
+        let timeout = self.duration(&o.timeout, defaults.timeout, false);
+        if let Some(v) = o.timeout.as_ref().filter(|_| timeout > MAX_OCSP_TIMEOUT) {
+            self.errors.push(v.site.error(format!(
+                "must be at most {}: a query holds up its worker's handshakes that long",
+                format_duration(MAX_OCSP_TIMEOUT)
+            )));
+        }
+        let fail_open = match &o.fail {
+            None => false,
+            Some(v) => match v.value.as_str() {
+                "closed" => false,
+                "open" => true,
+                other => {
+                    self.errors.push(
+                        v.site
+                            .error(format!("must be \"closed\" or \"open\", not {other:?}")),
+                    );
+                    false
+                }
+            },
+        };
+        // Zero is meaningful: never reuse a good answer.
+        let cache_ttl = self.duration(&o.cache_ttl, defaults.cache_ttl, true);
+        if !check {
+            return None;
+        }
+        if auth == Some(ClientAuth::Off) {
+            self.warnings.push(o.site.error(match self.source {
+                Source::File => "ignored because client_auth = \"off\"",
+                Source::Flags => "ignored because --client-auth is off",
+            }));
+            return None;
+        }
+        Some(OcspSettings {
+            responder,
+            timeout,
+            fail_open,
+            cache_ttl,
+        })
+    }
+
     /// The `[[tier]]` tables and the default tier.
-    fn tiers(&mut self, raw: &RawConfig) -> Tiers {
+    /// With the certificate files the tiers' alias rules read.
+    fn tiers(&mut self, raw: &RawConfig) -> (Tiers, Vec<PathBuf>) {
         let mut tiers: Vec<Tier> = Vec::new();
         let mut names: Vec<&str> = Vec::new();
+        let mut paths = Vec::new();
         for t in &raw.tiers {
-            if let Some(tier) = self.tier(t, &names) {
+            if let Some(tier) = self.tier(t, &names, &mut paths) {
                 tiers.push(tier);
             }
             names.extend(t.name.as_ref().map(|n| n.value.as_str()));
@@ -917,11 +1776,11 @@ impl Checker {
                 );
             }
         }
-        Tiers::new(tiers, default)
+        (Tiers::new(tiers, default), paths)
     }
 
     /// One tier; `None` after reporting its problems.
-    fn tier(&mut self, t: &RawTier, earlier: &[&str]) -> Option<Tier> {
+    fn tier(&mut self, t: &RawTier, earlier: &[&str], paths: &mut Vec<PathBuf>) -> Option<Tier> {
         let errors_before = self.errors.len();
         let name = match &t.name {
             None => {
@@ -976,7 +1835,7 @@ impl Checker {
             .bytes_per_second
             .as_ref()
             .and_then(|v| self.int_in(v, 1, MAX_TIER_BYTES));
-        let clients = Allowlist::new(self.client_rules(t.clients.as_ref()));
+        let clients = Allowlist::new(self.client_rules(t.clients.as_ref(), paths));
         if self.errors.len() > errors_before {
             return None;
         }
@@ -998,8 +1857,14 @@ impl Checker {
 
     /// The client CA bundle and its path; `(None, [])` when not needed,
     /// `None` after reporting a problem.
-    fn client_ca(&mut self, i: usize, l: &RawListener, auth: ClientAuth) -> Option<CaBundle> {
-        match (&l.client_ca, auth) {
+    fn client_ca(
+        &mut self,
+        scope: Scope,
+        location: &Location,
+        t: &RawTls,
+        auth: ClientAuth,
+    ) -> Option<CaBundle> {
+        match (&t.client_ca, auth) {
             (Some(v), ClientAuth::Off) => {
                 self.warnings.push(v.site.error(match self.source {
                     Source::File => "ignored because client_auth = \"off\"",
@@ -1018,23 +1883,23 @@ impl Checker {
                     Source::File => (
                         format!(
                             "missing; client_auth = \"{mode}\"{} needs the CA bundle that signs client certificates; set client_ca, or set client_auth = \"off\"",
-                            if l.client_auth.is_none() { " (the default)" } else { "" }
+                            if t.client_auth.is_none() { " (the default)" } else { "" }
                         ),
                         // Point at client_auth when it was written, else at the listener.
-                        l.client_auth
+                        t.client_auth
                             .as_ref()
-                            .map_or(l.location.clone(), |a| a.site.location.clone()),
+                            .map_or(location.clone(), |a| a.site.location.clone()),
                     ),
                     Source::Flags => (
                         format!(
                             "missing; client certificates are {mode}{} and need a CA bundle; pass --client-ca FILE, or --client-auth off",
-                            if l.client_auth.is_none() { " by default" } else { "" }
+                            if t.client_auth.is_none() { " by default" } else { "" }
                         ),
                         Location::Flag,
                     ),
                 };
                 self.errors
-                    .push(self.site(i, "client_ca", &location).error(message));
+                    .push(self.site(scope, "client_ca", &location).error(message));
                 None
             }
             (Some(v), _) => {
@@ -1080,8 +1945,8 @@ impl Checker {
         Some(out)
     }
 
-    fn alpn(&mut self, l: &RawListener) -> Vec<Vec<u8>> {
-        self.list(&l.alpn, None, |p| {
+    fn alpn(&mut self, t: &RawTls) -> Vec<Vec<u8>> {
+        self.list(&t.alpn, None, |p| {
             if p.is_empty() || p.len() > 255 {
                 Err(format!("ALPN protocol {p:?} must be 1 to 255 bytes long"))
             } else {
@@ -1091,9 +1956,9 @@ impl Checker {
         .unwrap_or_default()
     }
 
-    fn versions(&mut self, l: &RawListener) -> Vec<TlsVersion> {
+    fn versions(&mut self, t: &RawTls) -> Vec<TlsVersion> {
         self.list(
-            &l.tls_versions,
+            &t.tls_versions,
             Some("at least one TLS version is required"),
             |v| match v {
                 "1.2" => Ok(TlsVersion::Tls12),
@@ -1106,9 +1971,9 @@ impl Checker {
         .unwrap_or_else(|| vec![TlsVersion::Tls12, TlsVersion::Tls13])
     }
 
-    fn cipher_suites(&mut self, l: &RawListener) -> Vec<CipherSuite> {
+    fn cipher_suites(&mut self, t: &RawTls) -> Vec<CipherSuite> {
         self.list(
-            &l.cipher_suites,
+            &t.cipher_suites,
             Some("at least one cipher suite is required"),
             |s| match s.to_ascii_uppercase().as_str() {
                 "AES_128_GCM" => Ok(CipherSuite::Aes128Gcm),

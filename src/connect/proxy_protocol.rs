@@ -32,6 +32,10 @@ pub struct ClientInfo<'a> {
     pub cert_presented: bool,
     /// SHA-256 of the client's end-entity certificate.
     pub cert_sha256: Option<[u8; 32]>,
+    /// The client's end-entity certificate (DER).
+    pub cert_der: Option<&'a [u8]>,
+    /// Which custom TLV carries the client certificate, and how.
+    pub cert_tlv: Option<CertTlv>,
     /// The identity (allowlist alias or rule) the client matched.
     pub identity: Option<&'a str>,
 }
@@ -46,10 +50,42 @@ const PP2_SUBTYPE_SSL_CIPHER: u8 = 0x23;
 const PP2_CLIENT_SSL: u8 = 0x01;
 const PP2_CLIENT_CERT_CONN: u8 = 0x02;
 const PP2_CLIENT_CERT_SESS: u8 = 0x04;
-/// Custom TLV (0xE0..=0xEF range) with the client certificate's SHA-256.
-pub const TLV_CLIENT_CERT_SHA256: u8 = 0xE0;
+/// Largest certificate sent in a DER TLV: the 16-bit header length must
+/// still hold the addresses and the other TLVs.
+const MAX_DER_TLV: usize = 60 * 1024;
+/// Default custom TLV (0xE0..=0xEF range) for the client certificate.
+pub const TLV_CLIENT_CERT: u8 = 0xE0;
 /// Custom TLV with the client's identity (alias or matched rule).
 pub const TLV_CLIENT_IDENTITY: u8 = 0xE1;
+/// The custom TLV range of the specification (PP2_TYPE_MIN/MAX_CUSTOM).
+pub const CUSTOM_TLVS: std::ops::RangeInclusive<u8> = 0xE0..=0xEF;
+
+/// What the client-certificate TLV holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertTlvContent {
+    /// The SHA-256 of the end-entity certificate (32 bytes).
+    Sha256,
+    /// The end-entity certificate itself, DER.
+    Der,
+}
+
+/// The client-certificate TLV of a listener (`proxy_protocol_cert_tlv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertTlv {
+    /// The TLV type, in [`CUSTOM_TLVS`] and not [`TLV_CLIENT_IDENTITY`].
+    pub kind: u8,
+    /// What it carries.
+    pub content: CertTlvContent,
+}
+
+impl Default for CertTlv {
+    fn default() -> Self {
+        Self {
+            kind: TLV_CLIENT_CERT,
+            content: CertTlvContent::Sha256,
+        }
+    }
+}
 
 /// Encodes the header for a connection from `client` to `local`.
 pub fn encode(
@@ -145,8 +181,16 @@ fn v2(client: SocketAddr, local: SocketAddr, info: &ClientInfo<'_>) -> Vec<u8> {
         tlv(&mut ssl, PP2_SUBTYPE_SSL_CIPHER, c.as_bytes());
     }
     tlv(&mut body, PP2_TYPE_SSL, &ssl);
-    if let Some(fp) = &info.cert_sha256 {
-        tlv(&mut body, TLV_CLIENT_CERT_SHA256, fp);
+    if let Some(cert_tlv) = info.cert_tlv {
+        let value = match cert_tlv.content {
+            CertTlvContent::Sha256 => info.cert_sha256.as_ref().map(|f| &f[..]),
+            // The whole header must fit its 16-bit length: a certificate
+            // too large to leave room for the rest is left out.
+            CertTlvContent::Der => info.cert_der.filter(|d| d.len() <= MAX_DER_TLV),
+        };
+        if let Some(value) = value {
+            tlv(&mut body, cert_tlv.kind, value);
+        }
     }
     if let Some(id) = info.identity {
         tlv(&mut body, TLV_CLIENT_IDENTITY, id.as_bytes());
@@ -205,6 +249,8 @@ mod tests {
             cn: Some("billing"),
             cert_presented: true,
             cert_sha256: Some([7; 32]),
+            cert_der: Some(b"not used"),
+            cert_tlv: Some(CertTlv::default()),
             identity: Some("billing"),
         };
         let h = encode(
@@ -235,6 +281,33 @@ mod tests {
         assert_eq!(subs[2], (0x23, b"TLS_AES_128_GCM_SHA256".to_vec()));
         assert_eq!(tlvs[3], (0xE0, vec![7; 32]));
         assert_eq!(tlvs[4], (0xE1, b"billing".to_vec()));
+    }
+
+    #[test]
+    fn v2_certificate_der_in_a_chosen_tlv() {
+        let der = vec![0x30; 1500];
+        let info = ClientInfo {
+            cert_presented: true,
+            cert_sha256: Some([7; 32]),
+            cert_der: Some(&der),
+            cert_tlv: Some(CertTlv {
+                kind: 0xE7,
+                content: CertTlvContent::Der,
+            }),
+            ..ClientInfo::default()
+        };
+        let local = "127.0.0.1:2".parse().unwrap();
+        let h = encode(Version::V2, "127.0.0.1:1".parse().unwrap(), local, &info);
+        let tlvs = decode_tlvs(&h[28..]);
+        assert_eq!(tlvs.last().unwrap(), &(0xE7, der.clone()));
+        assert!(!tlvs.iter().any(|(k, _)| *k == 0xE0));
+        // Off: no certificate TLV at all.
+        let info = ClientInfo {
+            cert_tlv: None,
+            ..info
+        };
+        let h = encode(Version::V2, "127.0.0.1:1".parse().unwrap(), local, &info);
+        assert_eq!(decode_tlvs(&h[28..]).len(), 1, "only PP2_TYPE_SSL");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Relaying bytes once the handshake is done: the userspace path (rustls
 //! records) and the kernel path (kTLS sockets and splice).
 
+pub mod http_head;
 pub mod splice;
 pub mod userspace;
 

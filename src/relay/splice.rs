@@ -9,6 +9,11 @@
 //! Linux 6.14 cannot re-key). Backend EOF sends close_notify as a control
 //! record. Each direction counts its records against the cipher's
 //! confidentiality limit and closes before reaching it.
+//!
+//! In header mode (`client_cert_header`) request heads are read into
+//! userspace (with TLS_RX a plain read returns the decrypted bytes) and
+//! rewritten; only what the rewriter passes untouched (bodies of known
+//! length, chunk data, an upgraded stream) is spliced, in exact counts.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -16,7 +21,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use monoio::io::splice::{SpliceDestination, SpliceSource};
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
 use monoio::net::unix::Pipe;
 use monoio::net::TcpStream;
 
@@ -29,6 +36,7 @@ use crate::ktls::socket::{
     recv_record, send_record, RECORD_ALERT, RECORD_APPLICATION_DATA, RECORD_HANDSHAKE,
 };
 use crate::pool::PipePool;
+use crate::relay::http_head::HeadRewriter;
 use crate::trigger::Trigger;
 
 /// Bytes asked of one splice; a pipe holds 64 KiB.
@@ -50,6 +58,11 @@ struct Shared {
     up: Cell<u64>,
     down: Cell<u64>,
     close_notify_sent: Cell<bool>,
+    /// An HTTP response the client gets before the connection closes (a
+    /// request head refused in header mode).
+    reply: RefCell<Vec<u8>>,
+    /// The client's byte budget (its throttling tier), if limited.
+    pacer: Option<Pacer>,
 }
 
 impl Shared {
@@ -65,15 +78,18 @@ impl Shared {
 
 /// Relays a kernel TLS session until both directions close, one side
 /// fails, the connection idles for `idle_timeout`, or `drain_expired` fires.
-/// With a `pacer`, each splice is capped to the client's byte budget.
+/// With `heads`, the client's request heads go through that rewriter. With
+/// a `pacer`, each splice is capped to the client's byte budget.
+#[allow(clippy::too_many_arguments)] // each is a distinct part of the connection
 pub async fn run(
     session: KernelSession,
     client: TcpStream,
     backend: TcpStream,
+    mut heads: Option<HeadRewriter>,
     idle_timeout: Duration,
     drain_expired: &Trigger,
     pipes: &PipePool,
-    pacer: Option<&Pacer>,
+    pacer: Option<Pacer>,
 ) -> RelayOutcome {
     let client_fd = client.as_raw_fd();
     let record_limit = if session.cipher == CIPHER_CHACHA20_POLY1305 {
@@ -90,17 +106,21 @@ pub async fn run(
         up: Cell::new(0),
         down: Cell::new(0),
         close_notify_sent: Cell::new(false),
+        reply: RefCell::new(Vec::new()),
+        pacer,
     };
 
     let pumps = async {
-        if !session.early_plaintext.is_empty() {
-            let n = session.early_plaintext.len() as u64;
-            let (res, _) = backend_wr.write_all(session.early_plaintext).await;
-            if let Err(e) = res {
-                shared.fail(CloseReason::BackendError(format!("write: {e}")));
-                return;
-            }
-            shared.up.set(n);
+        if !session.early_plaintext.is_empty()
+            && !forward(
+                &shared,
+                &mut backend_wr,
+                &mut heads,
+                &session.early_plaintext,
+            )
+            .await
+        {
+            return;
         }
         let finished = Trigger::new();
         let both = async {
@@ -112,7 +132,7 @@ pub async fn run(
                     &mut backend_wr,
                     record_limit,
                     pipes,
-                    pacer
+                    heads,
                 ),
                 backend_to_client(
                     &shared,
@@ -121,7 +141,6 @@ pub async fn run(
                     &mut client_wr,
                     record_limit,
                     pipes,
-                    pacer
                 ),
             );
             finished.fire();
@@ -147,10 +166,15 @@ pub async fn run(
         .borrow_mut()
         .take()
         .unwrap_or(CloseReason::Done);
-    if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown)
+    let reply = std::mem::take(&mut *shared.reply.borrow_mut());
+    if !reply.is_empty() && !shared.close_notify_sent.get() {
+        // The kernel encrypts it as application data, like any write.
+        let _ = send_final(client_fd, RECORD_APPLICATION_DATA, &reply).await;
+    }
+    if (!reply.is_empty() || matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown))
         && !shared.close_notify_sent.get()
     {
-        let _ = send_close_notify(client_fd).await;
+        let _ = send_final(client_fd, RECORD_ALERT, &CLOSE_NOTIFY).await;
     }
     RelayOutcome {
         bytes_up: shared.up.get(),
@@ -168,7 +192,7 @@ async fn client_to_backend(
     backend: &mut OwnedWriteHalf<TcpStream>,
     record_limit: u64,
     pipes: &PipePool,
-    pacer: Option<&Pacer>,
+    mut heads: Option<HeadRewriter>,
 ) {
     let (mut pipe_rd, mut pipe_wr) = match pipes.take() {
         Ok(p) => p,
@@ -176,63 +200,69 @@ async fn client_to_backend(
     };
     let mut records = 0u64;
     let mut control = vec![0u8; MAX_RECORD as usize];
+    let mut head = Vec::new();
     loop {
-        let len = paced_len(pacer, Direction::Up, SPLICE_CHUNK).await;
-        match client.splice_to_pipe(&mut pipe_wr, len).await {
-            Ok(0) => {
-                // EOF, or a zero-length data record: recvmsg tells which.
-                match recv_record(client_fd, &mut control) {
-                    Ok((0, _)) => break,
-                    Ok((n, RECORD_APPLICATION_DATA)) => {
-                        pace(pacer, Direction::Up, n).await;
-                        if !forward(shared, backend, &control[..n]).await {
-                            return;
-                        }
-                    }
-                    Ok((n, kind)) => {
-                        if !on_control(shared, kind, &control[..n]) {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return shared.fail(CloseReason::ClientError(format!("read: {e}"))),
-                }
+        let verbatim = heads
+            .as_ref()
+            .map_or(u64::from(SPLICE_CHUNK), HeadRewriter::verbatim);
+        let moved = if verbatim == 0 {
+            // Header mode, at a request head: read it in userspace. Without
+            // room for a cmsg, a record that is not data fails the read
+            // with EIO and stays queued for `typed_record`.
+            if head.capacity() < MAX_RECORD as usize {
+                head.reserve(MAX_RECORD as usize);
             }
-            Ok(n) => {
-                spent(pacer, Direction::Up, n);
-                records += 1;
-                if !drain_pipe(shared, &mut pipe_rd, backend, n).await {
-                    return;
+            head.clear();
+            let (res, buf) = client.read(std::mem::take(&mut head)).await;
+            head = buf;
+            match res {
+                Ok(n) if n > 0 => {
+                    if !forward(shared, backend, &mut heads, &head[..n]).await {
+                        return;
+                    }
+                    Ok(Some((n as u64).div_ceil(MAX_RECORD)))
                 }
-                shared.up.set(shared.up.get() + u64::from(n));
-                shared.touch();
+                Ok(_) => Ok(None),
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(None),
+                Err(e) => Err(e),
+            }
+        } else {
+            let want = u32::try_from(verbatim.min(u64::from(SPLICE_CHUNK))).unwrap_or(SPLICE_CHUNK);
+            let want = paced_len(shared.pacer.as_ref(), Direction::Up, want).await;
+            match client.splice_to_pipe(&mut pipe_wr, want).await {
+                Ok(n) if n > 0 => {
+                    spent(shared.pacer.as_ref(), Direction::Up, n);
+                    if !drain_pipe(shared, &mut pipe_rd, backend, n).await {
+                        return;
+                    }
+                    if let Some(h) = heads.as_mut() {
+                        h.skip(u64::from(n));
+                    }
+                    shared.up.set(shared.up.get() + u64::from(n));
+                    shared.touch();
+                    Ok(Some(1))
+                }
+                // EOF, or a zero-length data record: recvmsg tells which.
+                Ok(_) => Ok(None),
+                // The next record is not data: read it with its type.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        match moved {
+            Ok(Some(n)) => {
+                records += n;
                 if records >= record_limit {
                     return shared.fail(CloseReason::ClientError(
                         "receive key reached its confidentiality limit".into(),
                     ));
                 }
             }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                // The next record is not data: read it with its type.
-                match recv_record(client_fd, &mut control) {
-                    Ok((n, RECORD_APPLICATION_DATA)) => {
-                        if n == 0 {
-                            break;
-                        }
-                        pace(pacer, Direction::Up, n).await;
-                        if !forward(shared, backend, &control[..n]).await {
-                            return;
-                        }
-                    }
-                    Ok((n, kind)) => {
-                        if !on_control(shared, kind, &control[..n]) {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        return shared
-                            .fail(CloseReason::ClientError(format!("control record: {e}")))
-                    }
+            Ok(None) => {
+                match typed_record(shared, client_fd, &mut control, backend, &mut heads).await {
+                    Next::Go => {}
+                    Next::End => break,
+                    Next::Failed => return,
                 }
             }
             Err(e) => return shared.fail(CloseReason::ClientError(format!("read: {e}"))),
@@ -242,6 +272,46 @@ async fn client_to_backend(
     pipes.give((pipe_rd, pipe_wr));
     // close_notify or FIN: pass the half-close on.
     let _ = backend.shutdown().await;
+}
+
+/// What the client -> backend pump does after [`typed_record`].
+enum Next {
+    /// Keep reading.
+    Go,
+    /// The client finished sending (EOF or close_notify).
+    End,
+    /// The connection failed; the reason is recorded.
+    Failed,
+}
+
+/// Reads the next record with its type (after a splice or read stopped on
+/// it, or returned 0) and acts on it: data goes to the backend, a control
+/// record to [`on_control`].
+async fn typed_record(
+    shared: &Shared,
+    client_fd: RawFd,
+    control: &mut [u8],
+    backend: &mut OwnedWriteHalf<TcpStream>,
+    heads: &mut Option<HeadRewriter>,
+) -> Next {
+    match recv_record(client_fd, control) {
+        Ok((0, _)) => Next::End,
+        Ok((n, RECORD_APPLICATION_DATA)) => {
+            if forward(shared, backend, heads, &control[..n]).await {
+                Next::Go
+            } else {
+                Next::Failed
+            }
+        }
+        Ok((n, kind)) if on_control(shared, kind, &control[..n]) => Next::Go,
+        Ok(_) => Next::End,
+        // Nothing complete queued yet: the next splice or read waits for it.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Next::Go,
+        Err(e) => {
+            shared.fail(CloseReason::ClientError(format!("control record: {e}")));
+            Next::Failed
+        }
+    }
 }
 
 /// Handles a control record from the client. Returns whether reading
@@ -272,9 +342,34 @@ fn on_control(shared: &Shared, kind: u8, body: &[u8]) -> bool {
     }
 }
 
-/// Writes userspace-read plaintext (a record recvmsg returned) to the backend.
-async fn forward(shared: &Shared, backend: &mut OwnedWriteHalf<TcpStream>, data: &[u8]) -> bool {
-    let (res, _) = backend.write_all(data.to_vec()).await;
+/// Writes plaintext read in userspace (early data, a record recvmsg
+/// returned, a request head) to the backend; in header mode through the
+/// rewriter, whose refusal ends the connection with its response.
+async fn forward(
+    shared: &Shared,
+    backend: &mut OwnedWriteHalf<TcpStream>,
+    heads: &mut Option<HeadRewriter>,
+    data: &[u8],
+) -> bool {
+    pace(shared.pacer.as_ref(), Direction::Up, data.len()).await;
+    let out = match heads {
+        None => data.to_vec(),
+        Some(h) => {
+            let mut out = Vec::with_capacity(data.len() + 1024);
+            if let Err(refused) = h.feed(data, &mut out) {
+                *shared.reply.borrow_mut() = refused.response();
+                shared.fail(CloseReason::ClientError(format!(
+                    "request head refused: {refused}"
+                )));
+                return false;
+            }
+            if out.is_empty() {
+                return true;
+            }
+            out
+        }
+    };
+    let (res, _) = backend.write_all(out).await;
     match res {
         Ok(n) => {
             shared.up.set(shared.up.get() + n as u64);
@@ -319,7 +414,6 @@ async fn backend_to_client(
     client: &mut OwnedWriteHalf<TcpStream>,
     record_limit: u64,
     pipes: &PipePool,
-    pacer: Option<&Pacer>,
 ) {
     let (mut pipe_rd, mut pipe_wr) = match pipes.take() {
         Ok(p) => p,
@@ -327,11 +421,11 @@ async fn backend_to_client(
     };
     let mut records = 0u64;
     loop {
-        let len = paced_len(pacer, Direction::Down, SPLICE_CHUNK).await;
+        let len = paced_len(shared.pacer.as_ref(), Direction::Down, SPLICE_CHUNK).await;
         match backend.splice_to_pipe(&mut pipe_wr, len).await {
             Ok(0) => break,
             Ok(mut n) => {
-                spent(pacer, Direction::Down, n);
+                spent(shared.pacer.as_ref(), Direction::Down, n);
                 shared.touch();
                 while n > 0 {
                     match client.splice_from_pipe(&mut pipe_rd, n).await {
@@ -360,18 +454,19 @@ async fn backend_to_client(
     }
     pipes.give((pipe_rd, pipe_wr));
     // Backend EOF: close_notify, then FIN.
-    if let Err(e) = send_close_notify(client_fd).await {
+    if let Err(e) = send_final(client_fd, RECORD_ALERT, &CLOSE_NOTIFY).await {
         return shared.fail(CloseReason::ClientError(format!("close_notify: {e}")));
     }
     shared.close_notify_sent.set(true);
     let _ = client.shutdown().await;
 }
 
-/// Sends close_notify through the kernel, waiting briefly for buffer room.
-async fn send_close_notify(fd: RawFd) -> io::Result<()> {
+/// Sends one record (close_notify, or a refusal's response) through the
+/// kernel, waiting briefly for buffer room.
+async fn send_final(fd: RawFd, record_type: u8, payload: &[u8]) -> io::Result<()> {
     let deadline = Instant::now() + FINAL_WRITE_TIMEOUT;
     loop {
-        match send_record(fd, RECORD_ALERT, &CLOSE_NOTIFY) {
+        match send_record(fd, record_type, payload) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
                 monoio::time::sleep(Duration::from_millis(5)).await;
             }

@@ -28,6 +28,7 @@ use crate::admit::{Direction, Pacer};
 use crate::close::CloseReason;
 use crate::handshake::{flush_alert, Established, INCOMING_CAPACITY};
 use crate::pool::Buffers;
+use crate::relay::http_head::HeadRewriter;
 use crate::tls::records::TlsOut;
 use crate::trigger::Trigger;
 
@@ -50,6 +51,11 @@ struct Shared {
     canceller: RefCell<Canceller>,
     /// Both pumps have returned.
     finished: Trigger,
+    /// An HTTP response the client gets before the connection closes (a
+    /// request head refused in header mode).
+    reply: RefCell<Vec<u8>>,
+    /// The client's byte budget (its throttling tier), if limited.
+    pacer: Option<Pacer>,
 }
 
 struct Session {
@@ -75,16 +81,20 @@ impl Shared {
 
 /// Relays between an established client session and a connected backend
 /// until both directions are closed, one side fails, the connection idles
-/// for `idle_timeout`, or `drain_expired` fires. With a `pacer`, bytes
-/// wait for the client's byte budget before they are forwarded.
+/// for `idle_timeout`, or `drain_expired` fires. With `heads`, the client's
+/// plaintext goes through that request-head rewriter (header mode). With a
+/// `pacer`, bytes wait for the client's byte budget before they are
+/// forwarded.
+#[allow(clippy::too_many_arguments)] // each is a distinct part of the connection
 pub async fn run(
     established: Established,
     client: TcpStream,
     backend: TcpStream,
+    heads: Option<HeadRewriter>,
     idle_timeout: Duration,
     drain_expired: &Trigger,
     buffers: &Buffers,
-    pacer: Option<&Pacer>,
+    pacer: Option<Pacer>,
 ) -> RelayOutcome {
     let Established {
         conn,
@@ -110,6 +120,8 @@ pub async fn run(
         failure: RefCell::new(None),
         canceller: RefCell::new(Canceller::new()),
         finished: Trigger::new(),
+        reply: RefCell::new(Vec::new()),
+        pacer,
     };
     let cancel = shared.canceller.borrow().handle();
 
@@ -118,9 +130,9 @@ pub async fn run(
         &mut client_rd,
         &mut backend_wr,
         (&mut incoming, &mut up_plain),
+        heads,
         client_closed,
         cancel.clone(),
-        pacer,
     );
     let down = backend_to_client(
         &shared,
@@ -128,7 +140,6 @@ pub async fn run(
         &mut client_wr,
         (&mut down_plain, &mut down_out),
         cancel.clone(),
-        pacer,
     );
     let both = async {
         let r = monoio::join!(up, down);
@@ -161,8 +172,13 @@ pub async fn run(
     // Whatever the client is still owed: a fatal alert rustls queued, or a
     // close_notify when we end the connection ourselves.
     let mut out = TlsOut::with_capacity(256);
-    let owes_close_notify = matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown)
+    let reply = std::mem::take(&mut *shared.reply.borrow_mut());
+    let owes_close_notify = (!reply.is_empty()
+        || matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown))
         && !shared.session.borrow().close_notify_sent;
+    if !reply.is_empty() && !shared.session.borrow().close_notify_sent {
+        let _ = encrypt(&shared, &reply, &mut out);
+    }
     if owes_close_notify {
         // Queued control records go first; a failure here only means the
         // connection can no longer send anything.
@@ -192,10 +208,11 @@ async fn client_to_backend(
     client: &mut OwnedReadHalf<TcpStream>,
     backend: &mut OwnedWriteHalf<TcpStream>,
     (incoming, plain): (&mut Vec<u8>, &mut Vec<u8>),
+    mut heads: Option<HeadRewriter>,
     client_closed: bool,
     cancel: CancelHandle,
-    pacer: Option<&Pacer>,
 ) -> u64 {
+    let mut rewritten = Vec::new();
     if incoming.capacity() < INCOMING_CAPACITY {
         incoming.reserve(INCOMING_CAPACITY - incoming.len());
     }
@@ -208,9 +225,23 @@ async fn client_to_backend(
                 return total;
             }
         };
+        if let (Some(heads), false) = (heads.as_mut(), plain.is_empty()) {
+            rewritten.clear();
+            let fed = heads.feed(plain, &mut rewritten);
+            std::mem::swap(plain, &mut rewritten);
+            if let Err(refused) = fed {
+                // Nothing more reaches the backend: the client gets the
+                // answer and the connection closes.
+                *shared.reply.borrow_mut() = refused.response();
+                shared.fail(CloseReason::ClientError(format!(
+                    "request head refused: {refused}"
+                )));
+                return total;
+            }
+        }
         if !plain.is_empty() {
             let n = plain.len() as u64;
-            pace(pacer, Direction::Up, plain.len()).await;
+            pace(shared.pacer.as_ref(), Direction::Up, plain.len()).await;
             let (res, buf) = backend
                 .write_all(std::mem::take(plain), cancel.clone())
                 .await;
@@ -317,7 +348,6 @@ async fn backend_to_client(
     client: &mut OwnedWriteHalf<TcpStream>,
     (plain, out): (&mut Vec<u8>, &mut TlsOut),
     cancel: CancelHandle,
-    pacer: Option<&Pacer>,
 ) -> u64 {
     if plain.capacity() < BACKEND_READ {
         plain.reserve(BACKEND_READ);
@@ -340,7 +370,7 @@ async fn backend_to_client(
         };
         if n > 0 {
             shared.touch();
-            pace(pacer, Direction::Down, n).await;
+            pace(shared.pacer.as_ref(), Direction::Down, n).await;
         }
         if let Err(e) = encrypt(shared, &plain[..n], out) {
             shared.fail(CloseReason::ClientError(format!("TLS: {e}")));

@@ -17,6 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::{AttributeTypeAndValue, X509Name};
 
@@ -469,6 +470,43 @@ pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let c = parse(cert).ok()?;
     let cn = c.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_owned)
+}
+
+/// The names in a certificate that policies and backends look at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertNames {
+    /// Subject common names.
+    pub common_names: Vec<String>,
+    /// DNS subject alternative names.
+    pub dns: Vec<String>,
+    /// URI subject alternative names (SPIFFE IDs among them).
+    pub uris: Vec<String>,
+}
+
+/// The certificate's names, or `None` when it does not parse.
+pub fn cert_names(der: &CertificateDer<'_>) -> Option<CertNames> {
+    let cert = parse(der).ok()?;
+    let common_names = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    let mut dns = Vec::new();
+    let mut uris = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(n) => dns.push(n.to_string()),
+                GeneralName::URI(u) => uris.push(u.to_string()),
+                _ => {}
+            }
+        }
+    }
+    Some(CertNames {
+        common_names,
+        dns,
+        uris,
+    })
 }
 
 /// RFC 4514 order is the reverse of the encoded order.

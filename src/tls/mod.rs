@@ -5,5 +5,7 @@
 pub mod certs;
 pub mod client_hello;
 pub mod records;
+pub mod route;
 pub mod server_config;
+pub mod tickets;
 pub mod verify;

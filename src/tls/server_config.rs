@@ -5,11 +5,12 @@ use std::sync::Arc;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::pki_types::UnixTime;
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ProducesTickets, WebPkiClientVerifier};
 use rustls::{CipherSuite as Suite, ServerConfig, SupportedCipherSuite};
 
 use crate::admit::Throttle;
 use crate::config::{CipherSuite, ClientAuth, TlsSettings, TlsVersion};
+use crate::tls::tickets::ScopedTicketer;
 use crate::tls::verify::{ClientAuthMode, TrustError, TrustSettings, TrustVerifier, VerifyCache};
 
 /// Why a listener's TLS settings could not become a rustls configuration.
@@ -35,11 +36,16 @@ pub enum ServerConfigError {
 /// Client chains are checked through `cache`, shared by every listener and
 /// kept across reloads; each build starts a new cache generation, so a
 /// reloaded trust store never sees verdicts made under the old one.
-/// Client certificates are admitted through `throttle`'s tiers as they are
-/// verified, so a throttled client is refused with an alert.
+///
+/// Resumption is by stateless tickets from `ticketer` (TLS 1.2 and 1.3), so
+/// any worker, and any instance sharing the ticket keys, can resume a
+/// session another one started. Client certificates are admitted through
+/// `throttle`'s tiers as they are verified, so a throttled client is refused
+/// with an alert.
 pub fn build(
     settings: &TlsSettings,
     cache: &Arc<VerifyCache>,
+    ticketer: &Arc<dyn ProducesTickets>,
     throttle: &Arc<Throttle>,
 ) -> Result<Arc<ServerConfig>, ServerConfigError> {
     let provider = Arc::new(provider_for(&settings.cipher_suites, &settings.versions)?);
@@ -63,6 +69,7 @@ pub fn build(
             trust.crls = settings.crls.clone();
             trust.allowlist = settings.allowlist.clone();
             trust.throttle = Some(throttle.clone());
+            trust.ocsp = settings.client_ocsp.clone();
             let verifier =
                 TrustVerifier::new(&trust, provider.clone(), cache.clone(), UnixTime::now())?;
             for warning in verifier.warnings() {
@@ -81,10 +88,34 @@ pub fn build(
             settings.ocsp_staple.clone().unwrap_or_default(),
         )?;
     config.alpn_protocols = settings.alpn.clone();
+    config.ticketer = Arc::new(ScopedTicketer::new(ticketer.clone(), trust_scope(settings)));
     config.enable_secret_extraction = true;
     config.max_early_data_size = 0;
     config.ignore_client_order = true;
     Ok(Arc::new(config))
+}
+
+/// Digest of everything that decides whether a client is admitted: a
+/// session resumed from a ticket skips client verification, so it may only
+/// resume under the policy that admitted it.
+fn trust_scope(settings: &TlsSettings) -> [u8; 32] {
+    let mut digest = ::aws_lc_rs::digest::Context::new(&::aws_lc_rs::digest::SHA256);
+    let mut field = |bytes: &[u8]| {
+        digest.update(&(bytes.len() as u64).to_be_bytes());
+        digest.update(bytes);
+    };
+    field(format!("{:?}", settings.client_auth).as_bytes());
+    for ca in &settings.client_ca {
+        field(ca);
+    }
+    for crl in &settings.crls {
+        field(crl.der());
+    }
+    // The allowlist's rules, as their (deterministic) debug form.
+    field(format!("{:?}", settings.allowlist).as_bytes());
+    let mut scope = [0; 32];
+    scope.copy_from_slice(digest.finish().as_ref());
+    scope
 }
 
 /// aws-lc-rs with only the enabled suites, in the configured order.

@@ -117,6 +117,7 @@ fn leaf(
     eku: &[ExtendedKeyUsagePurpose],
     key_type: KeyType,
     expired: bool,
+    ocsp_url: Option<&str>,
 ) -> (rcgen::Certificate, KeyPair) {
     let key = match key_type {
         KeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
@@ -141,12 +142,28 @@ fn leaf(
         p.not_before = now - time::Duration::days(1);
         p.not_after = now + time::Duration::days(30);
     }
+    if let Some(url) = ocsp_url {
+        p.custom_extensions.push(aia_ocsp_extension(url));
+    }
     let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
     (cert, key)
 }
 
-/// Writes a certificate and its key as `<name>.crt` and `<name>.key` in `dir`.
-fn save_identity(dir: &Path, name: &str, (cert, key): (rcgen::Certificate, KeyPair)) -> Identity {
+/// An Authority Information Access extension naming one OCSP responder
+/// (short URLs only: every length fits one byte).
+fn aia_ocsp_extension(url: &str) -> rcgen::CustomExtension {
+    let tlv = |tag: u8, value: &[u8]| {
+        assert!(value.len() < 128);
+        [&[tag, value.len() as u8][..], value].concat()
+    };
+    // AccessDescription { id-ad-ocsp (1.3.6.1.5.5.7.48.1), URI [6] }
+    let method = tlv(0x06, &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01]);
+    let description = tlv(0x30, &[method, tlv(0x86, url.as_bytes())].concat());
+    rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], tlv(0x30, &description))
+}
+
+/// Writes a certificate and key as `NAME.crt` and `NAME.key` in `dir`.
+fn write_identity(dir: &Path, name: &str, (cert, key): (rcgen::Certificate, KeyPair)) -> Identity {
     let cert_path = dir.join(format!("{name}.crt"));
     let key_path = dir.join(format!("{name}.key"));
     fs::write(&cert_path, cert.pem()).unwrap();
@@ -197,7 +214,7 @@ impl Pki {
         let other_ca_path = dir.path().join("other-ca.crt");
         fs::write(&other_ca_path, other.cert.pem()).unwrap();
 
-        let write = |name: &str, pair| save_identity(dir.path(), name, pair);
+        let write = |name: &str, pair| write_identity(dir.path(), name, pair);
         use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
         let server = write(
             "server",
@@ -208,6 +225,7 @@ impl Pki {
                 &[ServerAuth],
                 KeyType::EcdsaP256,
                 false,
+                None,
             ),
         );
         let client = write(
@@ -219,6 +237,7 @@ impl Pki {
                 &[ClientAuth],
                 KeyType::EcdsaP256,
                 false,
+                None,
             ),
         );
         let client_other_ca = write(
@@ -230,6 +249,7 @@ impl Pki {
                 &[ClientAuth],
                 KeyType::EcdsaP256,
                 false,
+                None,
             ),
         );
         let client_expired = write(
@@ -241,6 +261,7 @@ impl Pki {
                 &[ClientAuth],
                 KeyType::EcdsaP256,
                 true,
+                None,
             ),
         );
         let client_no_eku = write(
@@ -252,6 +273,7 @@ impl Pki {
                 &[ServerAuth],
                 KeyType::EcdsaP256,
                 false,
+                None,
             ),
         );
         let ca_der = ca.cert.der().clone();
@@ -314,23 +336,60 @@ impl Pki {
                 &[ExtendedKeyUsagePurpose::ServerAuth],
                 KeyType::Rsa2048,
                 false,
+                None,
             );
-            save_identity(self.path(), "server-rsa", pair)
+            write_identity(self.path(), "server-rsa", pair)
         })
     }
 
-    /// A further valid client certificate from the test CA, with subject
-    /// CN `cn`, written as `<name>.crt` and `<name>.key`.
-    pub fn issue_client(&self, name: &str, cn: &str) -> Identity {
+    /// Another valid client certificate from the test CA, written as
+    /// `NAME.crt`/`NAME.key`, with an AIA OCSP URL when given.
+    pub fn issue_client(&self, name: &str, ocsp_url: Option<&str>) -> Identity {
+        self.issue(
+            name,
+            name,
+            &[],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ocsp_url,
+        )
+    }
+
+    /// A server certificate for `sans` (ECDSA P-256), signed by the test
+    /// CA, written as `<file>.crt` and `<file>.key`.
+    pub fn server_for(&self, file: &str, sans: &[&str]) -> Identity {
+        self.issue(
+            file,
+            sans[0],
+            sans,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            None,
+        )
+    }
+
+    /// A valid client certificate with subject CN `cn`, signed by the test
+    /// CA, written as `<file>.crt` and `<file>.key`.
+    pub fn client_for(&self, file: &str, cn: &str) -> Identity {
+        self.issue(file, cn, &[], ExtendedKeyUsagePurpose::ClientAuth, None)
+    }
+
+    fn issue(
+        &self,
+        file: &str,
+        cn: &str,
+        sans: &[&str],
+        eku: ExtendedKeyUsagePurpose,
+        ocsp_url: Option<&str>,
+    ) -> Identity {
         let pair = leaf(
             &self.ca,
             cn,
-            &[],
-            &[ExtendedKeyUsagePurpose::ClientAuth],
+            sans,
+            &[eku],
             KeyType::EcdsaP256,
             false,
+            ocsp_url,
         );
-        save_identity(self.path(), name, pair)
+        write_identity(self.path(), file, pair)
     }
 
     pub fn server_identity(&self, key_type: KeyType) -> &Identity {
@@ -482,7 +541,12 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(mode: Mode) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Backend::start_at("127.0.0.1:0".parse().unwrap(), mode)
+    }
+
+    /// A backend on a given address (e.g. where a stopped one was).
+    pub fn start_at(addr: SocketAddr, mode: Mode) -> Backend {
+        let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let bytes_in = Arc::new(AtomicU64::new(0));
@@ -521,6 +585,12 @@ impl Backend {
 
     pub fn echo() -> Backend {
         Backend::start(Mode::Echo)
+    }
+
+    /// A backend that greets every connection with `id` (then half-closes),
+    /// so a client can tell which backend it reached.
+    pub fn with_id(id: &str) -> Backend {
+        Backend::start(Mode::GreetThenHalfClose(id.as_bytes().to_vec()))
     }
 
     /// Connections accepted so far.
@@ -704,6 +774,31 @@ fn serve_backend_conn(mut sock: TcpStream, mode: &Mode, total: &AtomicU64) -> Co
 
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `curl` for `https://localhost:PORT/…` (resolved to 127.0.0.1), trusting
+/// the PKI's CA and presenting `client`'s certificate, if any; bounded to
+/// 10 s. Output is piped, stdin closed; the caller adds the URL and options.
+pub fn curl_cmd(pki: &Pki, port: u16, client: Option<&Identity>) -> Command {
+    require_tool("curl");
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "--resolve",
+        &format!("localhost:{port}:127.0.0.1"),
+        "--cacert",
+        pki.ca_path.to_str().unwrap(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    if let Some(id) = client {
+        cmd.arg("--cert").arg(&id.cert_path);
+        cmd.arg("--key").arg(&id.key_path);
+    }
+    cmd
 }
 
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -1131,11 +1226,23 @@ pub fn tls_connect_timeout(
     cfg: Arc<ClientConfig>,
     timeout: Duration,
 ) -> Result<Tls, io::Error> {
+    tls_connect_named(addr, cfg, "localhost", timeout)
+}
+
+/// Like [`tls_connect_timeout`], asking for `server_name` (sent as SNI
+/// unless it is an IP address, and checked against the certificate).
+pub fn tls_connect_named(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    server_name: &str,
+    timeout: Duration,
+) -> Result<Tls, io::Error> {
     let sock = TcpStream::connect_timeout(&addr, timeout)?;
     sock.set_read_timeout(Some(timeout))?;
     sock.set_write_timeout(Some(timeout))?;
     sock.set_nodelay(true)?;
-    let conn = ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+    let name = ServerName::try_from(server_name.to_string()).expect("a valid server name");
+    let conn = ClientConnection::new(cfg, name).unwrap();
     let mut tls = StreamOwned::new(conn, sock);
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock)?;
@@ -1150,10 +1257,10 @@ pub fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
     e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
 }
 
-/// One connection through an echo backend. Admitted: the round trip works.
-/// Refused: the TLS error (alert) the client got; with TLS 1.3 the verdict
-/// on the client certificate shows on the first read.
-pub fn outcome(server: &Server, opts: &ClientOpts) -> Result<(), rustls::Error> {
+/// Admitted: an echo round trip through the server works. Refused: the
+/// alert the client got. In TLS 1.3 the verdict on a client certificate
+/// shows on the first read, so both are only known after one.
+pub fn admission(server: &Server, opts: &ClientOpts) -> Result<(), rustls::Error> {
     let mut tls = match tls_connect(server.addr(), opts.build()) {
         Ok(tls) => tls,
         Err(e) => return Err(rustls_error(&e).expect("TLS alert").clone()),
@@ -1339,10 +1446,46 @@ pub fn close_notify(tls: &mut Tls) -> io::Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// Admin listener
+// Misc
 // ---------------------------------------------------------------------------
 
-/// The admin listener's address, from the server's log.
+/// Parses `key=value` fields from a log line (values end at whitespace;
+/// quotes are stripped).
+pub fn fields(line: &str) -> HashMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|w| {
+            let (k, v) = w.split_once('=')?;
+            Some((k.to_string(), v.trim_matches('"').to_string()))
+        })
+        .collect()
+}
+
+/// A raw ClientHello from a rustls client, for tests that need its bytes.
+pub fn client_hello_bytes(pki: &Pki) -> Vec<u8> {
+    let cfg = ClientOpts::new(pki).build();
+    let mut conn = ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+/// Writes a file and returns its path.
+pub fn write_file(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    let p = dir.join(name);
+    if let Some(parent) = p.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(&p, contents).unwrap();
+    p
+}
+
+// ---------------------------------------------------------------------------
+// The admin listener
+// ---------------------------------------------------------------------------
+
+/// The admin listener's address, from its `admin listening on` line.
 pub fn admin_addr(server: &Server) -> SocketAddr {
     server
         .log
@@ -1404,38 +1547,32 @@ pub fn parse_with_prometheus_client(text: &str) -> Vec<String> {
     lines
 }
 
-// ---------------------------------------------------------------------------
-// Misc
-// ---------------------------------------------------------------------------
-
-/// Parses `key=value` fields from a log line (values end at whitespace;
-/// quotes are stripped).
-pub fn fields(line: &str) -> HashMap<String, String> {
-    line.split_whitespace()
-        .filter_map(|w| {
-            let (k, v) = w.split_once('=')?;
-            Some((k.to_string(), v.trim_matches('"').to_string()))
-        })
-        .collect()
+/// The value of the sample `name{labels}` (labels sorted by name, as
+/// [`parse_with_prometheus_client`] writes them) in its output.
+pub fn sample(lines: &[String], name_and_labels: &str) -> Option<f64> {
+    lines.iter().find_map(|l| {
+        let (key, value) = l.rsplit_once(' ')?;
+        (key == name_and_labels).then(|| value.parse().ok())?
+    })
 }
 
-/// A raw ClientHello from a rustls client, for tests that need its bytes.
-pub fn client_hello_bytes(pki: &Pki) -> Vec<u8> {
-    let cfg = ClientOpts::new(pki).build();
-    let mut conn = ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
-    let mut out = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut out).unwrap();
-    }
-    out
-}
-
-/// Writes a file and returns its path.
-pub fn write_file(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-    let p = dir.join(name);
-    if let Some(parent) = p.parent() {
-        fs::create_dir_all(parent).unwrap();
-    }
-    fs::write(&p, contents).unwrap();
-    p
+/// Connects as `server_name` and reads the greeting of a
+/// [`Backend::with_id`] backend to its end; returns the greeting, the
+/// certificate the server presented, and the still-open connection.
+pub fn greeting(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    server_name: &str,
+) -> io::Result<(String, CertificateDer<'static>, Tls)> {
+    let mut tls = tls_connect_named(addr, cfg, server_name, IO_TIMEOUT)?;
+    let presented = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .expect("a server certificate")
+        .clone()
+        .into_owned();
+    let (bytes, end) = read_until_end(&mut tls);
+    end?;
+    Ok((String::from_utf8_lossy(&bytes).into_owned(), presented, tls))
 }

@@ -158,6 +158,11 @@ impl Pki {
         self.dir.path().join(name)
     }
 
+    /// The client's end-entity certificate.
+    pub fn client_cert(&self) -> &CertificateDer<'static> {
+        &self.client_chain[0]
+    }
+
     /// A rustls client configuration with the client certificate, limited
     /// to `version` and, when given, to one cipher suite.
     pub fn client_config(
@@ -884,9 +889,10 @@ pub struct Access {
 
 /// The access line's fields, in the order tlsplice writes them. Values may
 /// contain spaces (reasons, fallbacks), so each runs to the next key.
-const ACCESS_KEYS: [&str; 17] = [
+const ACCESS_KEYS: [&str; 18] = [
     "client",
     "listener",
+    "route",
     "sni",
     "subject",
     "identity",

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use harness::*;
 use rustls::version::{TLS12, TLS13};
 use rustls::{CipherSuite, SupportedProtocolVersion};
@@ -1117,4 +1118,149 @@ fn tls12_gcm_explicit_nonces_never_repeat() {
             hex(&nonces[1])
         );
     }
+}
+
+/// The client as a blocking rustls stream, for request/response tests.
+fn blocking(client: &mut Client) -> rustls::Stream<'_, rustls::ClientConnection, TcpStream> {
+    client.sock.set_nonblocking(false).unwrap();
+    client
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    rustls::Stream::new(&mut client.conn, &mut client.sock)
+}
+
+/// A header-mode tlsplice (`format`) that offloads to the kernel, in front
+/// of an echo backend, and a TLS 1.3 client past its handshake.
+struct HeaderMode {
+    pki: Pki,
+    server: Server,
+    client: Client,
+    before: Option<TlsStat>,
+    _backend: Backend,
+    _run: TestRun,
+}
+
+fn header_mode(name: &'static str, format: &str) -> Option<HeaderMode> {
+    let run = begin(name)?;
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo);
+    let server = Server::start_with(
+        &pki,
+        backend.addr,
+        "auto",
+        &["--client-cert-header", format],
+    );
+    let before = TlsStat::read();
+    let mut client = Client::connect(server.addr, pki.client_config(&TLS13, None));
+    client.handshake(handshake_deadline());
+    Some(HeaderMode {
+        pki,
+        server,
+        client,
+        before,
+        _backend: backend,
+        _run: run,
+    })
+}
+
+/// Header mode on the kernel path: request heads are read in userspace and
+/// rewritten (spoofed header removed, ours inserted) while bodies are
+/// spliced; the echo backend returns exactly what it received.
+#[test]
+fn header_mode_rewrites_heads_and_splices_bodies() {
+    let name = "header_mode_rewrites_heads_and_splices_bodies";
+    let Some(mut h) = header_mode(name, "rfc9440") else {
+        return;
+    };
+    let ours = format!(
+        "Client-Cert: :{}:\r\n",
+        base64::engine::general_purpose::STANDARD.encode(h.pki.client_cert())
+    );
+    let mut body = vec![0u8; 100_000];
+    Gen::new(UP).fill(&mut body);
+    let chunk = &body[..40_000];
+    let (mut sent, mut expected) = (Vec::new(), Vec::new());
+    let mut both = |to_send: &[u8], to_expect: &[u8]| {
+        sent.extend_from_slice(to_send);
+        expected.extend_from_slice(to_expect);
+    };
+    both(
+        b"POST /a HTTP/1.1\r\nHost: t\r\nclient-cert: :c3Bvb2Y=:\r\nContent-Length: 100000\r\n\r\n",
+        format!("POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n{ours}\r\n").as_bytes(),
+    );
+    both(&body, &body);
+    let chunked_head = b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n";
+    both(chunked_head, chunked_head);
+    both(b"\r\n", format!("{ours}\r\n").as_bytes());
+    let chunk_body = [
+        format!("{:x};ext=1\r\n", chunk.len()).as_bytes(),
+        chunk,
+        b"\r\n0\r\nX-Trailer: 1\r\n\r\n",
+    ]
+    .concat();
+    both(&chunk_body, &chunk_body);
+    both(
+        b"GET /c HTTP/1.1\r\n\r\n",
+        format!("GET /c HTTP/1.1\r\n{ours}\r\n").as_bytes(),
+    );
+
+    let port = h.client.port;
+    {
+        let mut tls = blocking(&mut h.client);
+        // Odd-sized writes: heads and chunk lines straddle records.
+        for piece in sent.chunks(7_001) {
+            tls.write_all(piece).unwrap();
+        }
+        tls.flush().unwrap();
+        let mut got = vec![0u8; expected.len()];
+        tls.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("echo: {e}\n{}", h.server.log_text()));
+        let mismatch = got.iter().zip(&expected).position(|(a, b)| a != b);
+        assert_eq!(mismatch, None, "backend got other bytes than expected");
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest);
+        assert!(rest.is_empty());
+    }
+    let access = h.server.access(port, ACCESS_WAIT);
+    access.assert_ktls_done();
+    assert_eq!(
+        access.num("bytes_up"),
+        expected.len() as u64,
+        "{}",
+        access.line
+    );
+    assert_offloaded_since(&h.before, 1);
+}
+
+/// A malformed head on the kernel path: 400 through the kernel, then
+/// close_notify; nothing reaches the backend.
+#[test]
+fn header_mode_refuses_a_malformed_head_on_the_kernel_path() {
+    let name = "header_mode_refuses_a_malformed_head_on_the_kernel_path";
+    let Some(mut h) = header_mode(name, "xfcc") else {
+        return;
+    };
+    let port = h.client.port;
+    let reply = {
+        let mut tls = blocking(&mut h.client);
+        tls.write_all(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap();
+        tls.flush().unwrap();
+        let mut reply = Vec::new();
+        tls.read_to_end(&mut reply)
+            .unwrap_or_else(|e| panic!("reply: {e}\n{}", h.server.log_text()));
+        String::from_utf8_lossy(&reply).into_owned()
+    };
+    assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
+    let access = h.server.access(port, ACCESS_WAIT);
+    assert_eq!(access.get("path"), "ktls", "{}", access.line);
+    assert!(
+        access.line.contains("request head refused: 400"),
+        "{}",
+        access.line
+    );
+    assert_eq!(access.num("bytes_up"), 0, "{}", access.line);
 }

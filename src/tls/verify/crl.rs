@@ -13,13 +13,13 @@
 //! lookup is `O(log n)` in the entries, never a scan. The verifier only
 //! scans the list of CRLs to find the one whose issuer matches.
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateRevocationListDer, UnixTime};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateRevocationListDer, UnixTime};
+use super::der::{time_value, tlv, GENERALIZED_TIME, INTEGER, SEQUENCE, UTC_TIME};
 
 /// Largest CRL file read. A CRL with a million entries is about 40 MiB;
 /// the cap keeps a mistyped path from exhausting memory.
@@ -205,68 +205,11 @@ fn update_times(der: &[u8]) -> Result<(UnixTime, Option<UnixTime>), &'static str
     Ok((this_update, next_update))
 }
 
-const INTEGER: u8 = 0x02;
-const SEQUENCE: u8 = 0x30;
-const UTC_TIME: u8 = 0x17;
-const GENERALIZED_TIME: u8 = 0x18;
-
-/// Splits one DER tag-length-value off the front: `(tag, value, rest)`.
-fn tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8]), &'static str> {
-    let (&tag, rest) = input.split_first().ok_or("truncated")?;
-    let (&first, mut rest) = rest.split_first().ok_or("truncated")?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return Err("unsupported length encoding");
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        rest = &rest[n..];
-        len
-    };
-    if rest.len() < len {
-        return Err("truncated");
-    }
-    Ok((tag, &rest[..len], &rest[len..]))
-}
-
-/// A DER UTCTime (`YYMMDDHHMMSSZ`, years 1950–2049) or GeneralizedTime
-/// (`YYYYMMDDHHMMSSZ`), the only forms RFC 5280 allows.
-fn time_value(tag: u8, value: &[u8]) -> Result<UnixTime, &'static str> {
-    let text = std::str::from_utf8(value).map_err(|_| "time is not ASCII")?;
-    let digits = text.strip_suffix('Z').ok_or("time is not UTC ('Z')")?;
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err("time has non-digits");
-    }
-    let (year, rest) = match (tag, digits.len()) {
-        (UTC_TIME, 12) => {
-            let yy: i32 = digits[..2].parse().map_err(|_| "bad year")?;
-            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &digits[2..])
-        }
-        (GENERALIZED_TIME, 14) => (digits[..4].parse().map_err(|_| "bad year")?, &digits[4..]),
-        (UTC_TIME | GENERALIZED_TIME, _) => return Err("time has the wrong length"),
-        _ => return Err("not a time"),
-    };
-    let field = |i: usize| rest[i..i + 2].parse::<u8>().map_err(|_| "bad time field");
-    let month = time::Month::try_from(field(0)?).map_err(|_| "bad month")?;
-    let date = time::Date::from_calendar_date(year, month, field(2)?).map_err(|_| "bad date")?;
-    let at = date
-        .with_hms(field(4)?, field(6)?, field(8)?)
-        .map_err(|_| "bad time of day")?
-        .assume_utc()
-        .unix_timestamp();
-    let secs = u64::try_from(at).map_err(|_| "time before 1970")?;
-    Ok(UnixTime::since_unix_epoch(Duration::from_secs(secs)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{at, Ca};
     use super::*;
-    use std::time::{Instant, SystemTime};
+    use std::time::{Duration, Instant, SystemTime};
 
     fn secs(t: UnixTime) -> u64 {
         t.as_secs()

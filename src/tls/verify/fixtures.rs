@@ -62,6 +62,11 @@ impl Ca {
         }
     }
 
+    /// The CA's private key (PKCS#8), to sign test OCSP responses.
+    pub fn key_pkcs8(&self) -> Vec<u8> {
+        self.key.serialize_der()
+    }
+
     /// A CRL from this CA listing these serial numbers, valid until
     /// `next_update`.
     pub fn crl(
@@ -117,6 +122,11 @@ pub(crate) struct LeafSpec {
     pub uris: Vec<String>,
     pub serial: Option<u64>,
     pub not_after: Option<SystemTime>,
+    /// An Authority Information Access OCSP URL.
+    pub ocsp_url: Option<String>,
+    /// The OCSP-signing extended key usage (a delegated responder) instead
+    /// of clientAuth.
+    pub ocsp_signing: bool,
 }
 
 impl LeafSpec {
@@ -157,11 +167,18 @@ pub(crate) fn leaf(ca: &Ca, spec: &LeafSpec) -> Leaf {
         dn.push(DnType::CommonName, cn.as_str());
     }
     params.distinguished_name = dn;
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![if spec.ocsp_signing {
+        ExtendedKeyUsagePurpose::OcspSigning
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
     if let Some(serial) = spec.serial {
         params.serial_number = Some(SerialNumber::from(serial));
     }
     params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    if let Some(url) = &spec.ocsp_url {
+        params.custom_extensions.push(aia_ocsp_extension(url));
+    }
     if let Some(not_after) = spec.not_after {
         params.not_after = time::OffsetDateTime::from(not_after);
     }
@@ -174,6 +191,18 @@ pub(crate) fn leaf(ca: &Ca, spec: &LeafSpec) -> Leaf {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     }
+}
+
+/// An Authority Information Access extension naming one OCSP responder.
+pub(crate) fn aia_ocsp_extension(url: &str) -> rcgen::CustomExtension {
+    use super::der::{encode, implicit, sequence, OID};
+    // AccessDescription { id-ad-ocsp, uniformResourceIdentifier [6] }
+    let oid = encode(OID, &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01]);
+    let description = sequence(&[&oid, &encode(implicit(6), url.as_bytes())]);
+    rcgen::CustomExtension::from_oid_content(
+        &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+        sequence(&[&description]),
+    )
 }
 
 /// Seconds since the epoch, whole, as rcgen and X.509 store them.

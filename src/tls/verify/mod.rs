@@ -5,7 +5,9 @@
 //!    configuration's generation: a remembered verdict skips step 2;
 //! 2. webpki chain validation against the client CAs, with CRLs
 //!    ([`load_crls`]) when configured;
-//! 3. the [`Allowlist`]: entries by alias (exact certificate), fingerprint,
+//! 3. optionally, OCSP: the client certificate's responder is asked whether
+//!    it is revoked ([`ocsp`]); the answer is cached with the verdict;
+//! 4. the [`Allowlist`]: entries by alias (exact certificate), fingerprint,
 //!    subject CN, DNS/URI SAN or SPIFFE ID. No entry matching refuses the
 //!    client with `access_denied`.
 //!
@@ -50,7 +52,9 @@
 
 mod cache;
 mod crl;
+mod der;
 mod glob;
+pub mod ocsp;
 mod pkcs12;
 mod policy;
 mod verifier;
@@ -62,7 +66,8 @@ mod tests;
 
 pub use cache::{CacheConfig, CacheKey, CacheStats, Verdict, VerifyCache};
 pub use crl::{load_crls, Crl, CrlError};
-pub use pkcs12::{load_pkcs12, Pkcs12Error};
+pub use ocsp::{OcspSettings, ResponderUrl};
+pub use pkcs12::{load_pkcs12, load_pkcs12_certificate, Pkcs12Error};
 pub use policy::{identify, AllowEntry, Allowlist, Fingerprint, Identity, PolicyError, RuleKind};
 pub use verifier::{
     ClientAuthMode, HintLimits, RevocationScope, TrustError, TrustSettings, TrustVerifier,

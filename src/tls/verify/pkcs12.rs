@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use p12_keystore::{KeyStore, Pkcs12ImportPolicy};
+use p12_keystore::{KeyStore, KeyStoreEntry, Pkcs12ImportPolicy};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// PKCS#12 files hold one identity; anything this big is not one.
@@ -54,6 +54,15 @@ pub enum Pkcs12Error {
         /// The file.
         path: PathBuf,
     },
+    /// A certificate-only file holds no certificate, or several (and no
+    /// key to say which is the client's).
+    #[error("PKCS#12 file {}: holds {count} certificates and no private key; expected one client certificate", path.display())]
+    NotOneCertificate {
+        /// The file.
+        path: PathBuf,
+        /// How many certificates it holds.
+        count: usize,
+    },
 }
 
 /// Loads the certificate chain (end entity first) and private key from a
@@ -66,6 +75,47 @@ pub fn load_pkcs12(
     path: &Path,
     password: &str,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Pkcs12Error> {
+    let store = read_store(path, password, Pkcs12ImportPolicy::Strict)?;
+    identity(&store).map_err(|e| e.at(path))
+}
+
+/// Loads one client certificate from a PKCS#12 file, for an allowlist
+/// alias: the certificate of the key when the file holds one (a client's
+/// own bundle), else the file's only certificate (a certificate-only
+/// bundle, as trust-store tools export).
+pub fn load_pkcs12_certificate(
+    path: &Path,
+    password: &str,
+) -> Result<CertificateDer<'static>, Pkcs12Error> {
+    let store = read_store(path, password, Pkcs12ImportPolicy::Strict)?;
+    if let Ok((mut chain, _)) = identity(&store) {
+        return Ok(chain.swap_remove(0));
+    }
+    // No key: read every certificate bag, including the ones without the
+    // Java "trusted" mark that `openssl pkcs12 -nokeys` writes.
+    let store = read_store(path, password, Pkcs12ImportPolicy::Raw)?;
+    let certs: Vec<&p12_keystore::Certificate> = store
+        .entries()
+        .filter_map(|(_, entry)| match entry {
+            KeyStoreEntry::Certificate(cert) => Some(cert),
+            _ => None,
+        })
+        .collect();
+    match certs.as_slice() {
+        [only] => Ok(CertificateDer::from(only.as_der().to_vec())),
+        _ => Err(Pkcs12Error::NotOneCertificate {
+            path: path.to_path_buf(),
+            count: certs.len(),
+        }),
+    }
+}
+
+/// Reads and decrypts a PKCS#12 file.
+fn read_store(
+    path: &Path,
+    password: &str,
+    policy: Pkcs12ImportPolicy,
+) -> Result<KeyStore, Pkcs12Error> {
     let read_err = |cause| Pkcs12Error::Read {
         path: path.to_path_buf(),
         cause,
@@ -81,7 +131,7 @@ pub fn load_pkcs12(
             path: path.to_path_buf(),
         });
     }
-    parse_pkcs12(&bytes, password).map_err(|e| e.at(path))
+    decode(&bytes, password, policy).map_err(|e| e.at(path))
 }
 
 /// Why in-memory PKCS#12 bytes could not be decoded; [`load_pkcs12`] adds
@@ -104,18 +154,19 @@ impl Problem {
     }
 }
 
-fn parse_pkcs12(
-    bytes: &[u8],
-    password: &str,
+fn decode(bytes: &[u8], password: &str, policy: Pkcs12ImportPolicy) -> Result<KeyStore, Problem> {
+    KeyStore::from_pkcs12(bytes, password, policy).map_err(|e| match e {
+        // The MAC is checked before anything is decrypted, so a MAC
+        // failure means the password, not corruption further in.
+        p12_keystore::error::Error::MacError(_) => Problem::WrongPassword,
+        other => Problem::Invalid(other.to_string()),
+    })
+}
+
+/// The first key's chain and the key.
+fn identity(
+    store: &KeyStore,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Problem> {
-    let store = KeyStore::from_pkcs12(bytes, password, Pkcs12ImportPolicy::Strict).map_err(
-        |e| match e {
-            // The MAC is checked before anything is decrypted, so a MAC
-            // failure means the password, not corruption further in.
-            p12_keystore::error::Error::MacError(_) => Problem::WrongPassword,
-            other => Problem::Invalid(other.to_string()),
-        },
-    )?;
     let (_, chain) = store.private_key_chain().ok_or(Problem::NoIdentity)?;
     if chain.certs().is_empty() {
         return Err(Problem::NoIdentity);
@@ -240,5 +291,41 @@ mod tests {
 
         let e = load_pkcs12(&x.p12.with_extension("missing"), "s3cret").unwrap_err();
         assert!(matches!(e, Pkcs12Error::Read { .. }), "{e}");
+    }
+
+    #[test]
+    fn alias_certificate_from_a_bundle_or_a_certificate_only_file() {
+        let Some(x) = export(&[]) else { return };
+        // With a key: the key's certificate, not its issuer.
+        let cert = load_pkcs12_certificate(&x.p12, "s3cret").unwrap();
+        assert_eq!(cert, x.client.cert);
+
+        let dir = x.p12.parent().unwrap();
+        // Certificate-only bundles, as `openssl pkcs12 -nokeys` writes them.
+        let certs_only = |name: &str, extra: &[&str]| {
+            let out = dir.join(name);
+            let status = Command::new("openssl")
+                .args(["pkcs12", "-export", "-nokeys", "-passout", "pass:pw", "-in"])
+                .arg(dir.join("client.crt"))
+                .args(extra)
+                .arg("-out")
+                .arg(&out)
+                .status()
+                .unwrap();
+            assert!(status.success());
+            out
+        };
+        let only = certs_only("only.p12", &[]);
+        assert_eq!(load_pkcs12_certificate(&only, "pw").unwrap(), x.client.cert);
+        let e = load_pkcs12_certificate(&only, "nope").unwrap_err();
+        assert!(matches!(e, Pkcs12Error::WrongPassword { .. }), "{e}");
+        // Without a key, two certificates are ambiguous.
+        let ca = dir.join("ca.crt");
+        let two = certs_only("two.p12", &["-certfile", ca.to_str().unwrap()]);
+        let e = load_pkcs12_certificate(&two, "pw").unwrap_err();
+        assert!(
+            matches!(e, Pkcs12Error::NotOneCertificate { count: 2, .. }),
+            "{e}"
+        );
     }
 }

@@ -14,11 +14,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
-use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::FromDer;
 
 use super::glob::{Glob, Syntax};
+use crate::tls::certs::{cert_names, CertNames};
 
 /// Why an allowlist entry could not be built. The caller adds where the
 /// entry came from (file, line); the error says what is wrong with it.
@@ -443,21 +441,13 @@ pub fn identify(
     policy.identify(peer_certificates?.first()?)
 }
 
-/// The names the rules look at, parsed once per certificate and only when a
-/// rule needs them.
-struct Names {
-    common_names: Vec<String>,
-    dns: Vec<String>,
-    uris: Vec<String>,
-}
-
 /// The end-entity certificate with its derived facts computed on demand,
 /// so an allowlist of fingerprints never parses X.509 and one of names
 /// never hashes.
 struct Presented<'a> {
     der: &'a CertificateDer<'a>,
     fingerprint: OnceCell<Fingerprint>,
-    names: OnceCell<Option<Names>>,
+    names: OnceCell<Option<CertNames>>,
 }
 
 impl<'a> Presented<'a> {
@@ -476,34 +466,9 @@ impl<'a> Presented<'a> {
     /// `None` when the certificate does not parse: then no name rule
     /// matches (webpki accepted the chain, so this does not happen with
     /// well-formed X.509).
-    fn names(&self) -> Option<&Names> {
-        self.names.get_or_init(|| parse_names(self.der)).as_ref()
+    fn names(&self) -> Option<&CertNames> {
+        self.names.get_or_init(|| cert_names(self.der)).as_ref()
     }
-}
-
-fn parse_names(der: &CertificateDer<'_>) -> Option<Names> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let common_names = cert
-        .subject()
-        .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
-        .collect();
-    let mut dns = Vec::new();
-    let mut uris = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            match name {
-                GeneralName::DNSName(n) => dns.push(n.to_string()),
-                GeneralName::URI(u) => uris.push(u.to_string()),
-                _ => {}
-            }
-        }
-    }
-    Some(Names {
-        common_names,
-        dns,
-        uris,
-    })
 }
 
 /// Escapes control characters as `\xNN`; the rest is kept as is.

@@ -20,6 +20,7 @@ use x509_parser::prelude::FromDer;
 
 use super::cache::{CacheKey, Verdict, VerifyCache};
 use super::crl::Crl;
+use super::ocsp::{other_error, OcspChecker, OcspSettings, Outcome};
 use super::policy::Allowlist;
 use crate::admit::{self, Client, Throttle};
 
@@ -94,6 +95,8 @@ pub struct TrustSettings {
     pub hint_limits: HintLimits,
     /// Throttling tiers, decided right after the allowlist; none: no throttling.
     pub throttle: Option<Arc<Throttle>>,
+    /// OCSP checking of the client certificate; `None`: off.
+    pub ocsp: Option<OcspSettings>,
 }
 
 impl TrustSettings {
@@ -111,6 +114,7 @@ impl TrustSettings {
             allowlist: Allowlist::default(),
             hint_limits: HintLimits::default(),
             throttle: None,
+            ocsp: None,
         }
     }
 }
@@ -170,7 +174,9 @@ pub enum TrustWarning {
 ///
 /// Refusals and the alert the client receives (rustls maps the error):
 /// - chain does not lead to a trust anchor: `unknown_ca`;
-/// - a certificate revoked by a CRL: `certificate_revoked`;
+/// - a certificate revoked by a CRL or by its OCSP responder:
+///   `certificate_revoked`;
+/// - OCSP status not learned, failing closed: `certificate_unknown`;
 /// - expired or not yet valid: `certificate_expired`;
 /// - chain verifies but no allowlist entry matches: `access_denied`
 ///   (`CertificateError::ApplicationVerificationFailure`);
@@ -186,6 +192,7 @@ pub struct TrustVerifier {
     generation: u64,
     /// The earliest CRL `nextUpdate`: no trusted verdict outlives it.
     crls_valid_until: Option<UnixTime>,
+    ocsp: Option<OcspChecker>,
     warnings: Vec<TrustWarning>,
 }
 
@@ -245,6 +252,7 @@ impl TrustVerifier {
             }
         }
 
+        let algorithms = provider.signature_verification_algorithms.all;
         let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .with_crls(settings.crls.iter().map(|c| c.der().clone()));
         if omit_hints {
@@ -263,8 +271,13 @@ impl TrustVerifier {
             builder = builder.enforce_revocation_expiration();
         }
 
+        let ocsp = settings
+            .ocsp
+            .clone()
+            .map(|ocsp| OcspChecker::new(ocsp, settings.roots.clone(), algorithms));
         Ok(TrustVerifier {
             inner: builder.build()?,
+            ocsp,
             allowlist: settings.allowlist.clone(),
             throttle: settings.throttle.clone(),
             generation: cache.next_generation(),
@@ -312,7 +325,43 @@ impl TrustVerifier {
             .verify_client_cert(end_entity, intermediates, now)
         {
             Ok(_) => {
-                if let Some(until) = self.valid_until(end_entity, intermediates) {
+                let mut until = self.valid_until(end_entity, intermediates);
+                if let Some(ocsp) = &self.ocsp {
+                    match ocsp.check(end_entity, intermediates, now) {
+                        Outcome::Good { until: answer } => {
+                            until = until.map(|u| u.min(answer));
+                        }
+                        Outcome::Revoked { responder } => {
+                            tracing::warn!(
+                                "OCSP responder {responder} reports the client certificate revoked; refusing the client"
+                            );
+                            self.cache
+                                .insert_refused(key, CertificateError::Revoked, now);
+                            return Err(Error::InvalidCertificate(CertificateError::Revoked));
+                        }
+                        Outcome::Failed(failure) if ocsp.settings().fail_open => {
+                            tracing::warn!(
+                                "{failure}; admitting the client (client_ocsp fail = \"open\")"
+                            );
+                            // Remembered only as long as a refusal would be,
+                            // so the status is asked again soon.
+                            let retry = UnixTime::since_unix_epoch(Duration::from_secs(
+                                now.as_secs()
+                                    .saturating_add(self.cache.config().negative_ttl.as_secs()),
+                            ));
+                            until = until.map(|u| u.min(retry));
+                        }
+                        Outcome::Failed(failure) => {
+                            tracing::warn!(
+                                "{failure}; refusing the client (client_ocsp fail = \"closed\")"
+                            );
+                            let e = CertificateError::Other(other_error(failure));
+                            self.cache.insert_refused(key, e.clone(), now);
+                            return Err(Error::InvalidCertificate(e));
+                        }
+                    }
+                }
+                if let Some(until) = until {
                     self.cache.insert_trusted(key, until, now);
                 }
                 Ok(())
