@@ -430,3 +430,42 @@ fn reloaded_limits_apply_and_open_connections_still_count() {
     );
     echo_round_trip(&mut held, b"held still\n");
 }
+
+/// A resumed session presents no certificate to verify, so it is decided
+/// after the handshake, under the same identity: resuming is no way around
+/// the tier.
+#[test]
+fn resumed_sessions_count_against_the_same_identity() {
+    let pki = Pki::new();
+    let backend = Backend::echo();
+    let path = config(
+        &pki,
+        &backend,
+        "required",
+        "",
+        "\n[[tier]]\nname = \"single\"\nclients = [\"cn:test-*\"]\nmax_connections = 1\n",
+    );
+    let server = serve(&path);
+    // One client config throughout: its session store keeps the tickets.
+    let cfg = client(&pki, &pki.client).build();
+    let mut held = tls_connect(server.addr(), cfg.clone()).unwrap();
+    echo_round_trip(&mut held, b"first\n");
+    assert_eq!(
+        held.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+
+    let mut resumed = tls_connect(server.addr(), cfg).unwrap();
+    assert_eq!(
+        resumed.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the second connection should resume with the ticket from the first"
+    );
+    let (data, end) = read_until_end(&mut resumed);
+    assert!(data.is_empty());
+    assert!(end.is_ok(), "expected a clean close_notify, got {end:?}");
+    let line = throttled_line(&server, "single");
+    assert!(line.contains("identity=cn:test-client"), "{line}");
+    assert!(line.contains("max_connections = 1"), "{line}");
+    echo_round_trip(&mut held, b"still open\n");
+}
