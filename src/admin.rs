@@ -257,16 +257,26 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Writes one metric family: its HELP and TYPE lines and a sample per
+/// `(labels, value)`, the labels written without their braces.
+fn write_family<V: std::fmt::Display>(
+    out: &mut String,
+    (name, kind, help): (&str, &str, &str),
+    samples: impl IntoIterator<Item = (String, V)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
+}
+
 /// The Prometheus text of routes and pools: connections by route, and each
 /// backend's health, ejections and open connections.
 pub fn render_upstream_metrics(pools: &[Arc<Pool>], routes: &RouteCounters) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
+        write_family(&mut out, (name, kind, help), samples);
     };
     let routes = routes.snapshot();
     let route_labels =
@@ -331,11 +341,7 @@ pub fn render_upstream_metrics(pools: &[Arc<Pool>], routes: &RouteCounters) -> S
 pub fn render_throttle_metrics(throttle: &Throttle) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
+        write_family(&mut out, (name, kind, help), samples);
     };
     let by_tier = throttle.stats().by_tier();
     // Tier names are validated to [A-Za-z0-9_.-]: safe as label values.
@@ -345,7 +351,7 @@ pub fn render_throttle_metrics(throttle: &Throttle) -> String {
         "Connections admitted by a throttling tier.",
         by_tier
             .iter()
-            .map(|(tier, c)| (format!("{{tier=\"{tier}\"}}"), c.admitted.to_string()))
+            .map(|(tier, c)| (format!("tier=\"{tier}\""), c.admitted.to_string()))
             .collect(),
     );
     family(
@@ -361,7 +367,7 @@ pub fn render_throttle_metrics(throttle: &Throttle) -> String {
                 ]
                 .map(|(reason, n)| {
                     (
-                        format!("{{tier=\"{tier}\",reason=\"{}\"}}", reason.code()),
+                        format!("tier=\"{tier}\",reason=\"{}\"", reason.code()),
                         n.to_string(),
                     )
                 })
@@ -544,8 +550,8 @@ mod tests {
                 "tlsplice_throttle_admitted_total{tier=\"free\"} 1",
                 "tlsplice_throttle_refused_total{tier=\"free\",reason=\"rate\"} 1",
                 "tlsplice_throttle_refused_total{tier=\"free\",reason=\"max_connections\"} 0",
-                "tlsplice_throttle_clients 1",
-                "tlsplice_throttle_pacing_waits_total 0",
+                "tlsplice_throttle_clients{} 1",
+                "tlsplice_throttle_pacing_waits_total{} 0",
             ],
         );
     }

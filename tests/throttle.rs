@@ -39,6 +39,11 @@ backends = ["{backend}"]
     write_file(pki.path(), "tlsplice.toml", text)
 }
 
+/// tlsplice with client certificates required and `tiers`.
+fn serve_tiers(pki: &Pki, backend: &Backend, tiers: &str) -> Server {
+    serve(&config(pki, backend, "required", "", tiers))
+}
+
 fn serve(path: &Path) -> Server {
     Server::spawn_args(
         &[
@@ -83,11 +88,9 @@ fn rate_tier_admits_about_its_rate_and_other_identities_are_unaffected() {
     let backend = Backend::echo();
     let busy = pki.client_for("busy", "metered-busy");
     let calm = pki.client_for("calm", "metered-calm");
-    let path = config(
+    let server = serve_tiers(
         &pki,
         &backend,
-        "required",
-        "",
         r#"
 [[tier]]
 name = "metered"
@@ -96,7 +99,6 @@ new_connections_per_second = 50
 burst = 10
 "#,
     );
-    let server = serve(&path);
     let admin = admin_addr(&server);
 
     // The busy identity tries from four threads as fast as it can; the calm
@@ -228,11 +230,9 @@ fn max_connections_refuses_the_extra_one_until_one_closes() {
     let pki = Pki::new();
     let backend = Backend::echo();
     let pooled = pki.client_for("pooled", "pool-a");
-    let path = config(
+    let server = serve_tiers(
         &pki,
         &backend,
-        "required",
-        "",
         r#"
 [[tier]]
 name = "pool"
@@ -243,7 +243,6 @@ max_connections = 2
 name = "default"
 "#,
     );
-    let server = serve(&path);
 
     let mut open: Vec<Tls> = (0..2)
         .map(|i| {
@@ -341,11 +340,9 @@ fn bytes_per_second_delays_but_delivers_every_byte() {
     let pki = Pki::new();
     let backend = Backend::echo();
     let slow = pki.client_for("slow", "slow-client");
-    let path = config(
+    let server = serve_tiers(
         &pki,
         &backend,
-        "required",
-        "",
         &format!(
             r#"
 [[tier]]
@@ -355,7 +352,6 @@ bytes_per_second = {RATE}
 "#
         ),
     );
-    let server = serve(&path);
     let admin = admin_addr(&server);
 
     let block = pattern(7);
@@ -438,14 +434,11 @@ fn reloaded_limits_apply_and_open_connections_still_count() {
 fn resumed_sessions_count_against_the_same_identity() {
     let pki = Pki::new();
     let backend = Backend::echo();
-    let path = config(
+    let server = serve_tiers(
         &pki,
         &backend,
-        "required",
-        "",
         "\n[[tier]]\nname = \"single\"\nclients = [\"cn:test-*\"]\nmax_connections = 1\n",
     );
-    let server = serve(&path);
     // One client config throughout: its session store keeps the tickets.
     let cfg = client(&pki, &pki.client).build();
     let mut held = tls_connect(server.addr(), cfg.clone()).unwrap();
