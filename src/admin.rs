@@ -33,9 +33,53 @@ pub struct AdminState {
     /// Set once shutdown began: `/ready` turns 503 so load balancers stop
     /// sending new connections.
     pub draining: AtomicBool,
+    /// Reloads applied and refused, whatever asked for them.
+    pub reloads: ReloadCounts,
     /// Asks the main thread to reload (it answers on the given channel);
     /// false when the main thread is gone.
     pub reload: Box<dyn Fn(ReloadRequest) -> bool + Send + Sync>,
+}
+
+/// How many reloads were applied and how many were refused (the previous
+/// configuration kept serving).
+#[derive(Debug, Default)]
+pub struct ReloadCounts {
+    /// Reloads swapped in.
+    pub applied: std::sync::atomic::AtomicU64,
+    /// Reloads refused.
+    pub failed: std::sync::atomic::AtomicU64,
+}
+
+impl ReloadCounts {
+    /// Counts one reload's outcome.
+    pub fn record(&self, applied: bool) {
+        let which = if applied { &self.applied } else { &self.failed };
+        which.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The Prometheus text of the reload counts.
+pub fn render_reload_metrics(reloads: &ReloadCounts) -> String {
+    let mut out = String::new();
+    write_family(
+        &mut out,
+        (
+            "tlsplice_reloads_total",
+            "counter",
+            "Configuration reloads, by result (failed: the previous configuration kept serving).",
+        ),
+        vec![
+            (
+                "result=\"applied\"".to_string(),
+                reloads.applied.load(Ordering::Relaxed),
+            ),
+            (
+                "result=\"failed\"".to_string(),
+                reloads.failed.load(Ordering::Relaxed),
+            ),
+        ],
+    );
+    out
 }
 
 /// A reload asked over the admin listener, with where to send the outcome.
@@ -78,7 +122,8 @@ pub fn route(method: &str, path: &str, state: &AdminState) -> Answer {
                 &state.cache.stats(),
                 state.draining.load(Ordering::Relaxed),
             ) + &render_upstream_metrics(&state.pools.current(), &state.routes)
-                + &render_throttle_metrics(&state.throttle),
+                + &render_throttle_metrics(&state.throttle)
+                + &render_reload_metrics(&state.reloads),
         },
         ("POST", "/reload") => {
             let (tx, rx) = mpsc::channel();
@@ -481,6 +526,7 @@ mod tests {
             pools: Arc::default(),
             routes: Arc::default(),
             draining: AtomicBool::new(false),
+            reloads: ReloadCounts::default(),
             reload: Box::new(move |r| tx.send(r).is_ok()),
         };
         (state, rx)

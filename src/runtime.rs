@@ -27,7 +27,7 @@ use monoio::net::{TcpListener, TcpStream};
 use rustls::server::ProducesTickets;
 use rustls::ServerConfig;
 
-use crate::admin::{AdminState, ReloadRequest};
+use crate::admin::{AdminState, ReloadCounts, ReloadRequest};
 use crate::admit::{self, Client, ClientKey, Throttle, Verdict};
 use crate::close::{
     AccessLogFormat, AccessRecord, CloseReason, Counters, RouteCount, RouteCounters,
@@ -397,6 +397,7 @@ pub fn run(
                 routes: shared.routes.clone(),
                 throttle: shared.throttle.clone(),
                 draining: AtomicBool::new(false),
+                reloads: ReloadCounts::default(),
                 reload: Box::new(move |reply| {
                     admin_events.send(Event::Reload(Some(reply))).is_ok()
                 }),
@@ -426,6 +427,9 @@ pub fn run(
                     .and_then(|config| apply_reload(&plans, &config, &shared, &mut ticketers));
                 // One log line per event, whatever the error spans.
                 let result = result.map_err(|e| format!("{e:#}").replace('\n', "; "));
+                if let Some(admin) = &admin {
+                    admin.reloads.record(result.is_ok());
+                }
                 match &result {
                     Ok(()) => tracing::info!("reloaded: new connections use the new configuration"),
                     Err(e) => tracing::error!(

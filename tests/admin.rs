@@ -70,6 +70,20 @@ fn metrics_health_ready_and_reload() {
     let (status, body) = http(admin, "POST", "/reload");
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("ca.crt"), "{body}");
+    let samples = parse_with_prometheus_client(&http(admin, "GET", "/metrics").1);
+    assert!(
+        samples
+            .iter()
+            .any(|s| s == "tlsplice_reloads_total{result=\"applied\"} 1"),
+        "{samples:#?}"
+    );
+    // The file watcher may count the broken CA file a second time.
+    assert!(
+        samples.iter().any(|s| s
+            .strip_prefix("tlsplice_reloads_total{result=\"failed\"} ")
+            .is_some_and(|n| n != "0")),
+        "{samples:#?}"
+    );
 
     // Drain: /ready turns 503 while an open connection keeps the process up.
     let mut open = tls_connect(server.addr(), ClientOpts::new(&pki).build()).unwrap();
