@@ -448,6 +448,18 @@ fn parser_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ");
+    if message.is_empty() {
+        // The parser names no reason for some bytes (control characters).
+        message = match text.get(offset..).and_then(|t| t.chars().next()) {
+            Some(c) if c.is_control() => {
+                format!(
+                    "control character U+{:04X} is not allowed here",
+                    u32::from(c)
+                )
+            }
+            _ => "invalid TOML syntax".to_string(),
+        };
+    }
     if field == "listener" && message.contains("expected a sequence") {
         message.push_str("; write each listener as a [[listener]] table (double brackets)");
     }

@@ -656,3 +656,16 @@ fn check_example(name: &str, c: &Config, root: &Path) {
         _ => unreachable!(),
     }
 }
+
+/// Found by the config fuzz target: a control character in a comment made
+/// the parser's error message empty.
+#[test]
+fn control_character_in_comment_is_named() {
+    let pki = Pki::new();
+    let (_, errs) = errors(&pki, &format!("# a \u{15} b\n{LISTENER}"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains(":1:") && errs[0].contains("control character U+0015"),
+        "{errs:?}"
+    );
+}

@@ -66,15 +66,27 @@ pub fn encode(
 
 fn v1(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
     let (client, local) = same_family(client, local);
-    let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
+    // Mixed families (an IPv4 peer on an IPv6-only pair) go as TCP6 with
+    // the IPv4 address mapped: one family per line (spec 2.1).
+    let (family, client_ip, local_ip) = if client.is_ipv4() && local.is_ipv4() {
+        ("TCP4", client.ip(), local.ip())
+    } else {
+        ("TCP6", as_v6(client).into(), as_v6(local).into())
+    };
     format!(
-        "PROXY {family} {} {} {} {}\r\n",
-        client.ip(),
-        local.ip(),
+        "PROXY {family} {client_ip} {local_ip} {} {}\r\n",
         client.port(),
         local.port()
     )
     .into_bytes()
+}
+
+/// The address as IPv6 (IPv4 mapped).
+fn as_v6(a: SocketAddr) -> std::net::Ipv6Addr {
+    match a {
+        SocketAddr::V4(v4) => v4.ip().to_ipv6_mapped(),
+        SocketAddr::V6(v6) => *v6.ip(),
+    }
 }
 
 /// Both addresses in one family: an IPv4 client on a dual-stack socket
@@ -109,12 +121,8 @@ fn v2(client: SocketAddr, local: SocketAddr, info: &ClientInfo<'_>) -> Vec<u8> {
             0x11
         }
         (c, l) => {
-            let v6 = |a: SocketAddr| match a {
-                SocketAddr::V4(v4) => v4.ip().to_ipv6_mapped(),
-                SocketAddr::V6(v6) => *v6.ip(),
-            };
-            body.extend_from_slice(&v6(c).octets());
-            body.extend_from_slice(&v6(l).octets());
+            body.extend_from_slice(&as_v6(c).octets());
+            body.extend_from_slice(&as_v6(l).octets());
             body.extend_from_slice(&c.port().to_be_bytes());
             body.extend_from_slice(&l.port().to_be_bytes());
             0x21
@@ -193,6 +201,15 @@ mod tests {
             &ClientInfo::default(),
         );
         assert_eq!(h, b"PROXY TCP6 2001:db8::1 ::1 5000 8443\r\n");
+        // Found by the round-trip fuzz target: mixed families used to
+        // write an IPv6 address on a TCP4 line.
+        let h = encode(
+            Version::V1,
+            "10.0.0.1:5000".parse().unwrap(),
+            "[2001:db8::2]:8443".parse().unwrap(),
+            &ClientInfo::default(),
+        );
+        assert_eq!(h, b"PROXY TCP6 ::ffff:10.0.0.1 2001:db8::2 5000 8443\r\n");
     }
 
     #[test]

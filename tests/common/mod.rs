@@ -8,6 +8,8 @@
 // Each test binary uses a different subset of the harness.
 #![allow(dead_code)]
 
+pub mod proxy_header;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -1343,4 +1345,70 @@ pub fn write_file(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf
     }
     fs::write(&p, contents).unwrap();
     p
+}
+
+// ---------------------------------------------------------------------------
+// Process resources
+// ---------------------------------------------------------------------------
+
+/// Open file descriptors of process `pid` (entries of /proc/PID/fd).
+pub fn open_fds(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// What each open descriptor of `pid` is (socket:[inode], pipe:[...],
+/// anon_inode:[io_uring], paths), sorted: for failure messages.
+pub fn fd_targets(pid: i32) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Resident set size of process `pid` in KiB (VmRSS in /proc/PID/status).
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// The descriptor count of `pid` once it holds still (the same over
+/// 300 ms, or whatever it is after [`WAIT`]): a baseline taken after
+/// connections closed and lazily opened worker state exists.
+pub fn settled_fds(pid: i32) -> usize {
+    let deadline = Instant::now() + WAIT;
+    let mut last = open_fds(pid);
+    let mut same = 0;
+    while same < 6 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        let n = open_fds(pid);
+        same = if n == last { same + 1 } else { 0 };
+        last = n;
+    }
+    last
+}
+
+/// Waits (bounded by `timeout`) until `pid` has at most `limit` open
+/// descriptors; returns the last count seen.
+pub fn wait_fds_at_most(pid: i32, limit: usize, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = open_fds(pid);
+        if n <= limit || Instant::now() >= deadline {
+            return n;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
