@@ -617,6 +617,15 @@ async fn serve(
         Err(_) => return CloseReason::HandshakeTimeout,
         Ok(Err(HandshakeError::NotTls(e))) => return CloseReason::NotTls(e.to_string()),
         Ok(Err(HandshakeError::ClientGone)) => return CloseReason::ClientGoneInHandshake,
+        // A reset is the client leaving too, not a failed handshake.
+        Ok(Err(HandshakeError::Io(e)))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            return CloseReason::ClientGoneInHandshake
+        }
         Ok(Err(e)) => return CloseReason::HandshakeFailed(e.to_string()),
         Ok(Ok(established)) => established,
     };

@@ -900,6 +900,29 @@ impl ServeArgs {
     pub fn spawn(&self) -> Server {
         Server::spawn_args(&self.args, self.listens.max(1))
     }
+
+    /// Like [`ServeArgs::spawn`], with RLIMIT_NOFILE set to `nofile` (soft
+    /// and hard) in the child before it runs, as `ulimit -n` would.
+    pub fn spawn_with_nofile(&self, nofile: u64) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(bin());
+        // SAFETY: only setrlimit(2), async-signal-safe, runs between fork
+        // and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+        Server::spawn_command(cmd, &self.args, self.listens.max(1), None)
+    }
 }
 
 impl Server {
@@ -910,7 +933,15 @@ impl Server {
     }
 
     pub fn spawn_in(args: &[String], listens: usize, cwd: Option<&Path>) -> Server {
-        let mut cmd = Command::new(bin());
+        Self::spawn_command(Command::new(bin()), args, listens, cwd)
+    }
+
+    fn spawn_command(
+        mut cmd: Command,
+        args: &[String],
+        listens: usize,
+        cwd: Option<&Path>,
+    ) -> Server {
         cmd.args(args)
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
