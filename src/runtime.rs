@@ -812,6 +812,15 @@ async fn serve(
             return CloseReason::Throttled(refusal.to_string());
         }
         Ok(Err(HandshakeError::Refused(r))) => return CloseReason::NoRoute(r.to_string()),
+        // A reset is the client leaving too, not a failed handshake.
+        Ok(Err(HandshakeError::Io(e)))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            return CloseReason::ClientGoneInHandshake
+        }
         Ok(Err(e)) => return CloseReason::HandshakeFailed(e.to_string()),
         Ok(Ok(established)) => established,
     };

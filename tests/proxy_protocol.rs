@@ -48,17 +48,6 @@ fn header_backend() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>
     (addr, rx)
 }
 
-fn tlvs(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    while b.len() >= 3 {
-        let len = u16::from_be_bytes([b[1], b[2]]) as usize;
-        out.push((b[0], b[3..3 + len].to_vec()));
-        b = &b[3 + len..];
-    }
-    assert!(b.is_empty());
-    out
-}
-
 #[test]
 fn v2_header_carries_address_tls_and_client_identity() {
     let pki = Pki::new();
@@ -72,29 +61,23 @@ fn v2_header_carries_address_tls_and_client_identity() {
     echo_round_trip(&mut tls, b"after the header\n");
     let h = header.recv_timeout(WAIT).expect("backend got a header");
 
-    assert_eq!(&h[..12], b"\r\n\r\n\0\r\nQUIT\n");
-    assert_eq!((h[12], h[13]), (0x21, 0x11), "v2 PROXY, TCP over IPv4");
-    assert_eq!(&h[16..20], &[127, 0, 0, 1], "client address");
+    let h = proxy_header::decode(&h).expect("a v2 header per the specification");
+    assert_eq!(h.version, 2);
     assert_eq!(
-        u16::from_be_bytes([h[24], h[25]]),
-        client_port,
-        "client port"
+        h.source,
+        std::net::SocketAddr::from(([127, 0, 0, 1], client_port)),
+        "client address"
     );
-    assert_eq!(u16::from_be_bytes([h[26], h[27]]), server.addr().port());
-    let t = tlvs(&h[28..]);
-    assert!(
-        t.contains(&(0x02, b"localhost".to_vec())),
-        "authority: {t:?}"
-    );
-    let ssl = &t.iter().find(|(k, _)| *k == 0x20).expect("PP2_TYPE_SSL").1;
-    assert_eq!(ssl[0], 0x07, "SSL, cert on connection and session");
-    assert_eq!(&ssl[1..5], &[0, 0, 0, 0], "verified");
-    let subs = tlvs(&ssl[5..]);
-    assert!(subs.contains(&(0x21, b"TLSv1.3".to_vec())), "{subs:?}");
-    assert!(subs.contains(&(0x22, b"test-client".to_vec())), "{subs:?}");
+    assert_eq!(h.destination.port(), server.addr().port());
+    assert_eq!(h.tlv(0x02), Some(&b"localhost"[..]), "authority: {h:?}");
+    let ssl = proxy_header::decode_ssl(h.tlv(0x20).expect("PP2_TYPE_SSL")).unwrap();
+    assert_eq!(ssl.client, 0x07, "SSL, cert on connection and session");
+    assert_eq!(ssl.verify, 0, "verified");
+    assert_eq!(ssl.sub(0x21), Some(&b"TLSv1.3"[..]), "{ssl:?}");
+    assert_eq!(ssl.sub(0x22), Some(&b"test-client"[..]), "{ssl:?}");
     let fp = sha2::Sha256::digest(&pki.client.cert_der).to_vec();
-    assert!(t.contains(&(0xE0, fp)), "client certificate SHA-256");
-    assert!(t.contains(&(0xE1, b"billing".to_vec())), "identity");
+    assert_eq!(h.tlv(0xE0), Some(&fp[..]), "client certificate SHA-256");
+    assert_eq!(h.tlv(0xE1), Some(&b"billing"[..]), "identity");
 }
 
 #[test]
@@ -128,10 +111,11 @@ fn v2_header_can_carry_the_certificate_der_in_a_chosen_tlv() {
     let mut tls = tls_connect(server.addr(), ClientOpts::new(&pki).build()).unwrap();
     echo_round_trip(&mut tls, b"der\n");
     let h = header.recv_timeout(WAIT).expect("backend got a header");
-    let t = tlvs(&h[28..]);
-    assert!(
-        t.contains(&(0xE5, pki.client.cert_der.to_vec())),
-        "client certificate DER in 0xE5: {t:?}"
+    let h = proxy_header::decode(&h).expect("a v2 header per the specification");
+    assert_eq!(
+        h.tlv(0xE5),
+        Some(&pki.client.cert_der[..]),
+        "client certificate DER in 0xE5: {h:?}"
     );
-    assert!(!t.iter().any(|(k, _)| *k == 0xE0), "{t:?}");
+    assert_eq!(h.tlv(0xE0), None, "{h:?}");
 }

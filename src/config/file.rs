@@ -1039,7 +1039,9 @@ fn locate_key(text: &str, section: &str, key: &str) -> Option<usize> {
 fn parser_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     let offset = e.span().map_or(0, |s| s.start);
     let (line, column) = line_column(text, offset);
-    let field = field_at(text, offset).unwrap_or_else(|| "(syntax)".to_string());
+    let field = field_at(text, offset)
+        .filter(|f| !f.trim().is_empty())
+        .unwrap_or_else(|| "(syntax)".to_string());
     // The parser's messages may span lines; one problem, one line.
     let mut message = e
         .message()
@@ -1048,6 +1050,18 @@ fn parser_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ");
+    if message.is_empty() {
+        // The parser names no reason for some bytes (control characters).
+        message = match text.get(offset..).and_then(|t| t.chars().next()) {
+            Some(c) if c.is_control() => {
+                format!(
+                    "control character U+{:04X} is not allowed here",
+                    u32::from(c)
+                )
+            }
+            _ => "invalid TOML syntax".to_string(),
+        };
+    }
     if field == "listener" && message.contains("expected a sequence") {
         message.push_str("; write each listener as a [[listener]] table (double brackets)");
     }

@@ -48,7 +48,16 @@ const MAX_CONFIG_SIZE: u64 = 4 * 1024 * 1024;
 /// `file:line:column` and dotted field.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let text = read_config(path)?;
-    let (raw, unknown) = file::parse(path, &text).map_err(|e| ConfigErrors(vec![e]))?;
+    load_text(path, &text)
+}
+
+/// Parses and validates `text` as if it were the contents of `path`.
+///
+/// [`load_file`] without the read, so the fuzz tests can drive the parser
+/// and validator with many texts without writing each to a file. Relative
+/// paths in `text` resolve against `path`'s directory.
+pub fn load_text(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let (raw, unknown) = file::parse(path, text).map_err(|e| ConfigErrors(vec![e]))?;
     match (
         validate::validate(raw, SystemTime::now()),
         unknown.is_empty(),

@@ -1255,3 +1255,26 @@ fn route_names_and_pool_references() {
         c.warnings[0]
     );
 }
+/// Found by the config fuzz target: a control character in a comment made
+/// the parser's error message empty.
+#[test]
+fn control_character_in_comment_is_named() {
+    let pki = Pki::new();
+    let (_, errs) = errors(&pki, &format!("# a \u{15} b\n{LISTENER}"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains(":1:") && errs[0].contains("control character U+0015"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn a_malformed_header_is_reported_as_syntax_not_an_empty_field() {
+    let pki = Pki::new();
+    let (path, errs) = errors(&pki, &format!("{LISTENER}[]\n"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    let prefix = format!("{}:", path.display());
+    assert!(errs[0].starts_with(&prefix), "{errs:?}");
+    assert!(!errs[0].contains(": : "), "empty field in {errs:?}");
+    assert!(errs[0].contains("(syntax)"), "{errs:?}");
+}

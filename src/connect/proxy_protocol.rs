@@ -102,15 +102,27 @@ pub fn encode(
 
 fn v1(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
     let (client, local) = same_family(client, local);
-    let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
+    // Mixed families (an IPv4 peer on an IPv6-only pair) go as TCP6 with
+    // the IPv4 address mapped: one family per line (spec 2.1).
+    let (family, client_ip, local_ip) = if client.is_ipv4() && local.is_ipv4() {
+        ("TCP4", client.ip(), local.ip())
+    } else {
+        ("TCP6", as_v6(client).into(), as_v6(local).into())
+    };
     format!(
-        "PROXY {family} {} {} {} {}\r\n",
-        client.ip(),
-        local.ip(),
+        "PROXY {family} {client_ip} {local_ip} {} {}\r\n",
         client.port(),
         local.port()
     )
     .into_bytes()
+}
+
+/// The address as IPv6 (IPv4 mapped).
+fn as_v6(a: SocketAddr) -> std::net::Ipv6Addr {
+    match a {
+        SocketAddr::V4(v4) => v4.ip().to_ipv6_mapped(),
+        SocketAddr::V6(v6) => *v6.ip(),
+    }
 }
 
 /// Both addresses in one family: an IPv4 client on a dual-stack socket
@@ -125,12 +137,19 @@ fn same_family(client: SocketAddr, local: SocketAddr) -> (SocketAddr, SocketAddr
     }
 }
 
+/// Largest v2 body, and so largest TLV value: lengths are 16 bits.
+const MAX_LEN: usize = u16::MAX as usize;
+
+/// Appends a TLV if `out` stays within [`MAX_LEN`]. One that does not fit
+/// (a certificate CN of tens of KiB, say) is left out: a cut value could
+/// name the wrong client, a missing one names none.
 fn tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
-    // Values here are names, versions and hashes: far below 64 KiB.
-    let len = u16::try_from(value.len()).unwrap_or(u16::MAX);
+    if out.len() + 3 + value.len() > MAX_LEN {
+        return;
+    }
     out.push(kind);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&value[..usize::from(len)]);
+    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    out.extend_from_slice(value);
 }
 
 fn v2(client: SocketAddr, local: SocketAddr, info: &ClientInfo<'_>) -> Vec<u8> {
@@ -145,12 +164,8 @@ fn v2(client: SocketAddr, local: SocketAddr, info: &ClientInfo<'_>) -> Vec<u8> {
             0x11
         }
         (c, l) => {
-            let v6 = |a: SocketAddr| match a {
-                SocketAddr::V4(v4) => v4.ip().to_ipv6_mapped(),
-                SocketAddr::V6(v6) => *v6.ip(),
-            };
-            body.extend_from_slice(&v6(c).octets());
-            body.extend_from_slice(&v6(l).octets());
+            body.extend_from_slice(&as_v6(c).octets());
+            body.extend_from_slice(&as_v6(l).octets());
             body.extend_from_slice(&c.port().to_be_bytes());
             body.extend_from_slice(&l.port().to_be_bytes());
             0x21
@@ -237,6 +252,15 @@ mod tests {
             &ClientInfo::default(),
         );
         assert_eq!(h, b"PROXY TCP6 2001:db8::1 ::1 5000 8443\r\n");
+        // Found by the round-trip fuzz target: mixed families used to
+        // write an IPv6 address on a TCP4 line.
+        let h = encode(
+            Version::V1,
+            "10.0.0.1:5000".parse().unwrap(),
+            "[2001:db8::2]:8443".parse().unwrap(),
+            &ClientInfo::default(),
+        );
+        assert_eq!(h, b"PROXY TCP6 ::ffff:10.0.0.1 2001:db8::2 5000 8443\r\n");
     }
 
     #[test]
@@ -281,6 +305,30 @@ mod tests {
         assert_eq!(subs[2], (0x23, b"TLS_AES_128_GCM_SHA256".to_vec()));
         assert_eq!(tlvs[3], (0xE0, vec![7; 32]));
         assert_eq!(tlvs[4], (0xE1, b"billing".to_vec()));
+    }
+
+    /// Found by the round-trip fuzz target: TLVs adding up to more than
+    /// 64 KiB wrapped the header's 16-bit length.
+    #[test]
+    fn v2_leaves_out_what_does_not_fit() {
+        let cn = "c".repeat(40_000);
+        let identity = "i".repeat(30_000);
+        let info = ClientInfo {
+            cn: Some(&cn),
+            identity: Some(&identity),
+            ..ClientInfo::default()
+        };
+        let h = encode(
+            Version::V2,
+            "192.0.2.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            &info,
+        );
+        let len = u16::from_be_bytes([h[14], h[15]]) as usize;
+        assert_eq!(h.len(), 16 + len);
+        let tlvs = decode_tlvs(&h[28..]);
+        assert_eq!(tlvs.len(), 1, "the SSL TLV fits, the identity does not");
+        assert_eq!(tlvs[0].0, 0x20);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 // Each test binary uses a different subset of the harness.
 #![allow(dead_code)]
 
+pub mod proxy_header;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -1001,6 +1003,29 @@ impl ServeArgs {
     pub fn spawn(&self) -> Server {
         Server::spawn_args(&self.args, self.listens.max(1))
     }
+
+    /// Like [`ServeArgs::spawn`], with RLIMIT_NOFILE set to `nofile` (soft
+    /// and hard) in the child before it runs, as `ulimit -n` would.
+    pub fn spawn_with_nofile(&self, nofile: u64) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(bin());
+        // SAFETY: only setrlimit(2), async-signal-safe, runs between fork
+        // and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+        Server::spawn_command(cmd, &self.args, self.listens.max(1), None)
+    }
 }
 
 impl Server {
@@ -1011,7 +1036,15 @@ impl Server {
     }
 
     pub fn spawn_in(args: &[String], listens: usize, cwd: Option<&Path>) -> Server {
-        let mut cmd = Command::new(bin());
+        Self::spawn_command(Command::new(bin()), args, listens, cwd)
+    }
+
+    fn spawn_command(
+        mut cmd: Command,
+        args: &[String],
+        listens: usize,
+        cwd: Option<&Path>,
+    ) -> Server {
         cmd.args(args)
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
@@ -1575,4 +1608,70 @@ pub fn greeting(
     let (bytes, end) = read_until_end(&mut tls);
     end?;
     Ok((String::from_utf8_lossy(&bytes).into_owned(), presented, tls))
+}
+
+// ---------------------------------------------------------------------------
+// Process resources
+// ---------------------------------------------------------------------------
+
+/// Open file descriptors of process `pid` (entries of /proc/PID/fd).
+pub fn open_fds(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// What each open descriptor of `pid` is (socket:[inode], pipe:[...],
+/// anon_inode:[io_uring], paths), sorted: for failure messages.
+pub fn fd_targets(pid: i32) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Resident set size of process `pid` in KiB (VmRSS in /proc/PID/status).
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// The descriptor count of `pid` once it holds still (the same over
+/// 300 ms, or whatever it is after [`WAIT`]): a baseline taken after
+/// connections closed and lazily opened worker state exists.
+pub fn settled_fds(pid: i32) -> usize {
+    let deadline = Instant::now() + WAIT;
+    let mut last = open_fds(pid);
+    let mut same = 0;
+    while same < 6 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        let n = open_fds(pid);
+        same = if n == last { same + 1 } else { 0 };
+        last = n;
+    }
+    last
+}
+
+/// Waits (bounded by `timeout`) until `pid` has at most `limit` open
+/// descriptors; returns the last count seen.
+pub fn wait_fds_at_most(pid: i32, limit: usize, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = open_fds(pid);
+        if n <= limit || Instant::now() >= deadline {
+            return n;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
