@@ -5,6 +5,8 @@ set -euo pipefail
 need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
+# scripts/scan.sh: an external TLS scanner.
+command -v testssl >/dev/null || need+=(testssl.sh)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -13,3 +15,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # The metrics test parses /metrics with the reference Prometheus parser.
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus_client
+# scripts/scan.sh: sslyze in its own venv under target/ (not on PATH).
+venv="$(dirname "$0")/../target/scan-venv"
+if ! "$venv/bin/sslyze" --help >/dev/null 2>&1; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check sslyze
+fi
