@@ -59,6 +59,7 @@ struct Limits {
     connect_timeout: Duration,
     drain_timeout: Duration,
     max_connections: usize,
+    max_handshakes: usize,
     ktls: KtlsMode,
 }
 
@@ -144,6 +145,7 @@ pub fn run(
         connect_timeout: config.connect_timeout,
         drain_timeout: config.drain_timeout,
         max_connections: config.max_connections_per_worker,
+        max_handshakes: config.max_handshakes_per_worker,
         ktls: config.ktls,
     };
     let caps = Arc::new(match config.ktls {
@@ -405,6 +407,8 @@ struct Worker {
     counters: Arc<Counters>,
     buffers: Buffers,
     active: Cell<usize>,
+    /// Connections accepted whose handshake has not ended yet.
+    handshaking: Rc<Cell<usize>>,
     stop_accepting: Trigger,
     drain_expired: Trigger,
 }
@@ -456,6 +460,7 @@ async fn worker(setup: WorkerSetup) -> anyhow::Result<()> {
         counters,
         buffers: Buffers::new(BUFFERS_KEPT),
         active: Cell::new(0),
+        handshaking: Rc::new(Cell::new(0)),
         stop_accepting: Trigger::new(),
         drain_expired: Trigger::new(),
     });
@@ -508,21 +513,30 @@ async fn accept_loop(worker: Rc<Worker>, listener_state: Rc<ListenerState>, list
         };
         match accepted {
             Ok((stream, peer)) => {
-                if worker.active.get() >= worker.limits.max_connections {
+                let refused = if worker.active.get() >= worker.limits.max_connections {
+                    Some(CloseReason::MaxConnections)
+                } else if worker.handshaking.get() >= worker.limits.max_handshakes {
+                    Some(CloseReason::MaxHandshakes)
+                } else {
+                    None
+                };
+                if let Some(reason) = refused {
                     let record = AccessRecord::new(peer, &listener_state.name);
-                    record.emit(&CloseReason::MaxConnections);
-                    worker
-                        .counters
-                        .record(&record, &CloseReason::MaxConnections);
+                    record.emit(&reason);
+                    worker.counters.record(&record, &reason);
                     drop(stream);
                     continue;
                 }
                 worker.active.set(worker.active.get() + 1);
+                // Counted from accept, so a burst cannot overshoot the limit
+                // before its tasks start.
+                let slot = HandshakeSlot::take(&worker.handshaking);
                 monoio::spawn(connection(
                     worker.clone(),
                     listener_state.clone(),
                     stream,
                     peer,
+                    slot,
                 ));
             }
             Err(e) => {
@@ -537,6 +551,23 @@ async fn accept_loop(worker: Rc<Worker>, listener_state: Rc<ListenerState>, list
                 }
             }
         }
+    }
+}
+
+/// One handshake in flight, counted against `max_handshakes` until dropped
+/// (also when the connection's task unwinds).
+struct HandshakeSlot(Rc<Cell<usize>>);
+
+impl HandshakeSlot {
+    fn take(count: &Rc<Cell<usize>>) -> Self {
+        count.set(count.get() + 1);
+        Self(count.clone())
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 
@@ -574,12 +605,13 @@ async fn connection(
     listener: Rc<ListenerState>,
     stream: TcpStream,
     peer: SocketAddr,
+    slot: HandshakeSlot,
 ) {
     let mut record = AccessRecord::new(peer, &listener.name);
     worker.counters.open.fetch_add(1, Ordering::Relaxed);
     // A bug in one connection must not take the worker's other connections
     // down with it: contain the panic, log it, close this connection only.
-    let served = AssertUnwindSafe(serve(&worker, &listener, stream, &mut record))
+    let served = AssertUnwindSafe(serve(&worker, &listener, stream, slot, &mut record))
         .catch_unwind()
         .await;
     let reason = served.unwrap_or_else(|panic| {
@@ -601,6 +633,7 @@ async fn serve(
     worker: &Worker,
     listener: &ListenerState,
     mut stream: TcpStream,
+    in_flight: HandshakeSlot,
     record: &mut AccessRecord,
 ) -> CloseReason {
     let _ = stream.set_nodelay(true);
@@ -613,6 +646,7 @@ async fn serve(
         handshake::accept(&mut stream, &worker.buffers, |_hello| served.tls.clone()),
     )
     .await;
+    drop(in_flight);
     let established = match handshake {
         Err(_) => return CloseReason::HandshakeTimeout,
         Ok(Err(HandshakeError::NotTls(e))) => return CloseReason::NotTls(e.to_string()),

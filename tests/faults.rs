@@ -388,3 +388,48 @@ fn sighup_storm_under_load_fails_no_connection() {
     let mut tls = tls_connect(addr, cfg).unwrap();
     echo_round_trip(&mut tls, b"after the storm");
 }
+
+#[test]
+fn handshakes_in_flight_are_limited_per_worker() {
+    let pki = Pki::new();
+    let backend = Backend::echo();
+    let mut args = ServeArgs::new(&pki, backend.addr);
+    args.set("--workers", "1").flag("--max-handshakes", "5");
+    let server = args.spawn();
+    let cfg = ClientOpts::new(&pki).build();
+    // An established connection does not count against the limit.
+    let mut established = tls_connect(server.addr(), cfg.clone()).unwrap();
+    echo_round_trip(&mut established, b"established");
+
+    // Five clients that never send their hello fill the worker's slots...
+    let silent: Vec<TcpStream> = (0..5).map(|_| tcp_connect(server.addr())).collect();
+    // ...so the sixth is closed at once, with the reason logged.
+    let deadline = Instant::now() + WAIT;
+    let refused = loop {
+        let mut sock = tcp_connect(server.addr());
+        let port = sock.local_addr().unwrap().port();
+        let mut b = [0u8; 1];
+        let r = sock.read(&mut b);
+        assert!(!r.as_ref().is_err_and(is_timeout), "not refused: {r:?}");
+        let line = access_line(&server, port);
+        if line.contains("reason=max_handshakes") || Instant::now() >= deadline {
+            break line;
+        }
+    };
+    assert!(refused.contains("reason=max_handshakes"), "{refused}");
+    echo_round_trip(&mut established, b"still served");
+
+    // Once the silent ones leave, handshakes are admitted again.
+    drop(silent);
+    let deadline = Instant::now() + WAIT;
+    let mut tls = loop {
+        let attempt = tls_connect(server.addr(), cfg.clone())
+            .and_then(|mut tls| try_echo(&mut tls, b"admitted").map(|()| tls));
+        match attempt {
+            Ok(tls) => break tls,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("not admitted after the slots freed: {e}"),
+        }
+    };
+    echo_round_trip(&mut tls, b"again");
+}
