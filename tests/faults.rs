@@ -175,8 +175,7 @@ fn client_reset_in_each_phase_frees_everything() {
     assert!(line.contains("reason=client_error"), "{line}");
 
     // Nothing held, and still serving.
-    let now = wait_fds_at_most(pid, fds, WAIT);
-    assert!(now <= fds, "descriptors: {fds} before, {now} after");
+    assert_fds_back(pid, fds);
     let mut tls = tls_connect(server.addr(), cfg).unwrap();
     echo_round_trip(&mut tls, b"after the resets");
 }
@@ -304,8 +303,7 @@ fn ten_thousand_idle_connections_against_a_low_limit() {
     assert!(closed > 0, "no refused connection saw its close");
 
     drop(socks);
-    let now = wait_fds_at_most(pid, fds, WAIT);
-    assert!(now <= fds, "descriptors: {fds} before, {now} after");
+    assert_fds_back(pid, fds);
     let mut tls = tls_connect(server.addr(), ClientOpts::new(&pki).build()).unwrap();
     echo_round_trip(&mut tls, b"after ten thousand");
 }
@@ -337,8 +335,7 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
     assert!(failures < 200, "{failures} accept failures: spinning");
 
     drop(socks);
-    let now = wait_fds_at_most(pid, fds, WAIT);
-    assert!(now <= fds, "descriptors: {fds} before, {now} after");
+    assert_fds_back(pid, fds);
     let mut tls = tls_connect(server.addr(), cfg).unwrap();
     echo_round_trip(&mut tls, b"recovered");
 }
