@@ -9,6 +9,8 @@ command -v curl >/dev/null || need+=(curl)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 # tests/identity_header.rs: the HTTP/1.1 backend is Python's http.server.
 command -v python3 >/dev/null || need+=(python3)
+# scripts/scan.sh: an external TLS scanner.
+command -v testssl >/dev/null || need+=(testssl.sh)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -19,3 +21,9 @@ fi
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus_client
 # The Kubernetes manifests are checked against the API schemas offline.
 command -v kubernetes-validate >/dev/null || python3 -m pip install -q kubernetes-validate
+# scripts/scan.sh: sslyze in its own venv under target/ (not on PATH).
+venv="$(dirname "$0")/../target/scan-venv"
+if ! "$venv/bin/sslyze" --help >/dev/null 2>&1; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check sslyze
+fi

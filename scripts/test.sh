@@ -7,6 +7,11 @@ bash scripts/install-test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+# External TLS scanners (testssl.sh, sslyze) on the default config: about a
+# minute. TLSPLICE_SKIP_SCAN=1 skips them.
+if [ "${TLSPLICE_SKIP_SCAN:-0}" != 1 ]; then
+  bash scripts/scan.sh
+fi
 if [ "${TLSPLICE_SKIP_VM:-0}" != 1 ]; then
   bash scripts/ktls-vm-test.sh
 fi

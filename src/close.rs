@@ -13,6 +13,8 @@ pub enum CloseReason {
     Done,
     /// The worker already serves its maximum number of connections.
     MaxConnections,
+    /// The worker already runs its maximum number of handshakes.
+    MaxHandshakes,
     /// The client did not complete the handshake in time.
     HandshakeTimeout,
     /// The first bytes were not a TLS ClientHello.
@@ -46,6 +48,7 @@ impl CloseReason {
         match self {
             Self::Done => "done",
             Self::MaxConnections => "max_connections",
+            Self::MaxHandshakes => "max_handshakes",
             Self::HandshakeTimeout => "handshake_timeout",
             Self::NotTls(_) => "not_tls",
             Self::HandshakeFailed(_) => "handshake_failed",
@@ -299,9 +302,10 @@ pub struct Counters {
 pub const HANDSHAKE_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
 
 /// Every close reason code, in counter order.
-pub const REASON_CODES: [&str; 14] = [
+pub const REASON_CODES: [&str; 15] = [
     "done",
     "max_connections",
+    "max_handshakes",
     "handshake_timeout",
     "not_tls",
     "handshake_failed",
@@ -395,6 +399,7 @@ mod counter_tests {
         let reasons = [
             CloseReason::Done,
             CloseReason::MaxConnections,
+            CloseReason::MaxHandshakes,
             CloseReason::HandshakeTimeout,
             CloseReason::NotTls(String::new()),
             CloseReason::HandshakeFailed(String::new()),
@@ -419,8 +424,8 @@ mod counter_tests {
         }
         b.record(&rec, &CloseReason::Done);
         let s = Counters::summary([&a, &b]);
-        assert!(s.contains("ktls=15 "), "{s}");
-        assert!(s.contains("bytes_up=75 "), "{s}");
+        assert!(s.contains("ktls=16 "), "{s}");
+        assert!(s.contains("bytes_up=80 "), "{s}");
         assert!(s.contains(" done=2"), "{s}");
         assert!(s.contains(" backend_error=1"), "{s}");
     }

@@ -83,6 +83,10 @@ struct ServeArgs {
     /// Maximum concurrent connections per worker.
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Maximum handshakes in flight per worker (beyond it, new connections
+    /// are closed at accept).
+    #[arg(long)]
+    max_handshakes: Option<usize>,
     /// Kernel TLS offload: auto (when the kernel can), require, or off.
     #[arg(long)]
     ktls: Option<String>,
@@ -160,6 +164,7 @@ impl ServeArgs {
             connect_timeout: self.connect_timeout.clone(),
             drain_timeout: self.drain_timeout.clone(),
             max_connections: self.max_connections,
+            max_handshakes: self.max_handshakes,
             ktls: self.ktls.clone(),
             admin: self.admin.clone(),
             proxy_protocol: self.proxy_protocol.clone(),

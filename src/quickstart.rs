@@ -13,7 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
+    BasicConstraints, Certificate, CertificateParams, CustomExtension, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
 };
 use time::OffsetDateTime;
@@ -204,7 +204,13 @@ fn leaf_params(
     params
         .distinguished_name
         .push(DnType::CommonName, common_name);
-    params.is_ca = IsCa::ExplicitNoCa;
+    // CA:FALSE, critical, in DER: the empty sequence. rcgen's ExplicitNoCa
+    // encodes the DEFAULT `cA FALSE`, which strict DER parsers (sslyze's
+    // `cryptography`) reject: found by scripts/scan.sh.
+    params.is_ca = IsCa::NoCa;
+    let mut basic_constraints = CustomExtension::from_oid_content(&[2, 5, 29, 19], vec![0x30, 0]);
+    basic_constraints.set_criticality(true);
+    params.custom_extensions.push(basic_constraints);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![usage];
     // Lets verifiers (OpenSSL in particular) pick the issuer by key id.
@@ -713,6 +719,23 @@ mod tests {
         assert!(eku.value.client_auth && !eku.value.server_auth);
         let cn = parsed.subject().iter_common_name().next().unwrap();
         assert_eq!(cn.as_str().unwrap(), CLIENT_COMMON_NAME);
+
+        // Leaves say CA:FALSE in strict DER (no encoded DEFAULT).
+        for leaf in [&pki.client_cert, &pki.server_cert] {
+            let der = cert(leaf);
+            let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+            let bc = parsed
+                .basic_constraints()
+                .unwrap()
+                .expect("basicConstraints");
+            assert!(bc.critical && !bc.value.ca);
+            let ext = parsed
+                .extensions()
+                .iter()
+                .find(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_BASIC_CONSTRAINTS)
+                .unwrap();
+            assert_eq!(ext.value, &[0x30, 0]);
+        }
     }
 
     #[test]

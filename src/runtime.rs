@@ -73,6 +73,7 @@ struct Limits {
     connect_timeout: Duration,
     drain_timeout: Duration,
     max_connections: usize,
+    max_handshakes: usize,
     ktls: KtlsMode,
     access_log: AccessLogFormat,
 }
@@ -261,6 +262,7 @@ pub fn run(
         connect_timeout: config.connect_timeout,
         drain_timeout: config.drain_timeout,
         max_connections: config.max_connections_per_worker,
+        max_handshakes: config.max_handshakes_per_worker,
         ktls: config.ktls,
         access_log: config.access_log,
     };
@@ -560,6 +562,8 @@ struct Worker {
     counters: Arc<Counters>,
     buffers: Buffers,
     active: Cell<usize>,
+    /// Connections accepted whose handshake has not ended yet.
+    handshaking: Rc<Cell<usize>>,
     stop_accepting: Trigger,
     drain_expired: Trigger,
 }
@@ -611,6 +615,7 @@ async fn worker(setup: WorkerSetup) -> anyhow::Result<()> {
         counters,
         buffers: Buffers::new(BUFFERS_KEPT),
         active: Cell::new(0),
+        handshaking: Rc::new(Cell::new(0)),
         stop_accepting: Trigger::new(),
         drain_expired: Trigger::new(),
     });
@@ -669,21 +674,30 @@ async fn accept_loop(worker: Rc<Worker>, listener_state: Rc<ListenerState>, list
         match listener.cancelable_accept(cancel.clone()).await {
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => return,
             Ok((stream, peer)) => {
-                if worker.active.get() >= worker.limits.max_connections {
+                let refused = if worker.active.get() >= worker.limits.max_connections {
+                    Some(CloseReason::MaxConnections)
+                } else if worker.handshaking.get() >= worker.limits.max_handshakes {
+                    Some(CloseReason::MaxHandshakes)
+                } else {
+                    None
+                };
+                if let Some(reason) = refused {
                     let record = AccessRecord::new(peer, &listener_state.name);
-                    record.emit(&CloseReason::MaxConnections, worker.limits.access_log);
-                    worker
-                        .counters
-                        .record(&record, &CloseReason::MaxConnections);
+                    record.emit(&reason, worker.limits.access_log);
+                    worker.counters.record(&record, &reason);
                     drop(stream);
                     continue;
                 }
                 worker.active.set(worker.active.get() + 1);
+                // Counted from accept, so a burst cannot overshoot the limit
+                // before its tasks start.
+                let slot = HandshakeSlot::take(&worker.handshaking);
                 monoio::spawn(connection(
                     worker.clone(),
                     listener_state.clone(),
                     stream,
                     peer,
+                    slot,
                 ));
             }
             Err(e) => {
@@ -698,6 +712,23 @@ async fn accept_loop(worker: Rc<Worker>, listener_state: Rc<ListenerState>, list
                 }
             }
         }
+    }
+}
+
+/// One handshake in flight, counted against `max_handshakes` until dropped
+/// (also when the connection's task unwinds).
+struct HandshakeSlot(Rc<Cell<usize>>);
+
+impl HandshakeSlot {
+    fn take(count: &Rc<Cell<usize>>) -> Self {
+        count.set(count.get() + 1);
+        Self(count.clone())
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 
@@ -754,12 +785,13 @@ async fn connection(
     listener: Rc<ListenerState>,
     stream: TcpStream,
     peer: SocketAddr,
+    slot: HandshakeSlot,
 ) {
     let mut record = AccessRecord::new(peer, &listener.name);
     worker.counters.open.fetch_add(1, Ordering::Relaxed);
     // A bug in one connection must not take the worker's other connections
     // down with it: contain the panic, log it, close this connection only.
-    let served = AssertUnwindSafe(serve(&worker, &listener, stream, &mut record))
+    let served = AssertUnwindSafe(serve(&worker, &listener, stream, slot, &mut record))
         .catch_unwind()
         .await;
     let reason = served.unwrap_or_else(|panic| {
@@ -783,6 +815,7 @@ async fn serve(
     worker: &Worker,
     listener: &ListenerState,
     mut stream: TcpStream,
+    in_flight: HandshakeSlot,
     record: &mut AccessRecord,
 ) -> CloseReason {
     let _ = stream.set_nodelay(true);
@@ -800,6 +833,7 @@ async fn serve(
         }),
     )
     .await;
+    drop(in_flight);
     let mut established = match handshake {
         Err(_) => return CloseReason::HandshakeTimeout,
         Ok(Err(HandshakeError::NotTls(e))) => return CloseReason::NotTls(e.to_string()),

@@ -175,8 +175,7 @@ fn client_reset_in_each_phase_frees_everything() {
     assert!(line.contains("reason=client_error"), "{line}");
 
     // Nothing held, and still serving.
-    let now = wait_fds_at_most(pid, fds, WAIT);
-    assert!(now <= fds, "descriptors: {fds} before, {now} after");
+    assert_fds_back(pid, fds);
     let mut tls = tls_connect(server.addr(), cfg).unwrap();
     echo_round_trip(&mut tls, b"after the resets");
 }
@@ -304,8 +303,7 @@ fn ten_thousand_idle_connections_against_a_low_limit() {
     assert!(closed > 0, "no refused connection saw its close");
 
     drop(socks);
-    let now = wait_fds_at_most(pid, fds, WAIT);
-    assert!(now <= fds, "descriptors: {fds} before, {now} after");
+    assert_fds_back(pid, fds);
     let mut tls = tls_connect(server.addr(), ClientOpts::new(&pki).build()).unwrap();
     echo_round_trip(&mut tls, b"after ten thousand");
 }
@@ -337,8 +335,7 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
     assert!(failures < 200, "{failures} accept failures: spinning");
 
     drop(socks);
-    let now = wait_fds_at_most(pid, fds, WAIT);
-    assert!(now <= fds, "descriptors: {fds} before, {now} after");
+    assert_fds_back(pid, fds);
     let mut tls = tls_connect(server.addr(), cfg).unwrap();
     echo_round_trip(&mut tls, b"recovered");
 }
@@ -387,4 +384,49 @@ fn sighup_storm_under_load_fails_no_connection() {
     assert_eq!(count_lines(&server, "reload failed"), 0);
     let mut tls = tls_connect(addr, cfg).unwrap();
     echo_round_trip(&mut tls, b"after the storm");
+}
+
+#[test]
+fn handshakes_in_flight_are_limited_per_worker() {
+    let pki = Pki::new();
+    let backend = Backend::echo();
+    let mut args = ServeArgs::new(&pki, backend.addr);
+    args.set("--workers", "1").flag("--max-handshakes", "5");
+    let server = args.spawn();
+    let cfg = ClientOpts::new(&pki).build();
+    // An established connection does not count against the limit.
+    let mut established = tls_connect(server.addr(), cfg.clone()).unwrap();
+    echo_round_trip(&mut established, b"established");
+
+    // Five clients that never send their hello fill the worker's slots...
+    let silent: Vec<TcpStream> = (0..5).map(|_| tcp_connect(server.addr())).collect();
+    // ...so the sixth is closed at once, with the reason logged.
+    let deadline = Instant::now() + WAIT;
+    let refused = loop {
+        let mut sock = tcp_connect(server.addr());
+        let port = sock.local_addr().unwrap().port();
+        let mut b = [0u8; 1];
+        let r = sock.read(&mut b);
+        assert!(!r.as_ref().is_err_and(is_timeout), "not refused: {r:?}");
+        let line = access_line(&server, port);
+        if line.contains("reason=max_handshakes") || Instant::now() >= deadline {
+            break line;
+        }
+    };
+    assert!(refused.contains("reason=max_handshakes"), "{refused}");
+    echo_round_trip(&mut established, b"still served");
+
+    // Once the silent ones leave, handshakes are admitted again.
+    drop(silent);
+    let deadline = Instant::now() + WAIT;
+    let mut tls = loop {
+        let attempt = tls_connect(server.addr(), cfg.clone())
+            .and_then(|mut tls| try_echo(&mut tls, b"admitted").map(|()| tls));
+        match attempt {
+            Ok(tls) => break tls,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("not admitted after the slots freed: {e}"),
+        }
+    };
+    echo_round_trip(&mut tls, b"again");
 }

@@ -817,7 +817,6 @@ fn raw_socket_fuzz_leaves_the_server_serving() {
     echo_round_trip(&mut tls, b"warm-up");
     drop(tls);
     let fds_before = settled_fds(pid);
-    let fd_list_before = fd_targets(pid);
     let rss_before = rss_kib(pid);
 
     let mut corpus = rustls_hellos(&pki);
@@ -875,12 +874,7 @@ fn raw_socket_fuzz_leaves_the_server_serving() {
     let mut tls = tls_connect(addr, cfg).unwrap();
     echo_round_trip(&mut tls, b"after the fuzz");
     drop(tls);
-    let fds_after = wait_fds_at_most(pid, fds_before, WAIT);
-    assert!(
-        fds_after <= fds_before,
-        "descriptors: {fds_before} before, {fds_after} after\nbefore: {fd_list_before:?}\nafter: {:?}",
-        fd_targets(pid)
-    );
+    assert_fds_back(pid, fds_before);
     let rss_after = rss_kib(pid);
     assert!(
         rss_after < rss_before + 64 * 1024,

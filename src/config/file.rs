@@ -9,6 +9,7 @@
 //! connect_timeout = "5s"      # default 5s
 //! drain_timeout = "30s"       # default 30s (0 allowed)
 //! max_connections = 10000     # per worker, default 10000
+//! max_handshakes = 1024       # handshakes in flight per worker, default 1024
 //! ktls = "auto"               # kernel TLS offload: auto | require | off
 //!
 //! [[listener]]                # at least one
@@ -87,6 +88,8 @@ struct FileConfig {
     drain_timeout: Option<Spanned<RawDuration>>,
     /// Concurrent connections per worker; default 10000.
     max_connections: Option<Spanned<i64>>,
+    /// Handshakes in flight per worker; default 1024.
+    max_handshakes: Option<Spanned<i64>>,
     /// Kernel TLS offload: "auto", "require" or "off"; default "auto".
     ktls: Option<Spanned<String>>,
     /// Admin listener address; default none.
@@ -745,6 +748,10 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
             .max_connections
             .as_ref()
             .map(|v| loc.at(v, f("max_connections"))),
+        max_handshakes: file
+            .max_handshakes
+            .as_ref()
+            .map(|v| loc.at(v, f("max_handshakes"))),
         ktls: file.ktls.as_ref().map(|v| loc.at(v, f("ktls"))),
         admin: file.admin.as_ref().map(|v| loc.at(v, f("admin"))),
         access_log_format: file
@@ -779,6 +786,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "connect_timeout",
     "drain_timeout",
     "max_connections",
+    "max_handshakes",
     "ktls",
     "admin",
     "access_log",

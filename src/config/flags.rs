@@ -52,6 +52,8 @@ pub struct Flags {
     pub drain_timeout: Option<String>,
     /// `--max-connections N` (per worker).
     pub max_connections: Option<usize>,
+    /// `--max-handshakes N` (in flight, per worker).
+    pub max_handshakes: Option<usize>,
     /// `--ktls auto|require|off`.
     pub ktls: Option<String>,
     /// `--admin ADDR`.
@@ -206,6 +208,7 @@ impl Flags {
             connect_timeout: duration("connect_timeout", &self.connect_timeout),
             drain_timeout: duration("drain_timeout", &self.drain_timeout),
             max_connections: count("max_connections", self.max_connections),
+            max_handshakes: count("max_handshakes", self.max_handshakes),
             ktls: self.ktls.as_ref().map(|v| at("ktls", v.clone())),
             admin: self.admin.as_ref().map(|v| at("admin", v.clone())),
             access_log_format: self

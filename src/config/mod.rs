@@ -128,6 +128,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Maximum concurrent client connections per worker.
     pub max_connections_per_worker: usize,
+    /// Maximum handshakes in flight per worker; a connection beyond it is
+    /// closed at accept.
+    pub max_handshakes_per_worker: usize,
     /// Kernel TLS offload policy.
     pub ktls: KtlsMode,
     /// Address of the admin listener (/metrics, /healthz, /ready, /reload).

@@ -93,6 +93,7 @@ backends = "127.0.0.1:9090"
     assert_eq!(c.handshake_timeout, Duration::from_secs(10));
     assert_eq!(c.drain_timeout, Duration::from_secs(30));
     assert_eq!(c.max_connections_per_worker, 10_000);
+    assert_eq!(c.max_handshakes_per_worker, 1024);
     assert_eq!(c.source.as_deref(), Some(path.as_path()));
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 
@@ -543,6 +544,7 @@ fn flags_happy_path() {
         handshake_timeout: Some("3s".into()),
         idle_timeout: Some("10".into()),
         max_connections: Some(5),
+        max_handshakes: Some(3),
         client_auth: Some("optional".into()),
         ..flags(&pki)
     };
@@ -551,6 +553,7 @@ fn flags_happy_path() {
     assert_eq!(c.handshake_timeout, Duration::from_secs(3));
     assert_eq!(c.idle_timeout, Duration::from_secs(10));
     assert_eq!(c.max_connections_per_worker, 5);
+    assert_eq!(c.max_handshakes_per_worker, 3);
     assert_eq!(c.source, None);
     assert_eq!(c.listeners.len(), 1);
     let l = &c.listeners[0];

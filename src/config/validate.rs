@@ -63,6 +63,8 @@ pub(crate) mod defaults {
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     /// Concurrent connections per worker.
     pub const MAX_CONNECTIONS: usize = 10_000;
+    /// Handshakes in flight per worker.
+    pub const MAX_HANDSHAKES: usize = 1024;
     /// Listen backlog.
     pub const BACKLOG: u32 = 1024;
     /// How long clients are told to keep a session ticket.
@@ -205,6 +207,8 @@ pub(crate) struct RawConfig {
     pub drain_timeout: Option<At<RawDuration>>,
     /// `max_connections`.
     pub max_connections: Option<At<i64>>,
+    /// `max_handshakes`.
+    pub max_handshakes: Option<At<i64>>,
     /// `ktls`.
     pub ktls: Option<At<String>>,
     /// `admin`.
@@ -479,6 +483,10 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         Some(m) => c.int_in(m, 1, MAX_CONNECTIONS).unwrap_or(1),
         None => defaults::MAX_CONNECTIONS,
     };
+    let max_handshakes_per_worker = match &raw.max_handshakes {
+        Some(m) => c.int_in(m, 1, MAX_CONNECTIONS).unwrap_or(1),
+        None => defaults::MAX_HANDSHAKES,
+    };
 
     let ktls = match &raw.ktls {
         None => KtlsMode::Auto,
@@ -590,6 +598,7 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         connect_timeout,
         drain_timeout,
         max_connections_per_worker,
+        max_handshakes_per_worker,
         ktls,
         admin,
         access_log,

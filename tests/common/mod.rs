@@ -1663,15 +1663,20 @@ pub fn settled_fds(pid: i32) -> usize {
     last
 }
 
-/// Waits (bounded by `timeout`) until `pid` has at most `limit` open
-/// descriptors; returns the last count seen.
-pub fn wait_fds_at_most(pid: i32, limit: usize, timeout: Duration) -> usize {
-    let deadline = Instant::now() + timeout;
+/// Asserts that `pid` is back to at most `before` open descriptors,
+/// waiting up to [`WAIT`] for closes in flight; a failure lists them.
+pub fn assert_fds_back(pid: i32, before: usize) {
+    let deadline = Instant::now() + WAIT;
     loop {
         let n = open_fds(pid);
-        if n <= limit || Instant::now() >= deadline {
-            return n;
+        if n <= before {
+            return;
         }
+        assert!(
+            Instant::now() < deadline,
+            "descriptors: {before} before, {n} after: {:?}",
+            fd_targets(pid)
+        );
         thread::sleep(Duration::from_millis(50));
     }
 }

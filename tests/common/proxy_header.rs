@@ -26,10 +26,7 @@ pub struct ProxyHeader {
 impl ProxyHeader {
     /// The value of the first TLV of `kind`.
     pub fn tlv(&self, kind: u8) -> Option<&[u8]> {
-        self.tlvs
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, v)| v.as_slice())
+        first_of(&self.tlvs, kind)
     }
 }
 
@@ -42,12 +39,16 @@ pub struct SslTlv {
 }
 
 impl SslTlv {
+    /// The value of the first sub-TLV of `kind`.
     pub fn sub(&self, kind: u8) -> Option<&[u8]> {
-        self.subs
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, v)| v.as_slice())
+        first_of(&self.subs, kind)
     }
+}
+
+fn first_of(tlvs: &[(u8, Vec<u8>)], kind: u8) -> Option<&[u8]> {
+    tlvs.iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, v)| v.as_slice())
 }
 
 /// Why bytes are not a PROXY header.
@@ -142,33 +143,25 @@ fn decode_v2(b: &[u8]) -> Result<ProxyHeader, DecodeError> {
         return Err(DecodeError::Incomplete);
     }
     let body = &b[16..len];
-    let (source, destination, rest) = match b[13] {
-        0x11 => {
-            if body.len() < 12 {
-                return invalid("v2 TCP4 body shorter than its addresses");
-            }
-            let ip = |o: usize| IpAddr::from(<[u8; 4]>::try_from(&body[o..o + 4]).unwrap());
-            let port = |o: usize| u16::from_be_bytes([body[o], body[o + 1]]);
-            (
-                SocketAddr::new(ip(0), port(8)),
-                SocketAddr::new(ip(4), port(10)),
-                &body[12..],
-            )
-        }
-        0x21 => {
-            if body.len() < 36 {
-                return invalid("v2 TCP6 body shorter than its addresses");
-            }
-            let ip = |o: usize| IpAddr::from(<[u8; 16]>::try_from(&body[o..o + 16]).unwrap());
-            let port = |o: usize| u16::from_be_bytes([body[o], body[o + 1]]);
-            (
-                SocketAddr::new(ip(0), port(32)),
-                SocketAddr::new(ip(16), port(34)),
-                &body[36..],
-            )
-        }
+    // Address family and transport (spec 2.2): TCP over IPv4 or IPv6.
+    let (family, n) = match b[13] {
+        0x11 => ("TCP4", 4),
+        0x21 => ("TCP6", 16),
         other => return invalid(format!("v2 family/protocol byte {other:#04x}")),
     };
+    if body.len() < 2 * n + 4 {
+        return invalid(format!("v2 {family} body shorter than its addresses"));
+    }
+    let ip = |o: usize| match n {
+        4 => IpAddr::from(<[u8; 4]>::try_from(&body[o..o + 4]).unwrap()),
+        _ => IpAddr::from(<[u8; 16]>::try_from(&body[o..o + 16]).unwrap()),
+    };
+    let port = |o: usize| u16::from_be_bytes([body[o], body[o + 1]]);
+    let (source, destination, rest) = (
+        SocketAddr::new(ip(0), port(2 * n)),
+        SocketAddr::new(ip(n), port(2 * n + 2)),
+        &body[2 * n + 4..],
+    );
     Ok(ProxyHeader {
         version: 2,
         source,
