@@ -7,6 +7,9 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 # scripts/scan.sh: an external TLS scanner.
 command -v testssl >/dev/null || need+=(testssl.sh)
+# scripts/soak.sh: builds the C echo backend, computes sample times.
+command -v gcc >/dev/null || need+=(gcc)
+command -v bc >/dev/null || need+=(bc)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
