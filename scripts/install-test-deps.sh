@@ -11,6 +11,9 @@ command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v python3 >/dev/null || need+=(python3)
 # scripts/scan.sh: an external TLS scanner.
 command -v testssl >/dev/null || need+=(testssl.sh)
+# scripts/soak.sh: builds the C echo backend, computes sample times.
+command -v gcc >/dev/null || need+=(gcc)
+command -v bc >/dev/null || need+=(bc)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

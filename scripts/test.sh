@@ -12,6 +12,11 @@ cargo test --all-targets
 if [ "${TLSPLICE_SKIP_SCAN:-0}" != 1 ]; then
   bash scripts/scan.sh
 fi
+# A 30-second soak (the full one is 10 minutes: scripts/soak.sh).
+# TLSPLICE_SKIP_SOAK=1 skips it.
+if [ "${TLSPLICE_SKIP_SOAK:-0}" != 1 ]; then
+  bash scripts/soak.sh --duration 30
+fi
 if [ "${TLSPLICE_SKIP_VM:-0}" != 1 ]; then
   bash scripts/ktls-vm-test.sh
 fi

@@ -87,13 +87,13 @@ impl Budget {
                 .unwrap();
             t.as_nanos() as u64 ^ u64::from(std::process::id()) << 32
         });
-        let time = Duration::from_secs(env_u64("TLSPLICE_FUZZ_SECS").unwrap_or(default_secs));
-        let iters =
-            env_u64("TLSPLICE_FUZZ_ITERS").unwrap_or(if env_u64("TLSPLICE_FUZZ_SECS").is_some() {
-                u64::MAX
-            } else {
-                default_iters
-            });
+        let secs = env_u64("TLSPLICE_FUZZ_SECS");
+        // A longer run asked for by time is bounded by time only.
+        let iters = env_u64("TLSPLICE_FUZZ_ITERS").unwrap_or(match secs {
+            Some(_) => u64::MAX,
+            None => default_iters,
+        });
+        let time = Duration::from_secs(secs.unwrap_or(default_secs));
         Budget {
             seed,
             from: env_u64("TLSPLICE_FUZZ_FROM").unwrap_or(0),
