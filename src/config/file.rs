@@ -10,6 +10,7 @@
 //! drain_timeout = "30s"       # default 30s (0 allowed)
 //! max_connections = 10000     # per worker, default 10000
 //! ktls = "auto"               # kernel TLS offload: auto | require | off
+//! ktls_offload = { after_bytes = "64KiB", after = "50ms" }  # default: at once
 //!
 //! [[listener]]                # at least one
 //! name = "main"               # default "listener<N>"
@@ -57,7 +58,7 @@ use toml::Spanned;
 
 use super::validate::{
     At, RawCertHeader, RawClient, RawConfig, RawDuration, RawHealthCheck, RawList, RawListener,
-    RawOcsp, RawPool, RawPoolBackend, RawRoute, RawTls, Scope, Site, Source,
+    RawOcsp, RawPool, RawPoolBackend, RawRoute, RawSize, RawTls, Scope, Site, Source,
 };
 use super::{ConfigError, Location};
 
@@ -79,6 +80,8 @@ struct FileConfig {
     max_connections: Option<Spanned<i64>>,
     /// Kernel TLS offload: "auto", "require" or "off"; default "auto".
     ktls: Option<Spanned<String>>,
+    /// `ktls_offload = { after_bytes = SIZE, after = DURATION }`.
+    ktls_offload: Option<Spanned<FileKtlsOffload>>,
     /// Admin listener address; default none.
     admin: Option<Spanned<String>>,
     /// `access_log = { format = "text" | "json" }`.
@@ -259,6 +262,15 @@ struct FileClient {
 struct FileAccessLog {
     /// `"text"` (default) or `"json"`.
     format: Option<Spanned<String>>,
+}
+
+/// The `ktls_offload` table.
+#[derive(Debug, Deserialize)]
+struct FileKtlsOffload {
+    /// Relayed bytes before the kernel takes over; default 0 (unused).
+    after_bytes: Option<Spanned<RawSize>>,
+    /// Connection age before the kernel takes over; default 0 (unused).
+    after: Option<Spanned<RawDuration>>,
 }
 
 /// A listener's `client_cert_header` table.
@@ -696,6 +708,16 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
             .ticket_lifetime
             .as_ref()
             .map(|v| loc.at(v, f("ticket_lifetime"))),
+        ktls_offload_after_bytes: file
+            .ktls_offload
+            .as_ref()
+            .and_then(|t| t.get_ref().after_bytes.as_ref())
+            .map(|v| loc.at(v, f("ktls_offload.after_bytes"))),
+        ktls_offload_after: file
+            .ktls_offload
+            .as_ref()
+            .and_then(|t| t.get_ref().after.as_ref())
+            .map(|v| loc.at(v, f("ktls_offload.after"))),
         listeners,
         pools,
     };
@@ -711,6 +733,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "drain_timeout",
     "max_connections",
     "ktls",
+    "ktls_offload",
     "admin",
     "access_log",
     "ticket_keys",
@@ -770,6 +793,9 @@ const ROUTE_KEYS: &[&str] = &[
 
 /// Keys of the `access_log` table.
 const ACCESS_LOG_KEYS: &[&str] = &["format"];
+
+/// Keys of the `ktls_offload` table.
+const KTLS_OFFLOAD_KEYS: &[&str] = &["after_bytes", "after"];
 
 /// Keys of a listener's `client_cert_header` table.
 const CERT_HEADER_KEYS: &[&str] = &["format", "name", "max_head"];
@@ -857,6 +883,12 @@ fn unknown_key_error(path: &Path, text: &str, key: &str) -> ConfigError {
         ),
         ["pool", i, name] => (format!("pool[{i}]"), *name, POOL_KEYS, None),
         ["access_log", name] => (String::new(), *name, ACCESS_LOG_KEYS, Some("access_log")),
+        ["ktls_offload", name] => (
+            String::new(),
+            *name,
+            KTLS_OFFLOAD_KEYS,
+            Some("ktls_offload"),
+        ),
         _ => (String::new(), key, TOP_LEVEL_KEYS, None),
     };
     let field = match (table.as_str(), holder) {
