@@ -865,7 +865,7 @@ pub struct Access {
 
 /// The access line's fields, in the order tlsplice writes them. Values may
 /// contain spaces (reasons, fallbacks), so each runs to the next key.
-const ACCESS_KEYS: [&str; 17] = [
+const ACCESS_KEYS: [&str; 19] = [
     "client",
     "listener",
     "route",
@@ -878,6 +878,8 @@ const ACCESS_KEYS: [&str; 17] = [
     "backend",
     "path",
     "ktls_fallback",
+    "ktls_offload",
+    "ktls_after_bytes",
     "bytes_up",
     "bytes_down",
     "handshake_ms",

@@ -67,14 +67,24 @@ fn assert_probe_found_all(server: &Server) {
 
 /// N MiB each way at once through the kernel path, byte-exact both ways.
 fn bulk(name: &'static str, version: &'static SupportedProtocolVersion, suite: CipherSuite) {
-    let Some(_run) = begin(name) else { return };
+    bulk_with(name, version, suite, &[]);
+}
+
+/// [`bulk`] with extra tlsplice flags; returns the access line.
+fn bulk_with(
+    name: &'static str,
+    version: &'static SupportedProtocolVersion,
+    suite: CipherSuite,
+    extra: &[&str],
+) -> Option<Access> {
+    let _run = begin(name)?;
     let n = bulk_mib() * MIB;
     let pki = Pki::new();
     let backend = Backend::start(Mode::Concurrent {
         send: n,
         seed: DOWN,
     });
-    let server = Server::start(&pki, backend.addr, "auto");
+    let server = Server::start_with(&pki, backend.addr, "auto", extra);
     assert_probe_found_all(&server);
     let before = TlsStat::read();
 
@@ -123,6 +133,7 @@ fn bulk(name: &'static str, version: &'static SupportedProtocolVersion, suite: C
         n / MIB,
         (n / MIB) as f64 / secs
     );
+    Some(access)
 }
 
 #[test]
@@ -1205,4 +1216,98 @@ fn header_mode_refuses_a_malformed_head_on_the_kernel_path() {
         access.line
     );
     assert_eq!(access.num("bytes_up"), 0, "{}", access.line);
+}
+
+// ------------------------------------------------ 9. ktls_offload policy
+
+/// Under `--ktls-offload-after-bytes 1MiB` a bulk connection starts in
+/// userspace and moves to the kernel mid-transfer: byte-exact both ways,
+/// reported as ktls (the kernel counted the session) with the bytes relayed
+/// before the switch.
+#[test]
+fn offload_after_bytes_moves_a_bulk_connection() {
+    let extra = ["--ktls-offload-after-bytes", "1MiB"];
+    let name = "offload_after_bytes_moves_a_bulk_connection";
+    let Some(access) = bulk_with(name, &TLS13, CipherSuite::TLS13_AES_128_GCM_SHA256, &extra)
+    else {
+        return;
+    };
+    assert_eq!(access.get("ktls_offload"), "bytes", "{}", access.line);
+    let before = access.num("ktls_after_bytes");
+    assert!(
+        (MIB..2 * bulk_mib() * MIB).contains(&before),
+        "relayed {before} bytes in userspace: {}",
+        access.line
+    );
+}
+
+/// A connection that ends below the threshold never reaches the kernel.
+#[test]
+fn below_offload_threshold_stays_userspace() {
+    let Some(_run) = begin("below_offload_threshold_stays_userspace") else {
+        return;
+    };
+    let (access, _) = userspace_transfer(256 * 1024, |pki, backend| {
+        Server::start_with(pki, backend, "auto", &["--ktls-offload-after-bytes", "1MiB"])
+    });
+    assert_eq!(access.get("ktls_offload"), "below_threshold", "{}", access.line);
+    assert_eq!(access.get("ktls_fallback"), "-", "{}", access.line);
+}
+
+/// Under `--ktls-offload-after 200ms` a connection that idles past the
+/// threshold moves to the kernel while idle; the echo that follows runs on
+/// the kernel path, byte-exact.
+#[test]
+fn offload_after_time_moves_an_idle_then_busy_connection() {
+    let Some(_run) = begin("offload_after_time_moves_an_idle_then_busy_connection") else {
+        return;
+    };
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo);
+    let extra = ["--ktls-offload-after", "200ms"];
+    let server = Server::start_with(&pki, backend.addr, "auto", &extra);
+    let before = TlsStat::read();
+    let mut client = Client::connect(server.addr, pki.client_config(&TLS13, None));
+    client.handshake(handshake_deadline());
+    thread::sleep(Duration::from_millis(800));
+    let len = 8 * MIB;
+    let mut plan = Plan::new(Some(Source::new(UP, len)), UP, transfer_deadline(2 * len));
+    plan.close_after_recv = Some(len);
+    let out = client
+        .transfer(&mut plan)
+        .unwrap_or_else(|e| panic!("echo: {e}\n{}", server.log_text()));
+    let port = client.port;
+    drop(client);
+    assert_eq!(out.end, End::CloseNotify, "{out:?}");
+    assert_eq!(out.received, len);
+    assert_eq!(out.first_mismatch, None);
+    assert_eq!(out.received_sha, out.sent_sha);
+    let access = server.access(port, ACCESS_WAIT);
+    access.assert_ktls_done();
+    assert_eq!(access.get("ktls_offload"), "time", "{}", access.line);
+    assert_eq!(access.num("ktls_after_bytes"), 0, "{}", access.line);
+    assert_eq!(access.num("bytes_up"), len, "{}", access.line);
+    assert_offloaded_since(&before, 1);
+}
+
+/// The pause gives the session back intact even when the handover then
+/// fails (injected at the ULP step): the connection resumes in userspace,
+/// byte-exact.
+#[test]
+fn offload_pause_then_failed_handover_resumes_in_userspace() {
+    let Some(_run) = begin("offload_pause_then_failed_handover_resumes_in_userspace") else {
+        return;
+    };
+    let (access, _) = userspace_transfer(8 * MIB, |pki, backend| {
+        Server::start_env(
+            pki,
+            backend,
+            "auto",
+            &["--ktls-offload-after-bytes", "1MiB"],
+            &[("TLSPLICE_FAULT_KTLS_ULP", "1")],
+        )
+    });
+    assert_eq!(access.get("ktls_offload"), "bytes", "{}", access.line);
+    assert!(access.num("ktls_after_bytes") >= MIB, "{}", access.line);
+    assert!(access.line.contains("injected fault"), "{}", access.line);
 }
