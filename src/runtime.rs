@@ -899,7 +899,18 @@ async fn serve(
     } else {
         established
     };
-    match userspace::run(established, stream, backend, heads, idle, drain, buffers, None).await {
+    match userspace::run(
+        established,
+        stream,
+        backend,
+        heads,
+        idle,
+        drain,
+        buffers,
+        None,
+    )
+    .await
+    {
         Relayed::Closed(outcome) => relayed(record, outcome),
         Relayed::Paused(_) => CloseReason::Internal("relay paused without a pause".into()),
     }

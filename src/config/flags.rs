@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use super::validate::{
     At, RawCertHeader, RawConfig, RawDuration, RawList, RawListener, RawOcsp, RawSize, RawTls,
-    Scope, Site,
-    Source,
+    Scope, Site, Source,
 };
 use super::Location;
 

@@ -26,9 +26,9 @@ use crate::tls::tickets::TicketKey;
 use crate::tls::verify::{Allowlist, Crl, OcspSettings};
 
 pub use crate::close::AccessLogFormat;
-pub use crate::ktls::policy::OffloadPolicy;
 pub use crate::connect::cert_header::{CertHeader, Format as CertHeaderFormat};
 pub use crate::connect::proxy_protocol::{CertTlv, CertTlvContent, Version as ProxyProtocol};
+pub use crate::ktls::policy::OffloadPolicy;
 
 pub mod duration;
 pub mod file;

@@ -1137,7 +1137,8 @@ fn ktls_offload_thresholds() {
     let pki = Pki::new();
     let c = load_file(&write(&pki, LISTENER)).unwrap();
     assert!(c.ktls_offload.at_once(), "{:?}", c.ktls_offload);
-    let text = format!("ktls_offload = {{ after_bytes = \"64KiB\", after = \"50ms\" }}\n{LISTENER}");
+    let text =
+        format!("ktls_offload = {{ after_bytes = \"64KiB\", after = \"50ms\" }}\n{LISTENER}");
     let c = load_file(&write(&pki, &text)).unwrap();
     assert_eq!(
         c.ktls_offload,
@@ -1154,7 +1155,9 @@ fn ktls_offload_thresholds() {
     let text = format!("ktls = \"off\"\nktls_offload = {{ after = \"1s\" }}\n{LISTENER}");
     let c = load_file(&write(&pki, &text)).unwrap();
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
-    assert!(c.warnings[0].to_string().contains("ktls_offload thresholds have no effect"));
+    assert!(c.warnings[0]
+        .to_string()
+        .contains("ktls_offload thresholds have no effect"));
 }
 
 #[test]
@@ -1194,8 +1197,14 @@ fn ktls_offload_errors_name_their_field() {
         ..flags(&pki)
     });
     assert_eq!(errs.len(), 2, "{errs:?}");
-    assert!(errs[0].starts_with("--ktls-offload-after-bytes: unknown size unit \"MB\""), "{errs:?}");
-    assert!(errs[1].starts_with("--ktls-offload-after: fractions"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("--ktls-offload-after-bytes: unknown size unit \"MB\""),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("--ktls-offload-after: fractions"),
+        "{errs:?}"
+    );
     let f = Flags {
         ktls_offload_after_bytes: Some("1MiB".into()),
         ..flags(&pki)

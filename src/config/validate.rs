@@ -20,9 +20,9 @@ use super::{
     TicketKeyFile, TicketSettings, TlsSettings, TlsVersion, DEFAULT_ROUTE,
 };
 use crate::close::AccessLogFormat;
-use crate::ktls::policy::OffloadPolicy;
 use crate::connect::cert_header::{CertHeader, Format as CertHeaderFormat};
 use crate::connect::proxy_protocol::{CertTlv, CertTlvContent, CUSTOM_TLVS, TLV_CLIENT_IDENTITY};
+use crate::ktls::policy::OffloadPolicy;
 use crate::relay::http_head::{is_token_byte, DEFAULT_MAX_HEAD};
 use crate::tls::certs;
 use crate::tls::route::ServerNamePattern;
@@ -624,7 +624,9 @@ impl Checker {
     /// A byte count; an error (and 0) for a bad one.
     fn size(&mut self, v: &At<RawSize>) -> u64 {
         let parsed = match &v.value {
-            RawSize::Bytes(n) => u64::try_from(*n).map_err(|_| format!("must not be negative, not {n}")),
+            RawSize::Bytes(n) => {
+                u64::try_from(*n).map_err(|_| format!("must not be negative, not {n}"))
+            }
             RawSize::Text(t) => parse_size(t),
         };
         parsed.unwrap_or_else(|message| {

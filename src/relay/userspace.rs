@@ -100,7 +100,11 @@ impl Shared {
 
     /// Stops both pumps at their next read, once.
     fn request_pause(&self, trigger: OffloadTrigger) {
-        let Some(p) = self.pause.as_ref().filter(|p| p.stage.get() == Stage::Armed) else {
+        let Some(p) = self
+            .pause
+            .as_ref()
+            .filter(|p| p.stage.get() == Stage::Armed)
+        else {
             return;
         };
         p.stage.set(Stage::Requested(trigger));
@@ -300,11 +304,10 @@ pub async fn run(
                 shared.fail(reason);
             }
         };
-        let deadline = shared.pause.as_ref().and_then(|p| {
-            p.policy
-                .deadline()
-                .map(|after| (p.since + after).into())
-        });
+        let deadline = shared
+            .pause
+            .as_ref()
+            .and_then(|p| p.policy.deadline().map(|after| (p.since + after).into()));
         let timer = async {
             if let Some(deadline) = deadline {
                 monoio::select! {

@@ -1239,6 +1239,52 @@ fn offload_after_bytes_moves_a_bulk_connection() {
         "relayed {before} bytes in userspace: {}",
         access.line
     );
+    println!("[ktls] {name}: moved to the kernel after {before} bytes in userspace");
+}
+
+/// Many short echo connections under each policy: every one completes
+/// byte-exact; at once, each costs the kernel one TX and one RX session
+/// (what `/proc/net/tls_stat` counts, one `setsockopt` each, after the
+/// `TCP_ULP` one); under a 64 KiB threshold none reaches the kernel.
+#[test]
+fn offload_policy_short_connections() {
+    let Some(_run) = begin("offload_policy_short_connections") else {
+        return;
+    };
+    const CONNS: u64 = 100;
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo);
+    for (policy, extra, want_path) in [
+        ("at once", &[][..], "ktls"),
+        (
+            "after 64KiB",
+            &["--ktls-offload-after-bytes", "64KiB"][..],
+            "userspace",
+        ),
+    ] {
+        let server = Server::start_with(&pki, backend.addr, "auto", extra);
+        let before = TlsStat::read();
+        let started = Instant::now();
+        for i in 0..CONNS {
+            let access = echo_once(&server, &pki, &TLS13, 4096, i);
+            assert_eq!(access.get("path"), want_path, "{}", access.line);
+            assert_eq!(access.get("reason"), "done", "{}", access.line);
+        }
+        let elapsed = started.elapsed();
+        let (b, a) = (
+            before.unwrap_or_default(),
+            TlsStat::read().unwrap_or_default(),
+        );
+        let tx = a.get("TlsTxSw") - b.get("TlsTxSw");
+        let rx = a.get("TlsRxSw") - b.get("TlsRxSw");
+        let want = if want_path == "ktls" { CONNS } else { 0 };
+        assert_eq!((tx, rx), (want, want), "kernel sessions under {policy}");
+        println!(
+            "[ktls] offload_policy_short_connections: {policy}: {CONNS} echo connections of 4 KiB \
+             completed, kernel TX/RX sessions +{tx}/+{rx}, {:.2}s (TCG: not a timing)",
+            elapsed.as_secs_f64()
+        );
+    }
 }
 
 /// A connection that ends below the threshold never reaches the kernel.
@@ -1248,9 +1294,19 @@ fn below_offload_threshold_stays_userspace() {
         return;
     };
     let (access, _) = userspace_transfer(256 * 1024, |pki, backend| {
-        Server::start_with(pki, backend, "auto", &["--ktls-offload-after-bytes", "1MiB"])
+        Server::start_with(
+            pki,
+            backend,
+            "auto",
+            &["--ktls-offload-after-bytes", "1MiB"],
+        )
     });
-    assert_eq!(access.get("ktls_offload"), "below_threshold", "{}", access.line);
+    assert_eq!(
+        access.get("ktls_offload"),
+        "below_threshold",
+        "{}",
+        access.line
+    );
     assert_eq!(access.get("ktls_fallback"), "-", "{}", access.line);
 }
 
