@@ -667,6 +667,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
         })
         .collect();
 
+    let offload = file.ktls_offload.as_ref().map(|t| t.get_ref());
     let raw = RawConfig {
         source: Source::File,
         path: Some(path.to_path_buf()),
@@ -708,15 +709,11 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
             .ticket_lifetime
             .as_ref()
             .map(|v| loc.at(v, f("ticket_lifetime"))),
-        ktls_offload_after_bytes: file
-            .ktls_offload
-            .as_ref()
-            .and_then(|t| t.get_ref().after_bytes.as_ref())
+        ktls_offload_after_bytes: offload
+            .and_then(|t| t.after_bytes.as_ref())
             .map(|v| loc.at(v, f("ktls_offload.after_bytes"))),
-        ktls_offload_after: file
-            .ktls_offload
-            .as_ref()
-            .and_then(|t| t.get_ref().after.as_ref())
+        ktls_offload_after: offload
+            .and_then(|t| t.after.as_ref())
             .map(|v| loc.at(v, f("ktls_offload.after"))),
         listeners,
         pools,

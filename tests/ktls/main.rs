@@ -626,8 +626,21 @@ fn echo_once(
     len: u64,
     seed: u64,
 ) -> Access {
+    echo_after(server, pki, version, (len, seed), Duration::ZERO)
+}
+
+/// An echo of `len` bytes of stream `seed`, after the connection idled for
+/// `idle` past its handshake; byte-exact. Returns the access line.
+fn echo_after(
+    server: &Server,
+    pki: &Pki,
+    version: &'static SupportedProtocolVersion,
+    (len, seed): (u64, u64),
+    idle: Duration,
+) -> Access {
     let mut client = Client::connect(server.addr, pki.client_config(version, None));
     client.handshake(handshake_deadline());
+    thread::sleep(idle);
     let mut plan = Plan::new(
         Some(Source::new(seed, len)),
         seed,
@@ -1323,22 +1336,9 @@ fn offload_after_time_moves_an_idle_then_busy_connection() {
     let extra = ["--ktls-offload-after", "200ms"];
     let server = Server::start_with(&pki, backend.addr, "auto", &extra);
     let before = TlsStat::read();
-    let mut client = Client::connect(server.addr, pki.client_config(&TLS13, None));
-    client.handshake(handshake_deadline());
-    thread::sleep(Duration::from_millis(800));
     let len = 8 * MIB;
-    let mut plan = Plan::new(Some(Source::new(UP, len)), UP, transfer_deadline(2 * len));
-    plan.close_after_recv = Some(len);
-    let out = client
-        .transfer(&mut plan)
-        .unwrap_or_else(|e| panic!("echo: {e}\n{}", server.log_text()));
-    let port = client.port;
-    drop(client);
-    assert_eq!(out.end, End::CloseNotify, "{out:?}");
-    assert_eq!(out.received, len);
-    assert_eq!(out.first_mismatch, None);
-    assert_eq!(out.received_sha, out.sent_sha);
-    let access = server.access(port, ACCESS_WAIT);
+    let idle = Duration::from_millis(800);
+    let access = echo_after(&server, &pki, &TLS13, (len, UP), idle);
     access.assert_ktls_done();
     assert_eq!(access.get("ktls_offload"), "time", "{}", access.line);
     assert_eq!(access.num("ktls_after_bytes"), 0, "{}", access.line);
