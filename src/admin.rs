@@ -207,6 +207,25 @@ pub fn render_metrics<'a>(
         &one(sum(&|c| load(&c.ktls_fallback))),
     );
     metric(
+        "tlsplice_ktls_offload_total",
+        "counter",
+        "Connections under ktls_offload thresholds: moved to the kernel late (by bytes or time) or ended in userspace below them.",
+        &[
+            (
+                "{when=\"bytes\"}".into(),
+                sum(&|c| load(&c.ktls_late_bytes)).to_string(),
+            ),
+            (
+                "{when=\"time\"}".into(),
+                sum(&|c| load(&c.ktls_late_time)).to_string(),
+            ),
+            (
+                "{when=\"below_threshold\"}".into(),
+                sum(&|c| load(&c.ktls_below_threshold)).to_string(),
+            ),
+        ],
+    );
+    metric(
         "tlsplice_bytes_total",
         "counter",
         "Plaintext bytes relayed, by direction.",

@@ -128,6 +128,12 @@ pub struct AccessRecord {
     pub path: &'static str,
     /// Why a connection that could have used kernel TLS did not.
     pub ktls_fallback: Option<String>,
+    /// Under `ktls_offload` thresholds: which one moved the connection to
+    /// the kernel (`bytes`, `time`), or `below_threshold` when it ended in
+    /// userspace first. `None` when offload is at once or off.
+    pub ktls_offload: Option<&'static str>,
+    /// Plaintext bytes relayed in userspace before a late offload.
+    pub ktls_after_bytes: Option<u64>,
     /// Plaintext bytes client -> backend.
     pub bytes_up: u64,
     /// Plaintext bytes backend -> client.
@@ -155,6 +161,8 @@ impl AccessRecord {
             backend: None,
             path: "userspace",
             ktls_fallback: None,
+            ktls_offload: None,
+            ktls_after_bytes: None,
             bytes_up: 0,
             bytes_down: 0,
             handshake: None,
@@ -195,6 +203,8 @@ impl AccessRecord {
             backend = %opt(&self.backend),
             path = %self.path,
             ktls_fallback = %opt(&self.ktls_fallback),
+            ktls_offload = %self.ktls_offload.unwrap_or("-"),
+            ktls_after_bytes = %self.ktls_after_bytes.map_or("-".into(), |n| n.to_string()),
             bytes_up = self.bytes_up,
             bytes_down = self.bytes_down,
             handshake_ms = self.handshake.map(|d| d.as_millis() as u64).unwrap_or(0),
@@ -223,6 +233,8 @@ impl AccessRecord {
             "backend": self.backend,
             "path": self.path,
             "ktls_fallback": self.ktls_fallback,
+            "ktls_offload": self.ktls_offload,
+            "ktls_after_bytes": self.ktls_after_bytes,
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
             "handshake_ms": self.handshake.map(ms),
@@ -285,6 +297,14 @@ pub struct Counters {
     pub userspace: AtomicU64,
     /// Connections that could have used kTLS (auto mode) but did not.
     pub ktls_fallback: AtomicU64,
+    /// Connections moved to the kernel late, by the `ktls_offload` byte
+    /// threshold.
+    pub ktls_late_bytes: AtomicU64,
+    /// ... by its time threshold.
+    pub ktls_late_time: AtomicU64,
+    /// Connections that ended in userspace below the `ktls_offload`
+    /// thresholds.
+    pub ktls_below_threshold: AtomicU64,
     /// Plaintext bytes client -> backend.
     pub bytes_up: AtomicU64,
     /// Plaintext bytes backend -> client.
@@ -337,6 +357,12 @@ impl Counters {
         }
         if record.ktls_fallback.is_some() {
             add(&self.ktls_fallback, 1);
+        }
+        match record.ktls_offload {
+            Some("bytes") => add(&self.ktls_late_bytes, 1),
+            Some("time") => add(&self.ktls_late_time, 1),
+            Some(_) => add(&self.ktls_below_threshold, 1),
+            None => {}
         }
         add(&self.bytes_up, record.bytes_up);
         add(&self.bytes_down, record.bytes_down);

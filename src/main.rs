@@ -90,6 +90,15 @@ struct ServeArgs {
     /// Kernel TLS offload: auto (when the kernel can), require, or off.
     #[arg(long)]
     ktls: Option<String>,
+    /// With --ktls auto: start each connection on the userspace relay and
+    /// move it to kernel TLS once it has relayed this many bytes, e.g. 64KiB
+    /// (default: at once after the handshake).
+    #[arg(long, value_name = "SIZE")]
+    ktls_offload_after_bytes: Option<String>,
+    /// With --ktls auto: move a connection to kernel TLS once it has lived
+    /// this long, e.g. 50ms (default: at once after the handshake).
+    #[arg(long, value_name = "DURATION")]
+    ktls_offload_after: Option<String>,
     /// Admin listener (GET /metrics, /healthz, /ready; POST /reload), e.g. 127.0.0.1:9901.
     #[arg(long)]
     admin: Option<String>,
@@ -166,6 +175,8 @@ impl ServeArgs {
             max_connections: self.max_connections,
             max_handshakes: self.max_handshakes,
             ktls: self.ktls.clone(),
+            ktls_offload_after_bytes: self.ktls_offload_after_bytes.clone(),
+            ktls_offload_after: self.ktls_offload_after.clone(),
             admin: self.admin.clone(),
             proxy_protocol: self.proxy_protocol.clone(),
             proxy_protocol_cert_tlv: self.proxy_protocol_cert_tlv.clone(),

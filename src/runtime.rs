@@ -33,7 +33,8 @@ use crate::close::{
     AccessLogFormat, AccessRecord, CloseReason, Counters, RouteCount, RouteCounters,
 };
 use crate::config::{
-    CertHeader, CertTlv, Config, KtlsMode, ListenerConfig, ProxyProtocol, RouteConfig,
+    CertHeader, CertTlv, Config, KtlsMode, ListenerConfig, OffloadPolicy, ProxyProtocol,
+    RouteConfig,
 };
 use crate::connect::pool::{Pool, PoolRegistry};
 use crate::connect::proxy_protocol::{self, ClientInfo};
@@ -43,6 +44,7 @@ use crate::ktls::handover::{handover, Handover};
 use crate::ktls::probe::{self, Capabilities};
 use crate::pool::Buffers;
 use crate::relay::http_head::HeadRewriter;
+use crate::relay::userspace::{Pause, Relayed};
 use crate::relay::{splice, userspace, RelayOutcome};
 use crate::tls::client_hello::ClientHello;
 use crate::tls::route::{RouteMatch, RouteTable, Selected};
@@ -75,6 +77,7 @@ struct Limits {
     max_connections: usize,
     max_handshakes: usize,
     ktls: KtlsMode,
+    ktls_offload: OffloadPolicy,
     access_log: AccessLogFormat,
 }
 
@@ -264,6 +267,7 @@ pub fn run(
         max_connections: config.max_connections_per_worker,
         max_handshakes: config.max_handshakes_per_worker,
         ktls: config.ktls,
+        ktls_offload: config.ktls_offload,
         access_log: config.access_log,
     };
     let caps = Arc::new(match config.ktls {
@@ -932,7 +936,44 @@ async fn serve(
         HeadRewriter::new(&h.reserved_names(), h.lines(chain), h.max_head)
     });
     let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
+    let buffers = &worker.buffers;
     let offload = limits.ktls != KtlsMode::Off && worker.ktls.any();
+    // Under thresholds the connection starts in userspace and moves to the
+    // kernel once one is reached. Header mode offloads at once: the
+    // rewriter's state does not move across.
+    let mut established = established;
+    if offload && heads.is_none() && !limits.ktls_offload.at_once() {
+        let pause = Pause {
+            policy: limits.ktls_offload,
+            since: record.started,
+        };
+        match userspace::run(
+            established,
+            stream,
+            backend,
+            None,
+            idle,
+            drain,
+            buffers,
+            admission.as_ref().and_then(admit::Admission::pacer),
+            Some(pause),
+        )
+        .await
+        {
+            Relayed::Closed(outcome) => {
+                record.ktls_offload = Some("below_threshold");
+                return relayed(record, outcome);
+            }
+            Relayed::Paused(paused) => {
+                record.ktls_offload = Some(paused.trigger.as_str());
+                record.ktls_after_bytes = Some(paused.bytes_up + paused.bytes_down);
+                record.bytes_up = paused.bytes_up;
+                record.bytes_down = paused.bytes_down;
+                (established, stream, backend) =
+                    (paused.established, paused.client, paused.backend);
+            }
+        }
+    }
     let established = if offload {
         match handover(established, &mut stream, &worker.ktls).await {
             Ok(Handover::Kernel(session)) => {
@@ -954,8 +995,7 @@ async fn serve(
     } else {
         established
     };
-    let buffers = &worker.buffers;
-    let outcome = userspace::run(
+    match userspace::run(
         established,
         stream,
         backend,
@@ -964,14 +1004,19 @@ async fn serve(
         drain,
         buffers,
         pacer,
+        None,
     )
-    .await;
-    relayed(record, outcome)
+    .await
+    {
+        Relayed::Closed(outcome) => relayed(record, outcome),
+        Relayed::Paused(_) => CloseReason::Internal("relay paused without a pause".into()),
+    }
 }
 
-/// Records a relay's totals; returns why it ended.
+/// Adds a relay's totals to the record's (a late offload relayed some in
+/// userspace first); returns why it ended.
 fn relayed(record: &mut AccessRecord, outcome: RelayOutcome) -> CloseReason {
-    record.bytes_up = outcome.bytes_up;
-    record.bytes_down = outcome.bytes_down;
+    record.bytes_up += outcome.bytes_up;
+    record.bytes_down += outcome.bytes_down;
     outcome.reason
 }

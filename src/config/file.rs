@@ -11,6 +11,7 @@
 //! max_connections = 10000     # per worker, default 10000
 //! max_handshakes = 1024       # handshakes in flight per worker, default 1024
 //! ktls = "auto"               # kernel TLS offload: auto | require | off
+//! ktls_offload = { after_bytes = "64KiB", after = "50ms" }  # default: at once
 //!
 //! [[listener]]                # at least one
 //! name = "main"               # default "listener<N>"
@@ -68,7 +69,7 @@ use toml::Spanned;
 
 use super::validate::{
     At, RawCertHeader, RawClient, RawConfig, RawDuration, RawHealthCheck, RawList, RawListener,
-    RawOcsp, RawPool, RawPoolBackend, RawRoute, RawTier, RawTls, Scope, Site, Source,
+    RawOcsp, RawPool, RawPoolBackend, RawRoute, RawSize, RawTier, RawTls, Scope, Site, Source,
 };
 use super::{ConfigError, Location};
 
@@ -92,6 +93,8 @@ struct FileConfig {
     max_handshakes: Option<Spanned<i64>>,
     /// Kernel TLS offload: "auto", "require" or "off"; default "auto".
     ktls: Option<Spanned<String>>,
+    /// `ktls_offload = { after_bytes = SIZE, after = DURATION }`.
+    ktls_offload: Option<Spanned<FileKtlsOffload>>,
     /// Admin listener address; default none.
     admin: Option<Spanned<String>>,
     /// `access_log = { format = "text" | "json" }`.
@@ -294,6 +297,15 @@ struct FileClient {
 struct FileAccessLog {
     /// `"text"` (default) or `"json"`.
     format: Option<Spanned<String>>,
+}
+
+/// The `ktls_offload` table.
+#[derive(Debug, Deserialize)]
+struct FileKtlsOffload {
+    /// Relayed bytes before the kernel takes over; default 0 (unused).
+    after_bytes: Option<Spanned<RawSize>>,
+    /// Connection age before the kernel takes over; default 0 (unused).
+    after: Option<Spanned<RawDuration>>,
 }
 
 /// A listener's `client_cert_header` table.
@@ -722,6 +734,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
         })
         .collect();
 
+    let offload = file.ktls_offload.as_ref().map(|t| t.get_ref());
     let raw = RawConfig {
         source: Source::File,
         path: Some(path.to_path_buf()),
@@ -767,6 +780,12 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
             .ticket_lifetime
             .as_ref()
             .map(|v| loc.at(v, f("ticket_lifetime"))),
+        ktls_offload_after_bytes: offload
+            .and_then(|t| t.after_bytes.as_ref())
+            .map(|v| loc.at(v, f("ktls_offload.after_bytes"))),
+        ktls_offload_after: offload
+            .and_then(|t| t.after.as_ref())
+            .map(|v| loc.at(v, f("ktls_offload.after"))),
         listeners,
         pools,
         default_tier: file
@@ -788,6 +807,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "max_connections",
     "max_handshakes",
     "ktls",
+    "ktls_offload",
     "admin",
     "access_log",
     "ticket_keys",
@@ -859,6 +879,9 @@ const ROUTE_KEYS: &[&str] = &[
 
 /// Keys of the `access_log` table.
 const ACCESS_LOG_KEYS: &[&str] = &["format"];
+
+/// Keys of the `ktls_offload` table.
+const KTLS_OFFLOAD_KEYS: &[&str] = &["after_bytes", "after"];
 
 /// Keys of a listener's `client_cert_header` table.
 const CERT_HEADER_KEYS: &[&str] = &["format", "name", "max_head"];
@@ -947,6 +970,12 @@ fn unknown_key_error(path: &Path, text: &str, key: &str) -> ConfigError {
         ["pool", i, name] => (format!("pool[{i}]"), *name, POOL_KEYS, None),
         ["tier", i, name] => (format!("tier[{i}]"), *name, TIER_KEYS, None),
         ["access_log", name] => (String::new(), *name, ACCESS_LOG_KEYS, Some("access_log")),
+        ["ktls_offload", name] => (
+            String::new(),
+            *name,
+            KTLS_OFFLOAD_KEYS,
+            Some("ktls_offload"),
+        ),
         _ => (String::new(), key, TOP_LEVEL_KEYS, None),
     };
     let field = match (table.as_str(), holder) {

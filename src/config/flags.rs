@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use super::validate::{
-    At, RawCertHeader, RawConfig, RawDuration, RawList, RawListener, RawOcsp, RawTls, Scope, Site,
-    Source,
+    At, RawCertHeader, RawConfig, RawDuration, RawList, RawListener, RawOcsp, RawSize, RawTls,
+    Scope, Site, Source,
 };
 use super::Location;
 
@@ -56,6 +56,10 @@ pub struct Flags {
     pub max_handshakes: Option<usize>,
     /// `--ktls auto|require|off`.
     pub ktls: Option<String>,
+    /// `--ktls-offload-after-bytes SIZE` (`ktls_offload.after_bytes`).
+    pub ktls_offload_after_bytes: Option<String>,
+    /// `--ktls-offload-after DURATION` (`ktls_offload.after`).
+    pub ktls_offload_after: Option<String>,
     /// `--admin ADDR`.
     pub admin: Option<String>,
     /// `--proxy-protocol v1|v2|off`.
@@ -220,6 +224,11 @@ impl Flags {
                 .as_ref()
                 .map(|v| at("ticket_keys", v.clone())),
             ticket_lifetime: None,
+            ktls_offload_after_bytes: self
+                .ktls_offload_after_bytes
+                .as_ref()
+                .map(|v| at("ktls_offload_after_bytes", RawSize::Text(v.clone()))),
+            ktls_offload_after: duration("ktls_offload_after", &self.ktls_offload_after),
             listeners: vec![listener],
             pools: Vec::new(),
             // Tiers are tables of rules and limits: config file only.

@@ -29,6 +29,7 @@ use crate::tls::verify::{Allowlist, Crl, OcspSettings};
 pub use crate::close::AccessLogFormat;
 pub use crate::connect::cert_header::{CertHeader, Format as CertHeaderFormat};
 pub use crate::connect::proxy_protocol::{CertTlv, CertTlvContent, Version as ProxyProtocol};
+pub use crate::ktls::policy::OffloadPolicy;
 
 pub mod duration;
 pub mod file;
@@ -133,6 +134,9 @@ pub struct Config {
     pub max_handshakes_per_worker: usize,
     /// Kernel TLS offload policy.
     pub ktls: KtlsMode,
+    /// With `ktls = "auto"`: when a connection moves to the kernel (at once
+    /// by default).
+    pub ktls_offload: OffloadPolicy,
     /// Address of the admin listener (/metrics, /healthz, /ready, /reload).
     pub admin: Option<SocketAddr>,
     /// How access-log lines are written.

@@ -1281,3 +1281,97 @@ fn a_malformed_header_is_reported_as_syntax_not_an_empty_field() {
     assert!(!errs[0].contains(": : "), "empty field in {errs:?}");
     assert!(errs[0].contains("(syntax)"), "{errs:?}");
 }
+
+#[test]
+fn ktls_offload_thresholds() {
+    let pki = Pki::new();
+    let c = load_file(&write(&pki, LISTENER)).unwrap();
+    assert!(c.ktls_offload.at_once(), "{:?}", c.ktls_offload);
+    let text =
+        format!("ktls_offload = {{ after_bytes = \"64KiB\", after = \"50ms\" }}\n{LISTENER}");
+    let c = load_file(&write(&pki, &text)).unwrap();
+    assert_eq!(
+        c.ktls_offload,
+        OffloadPolicy {
+            after_bytes: 64 * 1024,
+            after: Duration::from_millis(50)
+        }
+    );
+    let text = format!("ktls_offload = {{ after_bytes = 1000 }}\n{LISTENER}");
+    let c = load_file(&write(&pki, &text)).unwrap();
+    assert_eq!(c.ktls_offload.after_bytes, 1000);
+    assert!(c.ktls_offload.after.is_zero());
+    // Thresholds with ktls = "off" do nothing: a warning says so.
+    let text = format!("ktls = \"off\"\nktls_offload = {{ after = \"1s\" }}\n{LISTENER}");
+    let c = load_file(&write(&pki, &text)).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0]
+        .to_string()
+        .contains("ktls_offload thresholds have no effect"));
+}
+
+#[test]
+fn ktls_offload_errors_name_their_field() {
+    let pki = Pki::new();
+    let text = format!("ktls_offload = {{ after_bytes = \"64KB\", after = \"fast\" }}\n{LISTENER}");
+    let (_, errs) = errors(&pki, &text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].contains(":1:32: ktls_offload.after_bytes: unknown size unit \"KB\""),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].contains(":1:48: ktls_offload.after: unit \"fast\" has no number before it"),
+        "{errs:?}"
+    );
+    let text = format!("ktls_offload = {{ after_bytes = -1 }}\n{LISTENER}");
+    expect_one(
+        &pki,
+        &text,
+        1,
+        32,
+        "ktls_offload.after_bytes: must not be negative, not -1",
+    );
+    let text = format!("ktls_offload = {{ bytes = 10 }}\n{LISTENER}");
+    let (_, errs) = errors(&pki, &text);
+    assert!(
+        errs[0].contains(
+            ":1:1: ktls_offload.bytes: unknown field `bytes`, expected one of `after_bytes`, `after`"
+        ),
+        "{errs:?}"
+    );
+    // The flags go through the same checks.
+    let errs = flag_errors(&Flags {
+        ktls_offload_after_bytes: Some("1 MB".into()),
+        ktls_offload_after: Some("1.5s".into()),
+        ..flags(&pki)
+    });
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("--ktls-offload-after-bytes: unknown size unit \"MB\""),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("--ktls-offload-after: fractions"),
+        "{errs:?}"
+    );
+    let f = Flags {
+        ktls_offload_after_bytes: Some("1MiB".into()),
+        ..flags(&pki)
+    };
+    assert_eq!(from_flags(&f).unwrap().ktls_offload.after_bytes, 1 << 20);
+}
+
+#[test]
+fn sizes() {
+    use super::validate::parse_size;
+    assert_eq!(parse_size("0"), Ok(0));
+    assert_eq!(parse_size("65536"), Ok(65536));
+    assert_eq!(parse_size("64KiB"), Ok(65536));
+    assert_eq!(parse_size("1 MiB"), Ok(1 << 20));
+    assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+    assert!(parse_size("").is_err());
+    assert!(parse_size("KiB").is_err());
+    assert!(parse_size("1.5MiB").is_err());
+    assert!(parse_size("99999999999999999999GiB").is_err());
+}

@@ -23,6 +23,7 @@ use crate::admit::{ConnectionRate, Limits, Tier, Tiers};
 use crate::close::AccessLogFormat;
 use crate::connect::cert_header::{CertHeader, Format as CertHeaderFormat};
 use crate::connect::proxy_protocol::{CertTlv, CertTlvContent, CUSTOM_TLVS, TLV_CLIENT_IDENTITY};
+use crate::ktls::policy::OffloadPolicy;
 use crate::relay::http_head::{is_token_byte, DEFAULT_MAX_HEAD};
 use crate::tls::certs;
 use crate::tls::route::ServerNamePattern;
@@ -181,6 +182,17 @@ pub(crate) enum RawDuration {
     Seconds(i64),
 }
 
+/// A byte count as written: `"64KiB"`, `"1MiB"`, `"65536"`, or a TOML
+/// integer.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawSize {
+    /// A TOML integer.
+    Bytes(i64),
+    /// A number with an optional `KiB`, `MiB` or `GiB` suffix.
+    Text(String),
+}
+
 /// A string list; its items carry their own sites.
 pub(crate) type RawList = At<Vec<At<String>>>;
 
@@ -219,6 +231,10 @@ pub(crate) struct RawConfig {
     pub ticket_keys: Option<At<PathBuf>>,
     /// `ticket_lifetime`.
     pub ticket_lifetime: Option<At<RawDuration>>,
+    /// `ktls_offload.after_bytes`.
+    pub ktls_offload_after_bytes: Option<At<RawSize>>,
+    /// `ktls_offload.after`.
+    pub ktls_offload_after: Option<At<RawDuration>>,
     /// The listeners, in order.
     pub listeners: Vec<RawListener>,
     /// The `[[pool]]` tables, in order.
@@ -503,6 +519,22 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         },
     };
 
+    let ktls_offload = OffloadPolicy {
+        after_bytes: raw
+            .ktls_offload_after_bytes
+            .as_ref()
+            .map_or(0, |v| c.size(v)),
+        after: c.duration(&raw.ktls_offload_after, Duration::ZERO, true),
+    };
+    if let (Some(v), false) = (&raw.ktls, ktls_offload.at_once()) {
+        if ktls == KtlsMode::Off {
+            c.warnings.push(
+                v.site
+                    .error("ktls = \"off\": the ktls_offload thresholds have no effect"),
+            );
+        }
+    }
+
     let admin = raw
         .admin
         .as_ref()
@@ -600,6 +632,7 @@ pub(crate) fn validate(raw: RawConfig, now: SystemTime) -> Result<Config, Config
         max_connections_per_worker,
         max_handshakes_per_worker,
         ktls,
+        ktls_offload,
         admin,
         access_log,
         tickets,
@@ -631,6 +664,20 @@ impl Checker {
             );
             None
         }
+    }
+
+    /// A byte count; an error (and 0) for a bad one.
+    fn size(&mut self, v: &At<RawSize>) -> u64 {
+        let parsed = match &v.value {
+            RawSize::Bytes(n) => {
+                u64::try_from(*n).map_err(|_| format!("must not be negative, not {n}"))
+            }
+            RawSize::Text(t) => parse_size(t),
+        };
+        parsed.unwrap_or_else(|message| {
+            self.errors.push(v.site.error(message));
+            0
+        })
     }
 
     fn duration(
@@ -2001,4 +2048,25 @@ impl Checker {
             ]
         })
     }
+}
+
+/// Parses a byte count: digits with an optional `KiB`, `MiB` or `GiB`
+/// suffix (`"64KiB"`, `"1MiB"`, `"65536"`).
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    const EXPECTED: &str = "expected e.g. \"64KiB\", \"1MiB\" or a number of bytes";
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let scale: u64 = match unit.trim_start() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?}; {EXPECTED}")),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size; {EXPECTED}"))?;
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }

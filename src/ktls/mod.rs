@@ -2,5 +2,6 @@
 
 pub mod crypto_info;
 pub mod handover;
+pub mod policy;
 pub mod probe;
 pub mod socket;

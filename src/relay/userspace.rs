@@ -9,6 +9,11 @@
 //! and written by the backend -> client pump ahead of its next data, which is
 //! where TLS requires them. A watchdog ends the connection on idle timeout or
 //! when the worker's drain runs out, by cancelling the pumps' pending I/O.
+//!
+//! With a [`Pause`] (the `ktls_offload` thresholds) the relay stops once a
+//! threshold is reached and hands the session back for the kernel: only the
+//! pumps' reads are cancelled, so a write in flight completes and a read that
+//! completed anyway is still forwarded; see [`Relayed::Paused`].
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -27,6 +32,7 @@ use super::{pace, watchdog, RelayOutcome};
 use crate::admit::{Direction, Pacer};
 use crate::close::CloseReason;
 use crate::handshake::{flush_alert, Established, INCOMING_CAPACITY};
+use crate::ktls::policy::{OffloadPolicy, OffloadTrigger};
 use crate::pool::Buffers;
 use crate::relay::http_head::HeadRewriter;
 use crate::tls::records::TlsOut;
@@ -49,6 +55,11 @@ struct Shared {
     /// The first failure seen; it becomes the connection's close reason.
     failure: RefCell<Option<CloseReason>>,
     canceller: RefCell<Canceller>,
+    /// Cancels the pumps' reads only: [`Shared::fail`] cancels these too, a
+    /// pause cancels nothing else.
+    reads: RefCell<Canceller>,
+    /// The offload thresholds, when the relay may pause for the kernel.
+    pause: Option<PauseState>,
     /// Both pumps have returned.
     finished: Trigger,
     /// An HTTP response the client gets before the connection closes (a
@@ -70,13 +81,111 @@ impl Shared {
     /// pumps by cancelling their pending reads and writes.
     fn fail(&self, reason: CloseReason) {
         self.failure.borrow_mut().get_or_insert(reason);
-        let canceller = std::mem::take(&mut *self.canceller.borrow_mut());
-        *self.canceller.borrow_mut() = canceller.cancel();
+        for canceller in [&self.canceller, &self.reads] {
+            let c = std::mem::take(&mut *canceller.borrow_mut());
+            *canceller.borrow_mut() = c.cancel();
+        }
     }
 
     fn touch(&self) {
         self.activity.set(Instant::now());
     }
+
+    /// Counts `n` relayed bytes towards the byte threshold.
+    fn progress(&self, n: u64) {
+        if let Some(p) = &self.pause {
+            p.relayed.set(p.relayed.get() + n);
+            if let Some(trigger) = p.policy.due(p.relayed.get(), p.since.elapsed()) {
+                self.request_pause(trigger);
+            }
+        }
+    }
+
+    /// Stops both pumps at their next read, once.
+    fn request_pause(&self, trigger: OffloadTrigger) {
+        let Some(p) = self
+            .pause
+            .as_ref()
+            .filter(|p| p.stage.get() == Stage::Armed)
+        else {
+            return;
+        };
+        p.stage.set(Stage::Requested(trigger));
+        let c = std::mem::take(&mut *self.reads.borrow_mut());
+        *self.reads.borrow_mut() = c.cancel();
+    }
+
+    /// Whether a read that failed with `e` was stopped by a pause: then the
+    /// pump returns without recording a failure, marking `side` paused.
+    fn paused_at(&self, e: &io::Error, side: fn(&PauseState) -> &Cell<bool>) -> bool {
+        match &self.pause {
+            Some(p)
+                if matches!(p.stage.get(), Stage::Requested(_))
+                    && e.raw_os_error() == Some(libc::ECANCELED)
+                    && self.failure.borrow().is_none() =>
+            {
+                side(p).set(true);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Where a pausable relay stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Relaying; a threshold may still be reached.
+    Armed,
+    /// A threshold was reached: the pumps stop at their next read.
+    Requested(OffloadTrigger),
+    /// One direction ended on its own during the pause: the connection
+    /// stays in userspace to its end.
+    Abandoned,
+}
+
+struct PauseState {
+    policy: OffloadPolicy,
+    since: Instant,
+    relayed: Cell<u64>,
+    stage: Cell<Stage>,
+    up_paused: Cell<bool>,
+    down_paused: Cell<bool>,
+}
+
+/// Lets the userspace relay stop for the kernel once the policy says so.
+#[derive(Debug, Clone, Copy)]
+pub struct Pause {
+    /// The thresholds (not [`OffloadPolicy::at_once`]).
+    pub policy: OffloadPolicy,
+    /// When the connection was accepted: the time threshold counts from here.
+    pub since: Instant,
+}
+
+/// A relay stopped at a safe point: nothing is left to write to either
+/// side, and the client's stream is consumed up to `established.incoming`
+/// (at most a partial record), so `ktls::handover` can continue it.
+pub struct Paused {
+    /// The session, with the unprocessed partial record in `incoming`.
+    pub established: Established,
+    /// The client connection.
+    pub client: TcpStream,
+    /// The backend connection.
+    pub backend: TcpStream,
+    /// Plaintext relayed so far, client -> backend.
+    pub bytes_up: u64,
+    /// Plaintext relayed so far, backend -> client.
+    pub bytes_down: u64,
+    /// Which threshold stopped the relay.
+    pub trigger: OffloadTrigger,
+}
+
+/// How a userspace relay ended.
+pub enum Relayed {
+    /// The connection is over.
+    Closed(RelayOutcome),
+    /// The relay paused for the kernel; the connection goes on.
+    Paused(Box<Paused>),
 }
 
 /// Relays between an established client session and a connected backend
@@ -84,7 +193,9 @@ impl Shared {
 /// for `idle_timeout`, or `drain_expired` fires. With `heads`, the client's
 /// plaintext goes through that request-head rewriter (header mode). With a
 /// `pacer`, bytes wait for the client's byte budget before they are
-/// forwarded.
+/// forwarded. With `pause` (never together with `heads`: the rewriter's
+/// state cannot move to the kernel), the relay pauses once a threshold is
+/// reached.
 #[allow(clippy::too_many_arguments)] // each is a distinct part of the connection
 pub async fn run(
     established: Established,
@@ -95,9 +206,11 @@ pub async fn run(
     drain_expired: &Trigger,
     buffers: &Buffers,
     pacer: Option<Pacer>,
-) -> RelayOutcome {
+    pause: Option<Pause>,
+) -> Relayed {
     let Established {
         conn,
+        hello,
         mut incoming,
         early_plaintext,
         client_closed,
@@ -119,46 +232,141 @@ pub async fn run(
         activity: Cell::new(Instant::now()),
         failure: RefCell::new(None),
         canceller: RefCell::new(Canceller::new()),
+        reads: RefCell::new(Canceller::new()),
+        pause: pause.map(|p| PauseState {
+            policy: p.policy,
+            since: p.since,
+            relayed: Cell::new(0),
+            stage: Cell::new(Stage::Armed),
+            up_paused: Cell::new(false),
+            down_paused: Cell::new(false),
+        }),
         finished: Trigger::new(),
         reply: RefCell::new(Vec::new()),
         pacer,
     };
     let cancel = shared.canceller.borrow().handle();
 
-    let up = client_to_backend(
-        &shared,
-        &mut client_rd,
-        &mut backend_wr,
-        (&mut incoming, &mut up_plain),
-        heads,
-        client_closed,
-        cancel.clone(),
-    );
-    let down = backend_to_client(
-        &shared,
-        &mut backend_rd,
-        &mut client_wr,
-        (&mut down_plain, &mut down_out),
-        cancel.clone(),
-    );
     let both = async {
-        let r = monoio::join!(up, down);
+        let reads = shared.reads.borrow().handle();
+        let (mut up, mut down) = monoio::join!(
+            client_to_backend(
+                &shared,
+                &mut client_rd,
+                &mut backend_wr,
+                (&mut incoming, &mut up_plain),
+                heads,
+                client_closed,
+                (cancel.clone(), reads.clone()),
+            ),
+            backend_to_client(
+                &shared,
+                &mut backend_rd,
+                &mut client_wr,
+                (&mut down_plain, &mut down_out),
+                (cancel.clone(), reads),
+            )
+        );
+        // One direction ended on its own while the other paused: the pause
+        // is abandoned and the paused direction resumes, to the end.
+        if let Some(p) = shared.pause.as_ref().filter(|p| {
+            matches!(p.stage.get(), Stage::Requested(_))
+                && p.up_paused.get() != p.down_paused.get()
+                && shared.failure.borrow().is_none()
+        }) {
+            p.stage.set(Stage::Abandoned);
+            let reads = shared.reads.borrow().handle();
+            if p.up_paused.get() {
+                let io = (&mut incoming, &mut up_plain);
+                let handles = (cancel.clone(), reads);
+                up += client_to_backend(
+                    &shared,
+                    &mut client_rd,
+                    &mut backend_wr,
+                    io,
+                    None,
+                    false,
+                    handles,
+                )
+                .await;
+            } else {
+                let io = (&mut down_plain, &mut down_out);
+                let handles = (cancel.clone(), reads);
+                down +=
+                    backend_to_client(&shared, &mut backend_rd, &mut client_wr, io, handles).await;
+            }
+        }
         shared.finished.fire();
-        r
+        (up, down)
     };
     let watch = async {
-        if let Some(reason) = watchdog(
-            &shared.activity,
-            idle_timeout,
-            drain_expired,
-            &shared.finished,
-        )
-        .await
-        {
-            shared.fail(reason);
-        }
+        let idle = async {
+            if let Some(reason) = watchdog(
+                &shared.activity,
+                idle_timeout,
+                drain_expired,
+                &shared.finished,
+            )
+            .await
+            {
+                shared.fail(reason);
+            }
+        };
+        let deadline = shared
+            .pause
+            .as_ref()
+            .and_then(|p| p.policy.deadline().map(|after| (p.since + after).into()));
+        let timer = async {
+            if let Some(deadline) = deadline {
+                monoio::select! {
+                    _ = shared.finished.wait() => {}
+                    _ = monoio::time::sleep_until(deadline) => {
+                        shared.request_pause(OffloadTrigger::Time);
+                    }
+                }
+            }
+        };
+        monoio::join!(idle, timer);
     };
     let ((bytes_up, bytes_down), ()) = monoio::join!(both, watch);
+    let stopped = shared.pause.as_ref().and_then(|p| match p.stage.get() {
+        Stage::Requested(trigger) if p.up_paused.get() && p.down_paused.get() => Some(trigger),
+        _ => None,
+    });
+    if let Some(trigger) = stopped {
+        if shared.failure.borrow().is_none() {
+            buffers.records.give(up_plain);
+            buffers.chunks.give(down_plain);
+            buffers.chunks.give(down_out.into_vec());
+            let session = shared.session.into_inner();
+            let ended = paused(
+                session,
+                (client_rd, client_wr),
+                (backend_rd, backend_wr),
+                [bytes_up, bytes_down],
+            )
+            .await;
+            return match ended {
+                Ok((conn, client, backend)) => Relayed::Paused(Box::new(Paused {
+                    established: Established {
+                        conn,
+                        hello,
+                        incoming,
+                        early_plaintext: Vec::new(),
+                        client_closed: false,
+                        // Admission was decided at the handshake.
+                        verdict: None,
+                    },
+                    client,
+                    backend,
+                    bytes_up,
+                    bytes_down,
+                    trigger,
+                })),
+                Err(outcome) => Relayed::Closed(outcome),
+            };
+        }
+    }
     buffers.records.give(incoming);
     buffers.records.give(up_plain);
     buffers.chunks.give(down_plain);
@@ -194,12 +402,45 @@ pub async fn run(
         })
         .await;
     }
-    RelayOutcome {
+    Relayed::Closed(RelayOutcome {
         bytes_up,
         bytes_down,
         reason,
         path: "userspace",
+    })
+}
+
+/// Finishes a pause: writes the control records rustls still holds (a
+/// KeyUpdate answer) and puts the connections back together.
+async fn paused(
+    mut session: Session,
+    (client_rd, mut client_wr): (OwnedReadHalf<TcpStream>, OwnedWriteHalf<TcpStream>),
+    (backend_rd, backend_wr): (OwnedReadHalf<TcpStream>, OwnedWriteHalf<TcpStream>),
+    [bytes_up, bytes_down]: [u64; 2],
+) -> Result<(UnbufferedServerConnection, TcpStream, TcpStream), RelayOutcome> {
+    if !session.control.is_empty() {
+        let (res, _) =
+            monoio::io::AsyncWriteRentExt::write_all(&mut client_wr, session.control.take()).await;
+        if let Err(e) = res {
+            return Err(RelayOutcome {
+                bytes_up,
+                bytes_down,
+                reason: CloseReason::ClientError(format!("write: {e}")),
+                path: "userspace",
+            });
+        }
     }
+    // The halves came from these streams, so reuniting cannot fail.
+    let (Ok(client), Ok(backend)) = (client_rd.reunite(client_wr), backend_rd.reunite(backend_wr))
+    else {
+        return Err(RelayOutcome {
+            bytes_up,
+            bytes_down,
+            reason: CloseReason::Internal("split halves did not reunite".into()),
+            path: "userspace",
+        });
+    };
+    Ok((session.conn, client, backend))
 }
 
 /// Client ciphertext -> backend plaintext. Returns plaintext bytes written.
@@ -210,7 +451,7 @@ async fn client_to_backend(
     (incoming, plain): (&mut Vec<u8>, &mut Vec<u8>),
     mut heads: Option<HeadRewriter>,
     client_closed: bool,
-    cancel: CancelHandle,
+    (cancel, reads): (CancelHandle, CancelHandle),
 ) -> u64 {
     let mut rewritten = Vec::new();
     if incoming.capacity() < INCOMING_CAPACITY {
@@ -255,6 +496,7 @@ async fn client_to_backend(
             }
             total += n;
             shared.touch();
+            shared.progress(n);
         }
         if peer_closed {
             let _ = backend_shutdown(backend, &cancel).await;
@@ -268,7 +510,7 @@ async fn client_to_backend(
         }
         let len = incoming.len();
         let (res, buf) = client
-            .cancelable_read(std::mem::take(incoming).slice_mut(len..), cancel.clone())
+            .cancelable_read(std::mem::take(incoming).slice_mut(len..), reads.clone())
             .await;
         *incoming = buf.into_inner();
         match res {
@@ -279,6 +521,7 @@ async fn client_to_backend(
                 return total;
             }
             Ok(_) => shared.touch(),
+            Err(e) if shared.paused_at(&e, |p| &p.up_paused) => return total,
             Err(e) => {
                 shared.fail(stopped_or(&e, || {
                     CloseReason::ClientError(format!("read: {e}"))
@@ -347,7 +590,7 @@ async fn backend_to_client(
     backend: &mut OwnedReadHalf<TcpStream>,
     client: &mut OwnedWriteHalf<TcpStream>,
     (plain, out): (&mut Vec<u8>, &mut TlsOut),
-    cancel: CancelHandle,
+    (cancel, reads): (CancelHandle, CancelHandle),
 ) -> u64 {
     if plain.capacity() < BACKEND_READ {
         plain.reserve(BACKEND_READ);
@@ -356,11 +599,12 @@ async fn backend_to_client(
     loop {
         plain.clear();
         let (res, buf) = backend
-            .cancelable_read(std::mem::take(plain), cancel.clone())
+            .cancelable_read(std::mem::take(plain), reads.clone())
             .await;
         *plain = buf;
         let n = match res {
             Ok(n) => n,
+            Err(e) if shared.paused_at(&e, |p| &p.down_paused) => return total,
             Err(e) => {
                 shared.fail(stopped_or(&e, || {
                     CloseReason::BackendError(format!("read: {e}"))
@@ -394,6 +638,7 @@ async fn backend_to_client(
         }
         total += n as u64;
         shared.touch();
+        shared.progress(n as u64);
     }
 }
 

@@ -889,7 +889,7 @@ pub struct Access {
 
 /// The access line's fields, in the order tlsplice writes them. Values may
 /// contain spaces (reasons, fallbacks), so each runs to the next key.
-const ACCESS_KEYS: [&str; 18] = [
+const ACCESS_KEYS: [&str; 20] = [
     "client",
     "listener",
     "route",
@@ -903,6 +903,8 @@ const ACCESS_KEYS: [&str; 18] = [
     "backend",
     "path",
     "ktls_fallback",
+    "ktls_offload",
+    "ktls_after_bytes",
     "bytes_up",
     "bytes_down",
     "handshake_ms",

@@ -67,14 +67,24 @@ fn assert_probe_found_all(server: &Server) {
 
 /// N MiB each way at once through the kernel path, byte-exact both ways.
 fn bulk(name: &'static str, version: &'static SupportedProtocolVersion, suite: CipherSuite) {
-    let Some(_run) = begin(name) else { return };
+    bulk_with(name, version, suite, &[]);
+}
+
+/// [`bulk`] with extra tlsplice flags; returns the access line.
+fn bulk_with(
+    name: &'static str,
+    version: &'static SupportedProtocolVersion,
+    suite: CipherSuite,
+    extra: &[&str],
+) -> Option<Access> {
+    let _run = begin(name)?;
     let n = bulk_mib() * MIB;
     let pki = Pki::new();
     let backend = Backend::start(Mode::Concurrent {
         send: n,
         seed: DOWN,
     });
-    let server = Server::start(&pki, backend.addr, "auto");
+    let server = Server::start_with(&pki, backend.addr, "auto", extra);
     assert_probe_found_all(&server);
     let before = TlsStat::read();
     let (out, access) = exact_both_ways(name, &pki, &server, &backend, n, version, suite);
@@ -93,6 +103,7 @@ fn bulk(name: &'static str, version: &'static SupportedProtocolVersion, suite: C
         n / MIB,
         (n / MIB) as f64 / secs
     );
+    Some(access)
 }
 
 /// Moves `n` bytes each way through `server` (the backend sends its
@@ -673,8 +684,21 @@ fn echo_once(
     len: u64,
     seed: u64,
 ) -> Access {
+    echo_after(server, pki, version, (len, seed), Duration::ZERO)
+}
+
+/// An echo of `len` bytes of stream `seed`, after the connection idled for
+/// `idle` past its handshake; byte-exact. Returns the access line.
+fn echo_after(
+    server: &Server,
+    pki: &Pki,
+    version: &'static SupportedProtocolVersion,
+    (len, seed): (u64, u64),
+    idle: Duration,
+) -> Access {
     let mut client = Client::connect(server.addr, pki.client_config(version, None));
     client.handshake(handshake_deadline());
+    thread::sleep(idle);
     let mut plan = Plan::new(
         Some(Source::new(seed, len)),
         seed,
@@ -1263,4 +1287,141 @@ fn header_mode_refuses_a_malformed_head_on_the_kernel_path() {
         access.line
     );
     assert_eq!(access.num("bytes_up"), 0, "{}", access.line);
+}
+
+// ------------------------------------------------ 9. ktls_offload policy
+
+/// Under `--ktls-offload-after-bytes 1MiB` a bulk connection starts in
+/// userspace and moves to the kernel mid-transfer: byte-exact both ways,
+/// reported as ktls (the kernel counted the session) with the bytes relayed
+/// before the switch.
+#[test]
+fn offload_after_bytes_moves_a_bulk_connection() {
+    let extra = ["--ktls-offload-after-bytes", "1MiB"];
+    let name = "offload_after_bytes_moves_a_bulk_connection";
+    let Some(access) = bulk_with(name, &TLS13, CipherSuite::TLS13_AES_128_GCM_SHA256, &extra)
+    else {
+        return;
+    };
+    assert_eq!(access.get("ktls_offload"), "bytes", "{}", access.line);
+    let before = access.num("ktls_after_bytes");
+    assert!(
+        (MIB..2 * bulk_mib() * MIB).contains(&before),
+        "relayed {before} bytes in userspace: {}",
+        access.line
+    );
+    println!("[ktls] {name}: moved to the kernel after {before} bytes in userspace");
+}
+
+/// Many short echo connections under each policy: every one completes
+/// byte-exact; at once, each costs the kernel one TX and one RX session
+/// (what `/proc/net/tls_stat` counts, one `setsockopt` each, after the
+/// `TCP_ULP` one); under a 64 KiB threshold none reaches the kernel.
+#[test]
+fn offload_policy_short_connections() {
+    let Some(_run) = begin("offload_policy_short_connections") else {
+        return;
+    };
+    const CONNS: u64 = 100;
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo);
+    for (policy, extra, want_path) in [
+        ("at once", &[][..], "ktls"),
+        (
+            "after 64KiB",
+            &["--ktls-offload-after-bytes", "64KiB"][..],
+            "userspace",
+        ),
+    ] {
+        let server = Server::start_with(&pki, backend.addr, "auto", extra);
+        let before = TlsStat::read();
+        let started = Instant::now();
+        for i in 0..CONNS {
+            let access = echo_once(&server, &pki, &TLS13, 4096, i);
+            assert_eq!(access.get("path"), want_path, "{}", access.line);
+            assert_eq!(access.get("reason"), "done", "{}", access.line);
+        }
+        let elapsed = started.elapsed();
+        let (b, a) = (
+            before.unwrap_or_default(),
+            TlsStat::read().unwrap_or_default(),
+        );
+        let tx = a.get("TlsTxSw") - b.get("TlsTxSw");
+        let rx = a.get("TlsRxSw") - b.get("TlsRxSw");
+        let want = if want_path == "ktls" { CONNS } else { 0 };
+        assert_eq!((tx, rx), (want, want), "kernel sessions under {policy}");
+        println!(
+            "[ktls] offload_policy_short_connections: {policy}: {CONNS} echo connections of 4 KiB \
+             completed, kernel TX/RX sessions +{tx}/+{rx}, {:.2}s (TCG: not a timing)",
+            elapsed.as_secs_f64()
+        );
+    }
+}
+
+/// A connection that ends below the threshold never reaches the kernel.
+#[test]
+fn below_offload_threshold_stays_userspace() {
+    let Some(_run) = begin("below_offload_threshold_stays_userspace") else {
+        return;
+    };
+    let (access, _) = userspace_transfer(256 * 1024, |pki, backend| {
+        Server::start_with(
+            pki,
+            backend,
+            "auto",
+            &["--ktls-offload-after-bytes", "1MiB"],
+        )
+    });
+    assert_eq!(
+        access.get("ktls_offload"),
+        "below_threshold",
+        "{}",
+        access.line
+    );
+    assert_eq!(access.get("ktls_fallback"), "-", "{}", access.line);
+}
+
+/// Under `--ktls-offload-after 200ms` a connection that idles past the
+/// threshold moves to the kernel while idle; the echo that follows runs on
+/// the kernel path, byte-exact.
+#[test]
+fn offload_after_time_moves_an_idle_then_busy_connection() {
+    let Some(_run) = begin("offload_after_time_moves_an_idle_then_busy_connection") else {
+        return;
+    };
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Echo);
+    let extra = ["--ktls-offload-after", "200ms"];
+    let server = Server::start_with(&pki, backend.addr, "auto", &extra);
+    let before = TlsStat::read();
+    let len = 8 * MIB;
+    let idle = Duration::from_millis(800);
+    let access = echo_after(&server, &pki, &TLS13, (len, UP), idle);
+    access.assert_ktls_done();
+    assert_eq!(access.get("ktls_offload"), "time", "{}", access.line);
+    assert_eq!(access.num("ktls_after_bytes"), 0, "{}", access.line);
+    assert_eq!(access.num("bytes_up"), len, "{}", access.line);
+    assert_offloaded_since(&before, 1);
+}
+
+/// The pause gives the session back intact even when the handover then
+/// fails (injected at the ULP step): the connection resumes in userspace,
+/// byte-exact.
+#[test]
+fn offload_pause_then_failed_handover_resumes_in_userspace() {
+    let Some(_run) = begin("offload_pause_then_failed_handover_resumes_in_userspace") else {
+        return;
+    };
+    let (access, _) = userspace_transfer(8 * MIB, |pki, backend| {
+        Server::start_env(
+            pki,
+            backend,
+            "auto",
+            &["--ktls-offload-after-bytes", "1MiB"],
+            &[("TLSPLICE_FAULT_KTLS_ULP", "1")],
+        )
+    });
+    assert_eq!(access.get("ktls_offload"), "bytes", "{}", access.line);
+    assert!(access.num("ktls_after_bytes") >= MIB, "{}", access.line);
+    assert!(access.line.contains("injected fault"), "{}", access.line);
 }
