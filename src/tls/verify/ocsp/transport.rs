@@ -247,22 +247,25 @@ pub fn post(url: &ResponderUrl, body: &[u8], timeout: Duration) -> Result<Vec<u8
         stream
             .set_read_timeout(Some(left("receive")?))
             .map_err(io("receive"))?;
-        let n = stream
-            .read(&mut chunk)
-            .map_err(|cause| match cause.kind() {
-                // What a read timeout looks like on Unix.
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => TransportError::Io {
-                    stage: "receive",
-                    cause: io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no answer within {timeout:?}"),
-                    ),
-                },
-                _ => TransportError::Io {
-                    stage: "receive",
-                    cause,
-                },
-            })?;
+        let n = match stream.read(&mut chunk) {
+            // A signal delivered to this thread (reload, drain) is no answer.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => other,
+        }
+        .map_err(|cause| match cause.kind() {
+            // What a read timeout looks like on Unix.
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => TransportError::Io {
+                stage: "receive",
+                cause: io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {timeout:?}"),
+                ),
+            },
+            _ => TransportError::Io {
+                stage: "receive",
+                cause,
+            },
+        })?;
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() > MAX_RESPONSE + 16 * 1024 {
             return Err(TransportError::Http("response is too large".into()));
