@@ -31,19 +31,24 @@ use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
 use super::{pace, watchdog, RelayOutcome};
 use crate::admit::{Direction, Pacer};
 use crate::close::CloseReason;
-use crate::handshake::{flush_alert, Established, INCOMING_CAPACITY};
+use crate::handshake::{flush_alert, Established};
+use crate::ktls::handover::bytes_to_record_boundary;
 use crate::ktls::policy::{OffloadPolicy, OffloadTrigger};
-use crate::pool::Buffers;
+use crate::pool::{BufferPool, Buffers, ElasticBuf};
 use crate::relay::http_head::HeadRewriter;
 use crate::tls::records::TlsOut;
 use crate::trigger::Trigger;
 
 /// Largest plaintext read from the backend at once: two full TLS records.
-/// Buffers are per connection, so this trades per-connection memory against
-/// syscalls per byte.
+/// The buffer is pooled and held only while the backend streams, so this
+/// trades the busy connections' memory against syscalls per byte.
 pub const BACKEND_READ: usize = 32 * 1024;
 /// Ciphertext room for one backend read (record overhead included).
 pub const CLIENT_WRITE: usize = BACKEND_READ + 2 * 64;
+/// Room for a read while its direction idles: most requests and answers
+/// of request/response traffic fit, and an idle connection holds nothing
+/// else (see [`ElasticBuf`]).
+pub const IDLE_READ: usize = 2048;
 /// How long the final close_notify or alert may take to leave.
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -211,15 +216,21 @@ pub async fn run(
     let Established {
         conn,
         hello,
-        mut incoming,
+        incoming,
         early_plaintext,
         client_closed,
         ..
     } = established;
-    let mut up_plain = buffers.records.take();
-    up_plain.extend_from_slice(&early_plaintext);
-    let mut down_plain = buffers.chunks.take();
-    let mut down_out = TlsOut::from_vec(buffers.chunks.take(), CLIENT_WRITE);
+    // Every buffer starts small or lets go of its pooled memory when its
+    // direction idles: the connection's steady state is waiting.
+    let mut incoming = ElasticBuf::from_pooled(&buffers.records, incoming, IDLE_READ);
+    incoming.shrink();
+    let mut up_plain = ElasticBuf::new(&buffers.records, 0);
+    if !early_plaintext.is_empty() {
+        up_plain.grow();
+        up_plain.vec().extend_from_slice(&early_plaintext);
+    }
+    let mut down_plain = ElasticBuf::new(&buffers.chunks, IDLE_READ);
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut backend_rd, mut backend_wr) = backend.into_split();
 
@@ -263,7 +274,7 @@ pub async fn run(
                 &shared,
                 &mut backend_rd,
                 &mut client_wr,
-                (&mut down_plain, &mut down_out),
+                (&mut down_plain, &buffers.chunks),
                 (cancel.clone(), reads),
             )
         );
@@ -290,7 +301,7 @@ pub async fn run(
                 )
                 .await;
             } else {
-                let io = (&mut down_plain, &mut down_out);
+                let io = (&mut down_plain, &buffers.chunks);
                 let handles = (cancel.clone(), reads);
                 down +=
                     backend_to_client(&shared, &mut backend_rd, &mut client_wr, io, handles).await;
@@ -335,9 +346,8 @@ pub async fn run(
     });
     if let Some(trigger) = stopped {
         if shared.failure.borrow().is_none() {
-            buffers.records.give(up_plain);
-            buffers.chunks.give(down_plain);
-            buffers.chunks.give(down_out.into_vec());
+            drop((up_plain, down_plain));
+            let incoming = incoming.into_pooled();
             let session = shared.session.into_inner();
             let ended = paused(
                 session,
@@ -367,10 +377,7 @@ pub async fn run(
             };
         }
     }
-    buffers.records.give(incoming);
-    buffers.records.give(up_plain);
-    buffers.chunks.give(down_plain);
-    buffers.chunks.give(down_out.into_vec());
+    drop((incoming, up_plain, down_plain));
 
     let reason = shared
         .failure
@@ -448,28 +455,30 @@ async fn client_to_backend(
     shared: &Shared,
     client: &mut OwnedReadHalf<TcpStream>,
     backend: &mut OwnedWriteHalf<TcpStream>,
-    (incoming, plain): (&mut Vec<u8>, &mut Vec<u8>),
+    (incoming, plain): (&mut ElasticBuf<'_>, &mut ElasticBuf<'_>),
     mut heads: Option<HeadRewriter>,
     client_closed: bool,
     (cancel, reads): (CancelHandle, CancelHandle),
 ) -> u64 {
     let mut rewritten = Vec::new();
-    if incoming.capacity() < INCOMING_CAPACITY {
-        incoming.reserve(INCOMING_CAPACITY - incoming.len());
-    }
     let mut total = 0u64;
     loop {
-        let peer_closed = match decrypt(shared, incoming, plain) {
+        if !incoming.vec().is_empty() {
+            plain.grow();
+        }
+        let decrypted = decrypt(shared, incoming.vec(), plain.vec());
+        let peer_closed = match decrypted {
             Ok(closed) => closed || client_closed,
             Err(e) => {
                 shared.fail(CloseReason::ClientError(format!("TLS: {e}")));
                 return total;
             }
         };
-        if let (Some(heads), false) = (heads.as_mut(), plain.is_empty()) {
+        let plain_vec = plain.vec();
+        if let (Some(heads), false) = (heads.as_mut(), plain_vec.is_empty()) {
             rewritten.clear();
-            let fed = heads.feed(plain, &mut rewritten);
-            std::mem::swap(plain, &mut rewritten);
+            let fed = heads.feed(plain_vec, &mut rewritten);
+            std::mem::swap(plain_vec, &mut rewritten);
             if let Err(refused) = fed {
                 // Nothing more reaches the backend: the client gets the
                 // answer and the connection closes.
@@ -480,14 +489,14 @@ async fn client_to_backend(
                 return total;
             }
         }
-        if !plain.is_empty() {
-            let n = plain.len() as u64;
-            pace(shared.pacer.as_ref(), Direction::Up, plain.len()).await;
+        if !plain_vec.is_empty() {
+            let n = plain_vec.len() as u64;
+            pace(shared.pacer.as_ref(), Direction::Up, plain_vec.len()).await;
             let (res, buf) = backend
-                .write_all(std::mem::take(plain), cancel.clone())
+                .write_all(std::mem::take(plain_vec), cancel.clone())
                 .await;
-            *plain = buf;
-            plain.clear();
+            *plain.vec() = buf;
+            plain.vec().clear();
             if let Err(e) = res {
                 shared.fail(stopped_or(&e, || {
                     CloseReason::BackendError(format!("write: {e}"))
@@ -502,17 +511,32 @@ async fn client_to_backend(
             let _ = backend_shutdown(backend, &cancel).await;
             return total;
         }
-        if incoming.len() == incoming.capacity() {
-            shared.fail(CloseReason::ClientError(
-                "record larger than the input buffer".into(),
-            ));
-            return total;
+        // What is left is at most a partial record: whether the rest of it
+        // fits the small buffer decides where the next read goes.
+        plain.shrink();
+        let record = incoming.vec().len() + bytes_to_record_boundary(incoming.vec());
+        if record <= IDLE_READ {
+            incoming.shrink();
+        } else {
+            incoming.grow();
         }
-        let len = incoming.len();
+        if incoming.vec().len() == incoming.vec().capacity() {
+            if incoming.is_pooled() {
+                shared.fail(CloseReason::ClientError(
+                    "record larger than the input buffer".into(),
+                ));
+                return total;
+            }
+            incoming.grow();
+        }
+        let len = incoming.vec().len();
         let (res, buf) = client
-            .cancelable_read(std::mem::take(incoming).slice_mut(len..), reads.clone())
+            .cancelable_read(
+                std::mem::take(incoming.vec()).slice_mut(len..),
+                reads.clone(),
+            )
             .await;
-        *incoming = buf.into_inner();
+        *incoming.vec() = buf.into_inner();
         match res {
             Ok(0) => {
                 // FIN without close_notify: pass the half-close on; the
@@ -589,19 +613,16 @@ async fn backend_to_client(
     shared: &Shared,
     backend: &mut OwnedReadHalf<TcpStream>,
     client: &mut OwnedWriteHalf<TcpStream>,
-    (plain, out): (&mut Vec<u8>, &mut TlsOut),
+    (plain, ciphertext): (&mut ElasticBuf<'_>, &BufferPool),
     (cancel, reads): (CancelHandle, CancelHandle),
 ) -> u64 {
-    if plain.capacity() < BACKEND_READ {
-        plain.reserve(BACKEND_READ);
-    }
     let mut total = 0u64;
     loop {
-        plain.clear();
+        plain.vec().clear();
         let (res, buf) = backend
-            .cancelable_read(std::mem::take(plain), reads.clone())
+            .cancelable_read(std::mem::take(plain.vec()), reads.clone())
             .await;
-        *plain = buf;
+        *plain.vec() = buf;
         let n = match res {
             Ok(n) => n,
             Err(e) if shared.paused_at(&e, |p| &p.down_paused) => return total,
@@ -616,12 +637,14 @@ async fn backend_to_client(
             shared.touch();
             pace(shared.pacer.as_ref(), Direction::Down, n).await;
         }
-        if let Err(e) = encrypt(shared, &plain[..n], out) {
+        let mut out = TlsOut::from_vec(ciphertext.take_initialized(), CLIENT_WRITE);
+        if let Err(e) = encrypt(shared, &plain.vec()[..n], &mut out) {
             shared.fail(CloseReason::ClientError(format!("TLS: {e}")));
             return total;
         }
         let (res, buf) = client.write_all(out.take(), cancel.clone()).await;
         out.restore(buf);
+        ciphertext.give(out.into_vec());
         if let Err(e) = res {
             shared.fail(stopped_or(&e, || {
                 CloseReason::ClientError(format!("write: {e}"))
@@ -635,6 +658,16 @@ async fn backend_to_client(
                 monoio::io::CancelableAsyncWriteRent::cancelable_shutdown(client, cancel.clone())
                     .await;
             return total;
+        }
+        // A read that filled its buffer means the backend is streaming and
+        // the next read gets the pooled buffer's room; a short one means it
+        // paused, and the connection waits holding the small buffer only.
+        let streaming = n == plain.vec().capacity();
+        plain.vec().clear();
+        if streaming {
+            plain.grow();
+        } else {
+            plain.shrink();
         }
         total += n as u64;
         shared.touch();

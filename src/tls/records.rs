@@ -26,11 +26,14 @@ impl TlsOut {
         }
     }
 
-    /// A buffer reusing `buf`'s allocation, with room for at least
-    /// `capacity` bytes.
+    /// A buffer reusing `buf`'s allocation (its content is ignored), with
+    /// room for at least `capacity` bytes. Only the part of `buf` not yet
+    /// initialised is zeroed.
     pub fn from_vec(mut buf: Vec<u8>, capacity: usize) -> Self {
-        buf.clear();
-        buf.resize(capacity.max(buf.capacity()), 0);
+        let room = capacity.max(buf.capacity());
+        if buf.len() < room {
+            buf.resize(room, 0);
+        }
         Self { buf, filled: 0 }
     }
 
