@@ -218,8 +218,8 @@ impl Drop for ElasticBuf<'_> {
 /// The buffers one worker recycles.
 #[derive(Debug)]
 pub struct Buffers {
-    /// Ciphertext from clients and the plaintext decrypted from it: one
-    /// maximal TLS record each.
+    /// Ciphertext from clients and the plaintext decrypted from it: four
+    /// maximal TLS records each.
     pub records: BufferPool,
     /// Backend reads and the ciphertext encrypted from them.
     pub chunks: BufferPool,
@@ -231,7 +231,7 @@ impl Buffers {
     /// Pools for one worker, keeping at most `keep` idle buffers of each kind.
     pub fn new(keep: usize) -> Self {
         Self {
-            records: BufferPool::new(crate::handshake::INCOMING_CAPACITY, keep),
+            records: BufferPool::new(crate::relay::userspace::CLIENT_READ, keep),
             chunks: BufferPool::new(crate::relay::userspace::CLIENT_WRITE, keep),
             pipes: PipePool::new(keep),
         }

@@ -31,7 +31,7 @@ use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
 use super::{pace, watchdog, RelayOutcome};
 use crate::admit::{Direction, Pacer};
 use crate::close::CloseReason;
-use crate::handshake::{flush_alert, Established};
+use crate::handshake::{flush_alert, Established, INCOMING_CAPACITY};
 use crate::ktls::handover::bytes_to_record_boundary;
 use crate::ktls::policy::{OffloadPolicy, OffloadTrigger};
 use crate::pool::{BufferPool, Buffers, ElasticBuf};
@@ -39,12 +39,16 @@ use crate::relay::http_head::HeadRewriter;
 use crate::tls::records::TlsOut;
 use crate::trigger::Trigger;
 
-/// Largest plaintext read from the backend at once: two full TLS records.
-/// The buffer is pooled and held only while the backend streams, so this
-/// trades the busy connections' memory against syscalls per byte.
-pub const BACKEND_READ: usize = 32 * 1024;
-/// Ciphertext room for one backend read (record overhead included).
-pub const CLIENT_WRITE: usize = BACKEND_READ + 2 * 64;
+/// Largest plaintext read from the backend at once: four full TLS records.
+/// Buffers are pooled and held only while a direction streams, so this
+/// trades the busy connections' memory against operations per byte.
+pub const BACKEND_READ: usize = 64 * 1024;
+/// Ciphertext room for one backend read (64 bytes of record overhead per
+/// record included).
+pub const CLIENT_WRITE: usize = BACKEND_READ + BACKEND_READ / (1 << 14) * 64;
+/// Client ciphertext read at once: four maximal records, so a streaming
+/// client costs one read and one backend write per 64 KiB.
+pub const CLIENT_READ: usize = 4 * INCOMING_CAPACITY;
 /// Room for a read while its direction idles: most requests and answers
 /// of request/response traffic fit, and an idle connection holds nothing
 /// else (see [`ElasticBuf`]).
@@ -566,8 +570,11 @@ fn decrypt(
     let mut s = shared.session.borrow_mut();
     let Session { conn, control, .. } = &mut *s;
     let mut peer_closed = false;
-    loop {
-        let UnbufferedStatus { discard, state } = conn.process_tls_records(incoming);
+    // Records are consumed by moving this offset; only the partial record
+    // left at the end moves to the front, once.
+    let mut done = 0;
+    let result = loop {
+        let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut incoming[done..]);
         let step = match state {
             Ok(ConnectionState::ReadTraffic(mut r)) => {
                 let mut result = Ok(false);
@@ -595,17 +602,19 @@ fn decrypt(
             Ok(_) => Ok(true),
             Err(e) => Err(e),
         };
-        incoming.drain(..discard);
+        done += discard;
         match step {
             Ok(false) => {}
-            Ok(true) => return Ok(peer_closed),
-            Err(e) => {
-                // The fatal alert rustls queued goes out with the control records.
-                flush_alert(conn, incoming, control);
-                return Err(e);
-            }
+            Ok(true) => break Ok(peer_closed),
+            Err(e) => break Err(e),
         }
+    };
+    incoming.drain(..done);
+    if result.is_err() {
+        // The fatal alert rustls queued goes out with the control records.
+        flush_alert(conn, incoming, control);
     }
+    result
 }
 
 /// Backend plaintext -> client ciphertext. Returns plaintext bytes relayed.
