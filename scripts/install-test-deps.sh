@@ -5,6 +5,8 @@ set -euo pipefail
 need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
+# Upstream TLS tests put stunnel (server mode) in front of their backends.
+command -v stunnel4 >/dev/null || need+=(stunnel4)
 # tests/proxy_consumer.rs: a real PROXY protocol consumer (in /usr/sbin).
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 # tests/identity_header.rs: the HTTP/1.1 backend is Python's http.server.

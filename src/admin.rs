@@ -207,6 +207,21 @@ pub fn render_metrics<'a>(
         &one(sum(&|c| load(&c.ktls_fallback))),
     );
     metric(
+        "tlsplice_upstream_handshakes_total",
+        "counter",
+        "TLS handshakes with backends, full or resumed.",
+        &[
+            (
+                "{kind=\"full\"}".into(),
+                sum(&|c| load(&c.upstream_full)).to_string(),
+            ),
+            (
+                "{kind=\"resumed\"}".into(),
+                sum(&|c| load(&c.upstream_resumed)).to_string(),
+            ),
+        ],
+    );
+    metric(
         "tlsplice_ktls_offload_total",
         "counter",
         "Connections under ktls_offload thresholds: moved to the kernel late (by bytes or time) or ended in userspace below them.",

@@ -124,6 +124,8 @@ pub struct AccessRecord {
     pub tier: Option<String>,
     /// Backend the connection was relayed to.
     pub backend: Option<String>,
+    /// The TLS handshake with the backend: `full` or `resumed` (none: plaintext).
+    pub upstream: Option<&'static str>,
     /// Data path: `userspace` (rustls records) or `ktls`.
     pub path: &'static str,
     /// Why a connection that could have used kernel TLS did not.
@@ -159,6 +161,7 @@ impl AccessRecord {
             identity: None,
             tier: None,
             backend: None,
+            upstream: None,
             path: "userspace",
             ktls_fallback: None,
             ktls_offload: None,
@@ -201,6 +204,7 @@ impl AccessRecord {
             version = %opt(&self.version),
             suite = %opt(&self.suite),
             backend = %opt(&self.backend),
+            upstream = %self.upstream.unwrap_or("-"),
             path = %self.path,
             ktls_fallback = %opt(&self.ktls_fallback),
             ktls_offload = %self.ktls_offload.unwrap_or("-"),
@@ -231,6 +235,7 @@ impl AccessRecord {
             "version": self.version,
             "suite": self.suite,
             "backend": self.backend,
+            "upstream": self.upstream,
             "path": self.path,
             "ktls_fallback": self.ktls_fallback,
             "ktls_offload": self.ktls_offload,
@@ -305,6 +310,10 @@ pub struct Counters {
     /// Connections that ended in userspace below the `ktls_offload`
     /// thresholds.
     pub ktls_below_threshold: AtomicU64,
+    /// Full TLS handshakes with backends.
+    pub upstream_full: AtomicU64,
+    /// Resumed TLS handshakes with backends.
+    pub upstream_resumed: AtomicU64,
     /// Plaintext bytes client -> backend.
     pub bytes_up: AtomicU64,
     /// Plaintext bytes backend -> client.
@@ -357,6 +366,11 @@ impl Counters {
         }
         if record.ktls_fallback.is_some() {
             add(&self.ktls_fallback, 1);
+        }
+        match record.upstream {
+            Some("resumed") => add(&self.upstream_resumed, 1),
+            Some(_) => add(&self.upstream_full, 1),
+            None => {}
         }
         match record.ktls_offload {
             Some("bytes") => add(&self.ktls_late_bytes, 1),

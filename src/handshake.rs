@@ -21,6 +21,7 @@ use crate::admit::{self, Verdict};
 use crate::pool::Buffers;
 use crate::tls::client_hello::{self, ClientHello, ClientHelloError};
 use crate::tls::records::TlsOut;
+use crate::tls::unbuffered::{drive, flush_alert, Progress};
 
 /// Room for one maximal TLS record (2^14 plaintext plus up to 256 bytes of
 /// expansion) and its header, plus the header of the next. A ClientHello
@@ -102,7 +103,9 @@ pub async fn accept(
         match parsed {
             Ok(Some(hello)) => break Ok(hello),
             Ok(None) => {
-                if read_more(stream, &mut incoming).await? == 0 {
+                if read_more(stream, &mut incoming, client_hello::MAX_CLIENT_HELLO_BYTES).await?
+                    == 0
+                {
                     return Err(HandshakeError::ClientGone);
                 }
             }
@@ -150,7 +153,9 @@ pub async fn accept(
         match progress {
             Ok(Progress::Transmit) => write_out(stream, &mut out).await?,
             Ok(Progress::NeedInput) => {
-                if read_more(stream, &mut incoming).await? == 0 {
+                if read_more(stream, &mut incoming, client_hello::MAX_CLIENT_HELLO_BYTES).await?
+                    == 0
+                {
                     return Err(HandshakeError::ClientGone);
                 }
             }
@@ -196,84 +201,16 @@ pub async fn close(stream: &mut TcpStream, established: &mut Established) -> io:
     write_out(stream, &mut out).await
 }
 
-/// What the connection needs next.
-pub(crate) enum Progress {
-    /// `out` holds records that must reach the client now.
-    Transmit,
-    /// More bytes from the client are needed.
-    NeedInput,
-    /// The handshake is done and nothing is left to send.
-    Complete,
-    /// The client sent close_notify.
-    PeerClosed,
-}
-
-/// Advances the connection over the buffered input without I/O.
-pub(crate) fn drive(
-    conn: &mut UnbufferedServerConnection,
+/// Appends what the peer sent to `incoming`, growing it up to `limit`
+/// bytes; 0 means EOF.
+pub(crate) async fn read_more(
+    stream: &mut TcpStream,
     incoming: &mut Vec<u8>,
-    out: &mut TlsOut,
-    plaintext: &mut Vec<u8>,
-) -> Result<Progress, rustls::Error> {
-    loop {
-        let UnbufferedStatus { discard, state } = conn.process_tls_records(incoming);
-        let state = match state {
-            Ok(state) => state,
-            Err(e) => {
-                // The discard still applies: rustls' deframer expects the
-                // buffer without those bytes on the next call.
-                incoming.drain(..discard);
-                return Err(e);
-            }
-        };
-        let progress = match state {
-            ConnectionState::EncodeTlsData(mut e) => {
-                out.encode(&mut e)
-                    .map_err(|e| rustls::Error::General(e.to_string()))?;
-                None
-            }
-            ConnectionState::TransmitTlsData(t) => {
-                // The caller writes `out` before driving again.
-                t.done();
-                Some(Progress::Transmit)
-            }
-            ConnectionState::ReadTraffic(mut r) => {
-                while let Some(record) = r.next_record() {
-                    plaintext.extend_from_slice(record?.payload);
-                }
-                None
-            }
-            ConnectionState::BlockedHandshake => Some(Progress::NeedInput),
-            ConnectionState::WriteTraffic(_) => Some(Progress::Complete),
-            ConnectionState::PeerClosed | ConnectionState::Closed => Some(Progress::PeerClosed),
-            // Early data is disabled in every ServerConfig we build.
-            _ => Some(Progress::NeedInput),
-        };
-        incoming.drain(..discard);
-        if let Some(p) = progress {
-            return Ok(p);
-        }
-    }
-}
-
-/// Collects the alert rustls queued when it failed the connection.
-///
-/// One call is enough and the only safe one: rustls hands out queued
-/// records before it deframes anything, whereas a second call would parse
-/// more input in a failed state (and could queue a second fatal alert).
-/// `incoming` is the failing call's buffer, its discard already applied.
-pub fn flush_alert(conn: &mut UnbufferedServerConnection, incoming: &mut [u8], out: &mut TlsOut) {
-    let UnbufferedStatus { state, .. } = conn.process_tls_records(incoming);
-    if let Ok(ConnectionState::EncodeTlsData(mut e)) = state {
-        let _ = out.encode(&mut e);
-    }
-}
-
-/// Appends what the client sent to `incoming`; 0 means EOF.
-async fn read_more(stream: &mut TcpStream, incoming: &mut Vec<u8>) -> io::Result<usize> {
+    limit: usize,
+) -> io::Result<usize> {
     let len = incoming.len();
     if len == incoming.capacity() {
-        if len >= client_hello::MAX_CLIENT_HELLO_BYTES {
+        if len >= limit {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "handshake message exceeds the input buffer",
@@ -287,7 +224,7 @@ async fn read_more(stream: &mut TcpStream, incoming: &mut Vec<u8>) -> io::Result
     res
 }
 
-/// Writes everything in `out` to the client.
+/// Writes everything in `out` to the peer.
 pub(crate) async fn write_out(stream: &mut TcpStream, out: &mut TlsOut) -> io::Result<()> {
     use monoio::io::AsyncWriteRentExt;
     if out.is_empty() {

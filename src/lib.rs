@@ -1,7 +1,8 @@
 //! tlsplice: a mutual-TLS terminator.
 //!
 //! Modules follow one connection's path: [`accept`], [`handshake`],
-//! [`admit`], [`connect`], [`relay`], [`close`]; [`runtime`] runs the workers and
+//! [`admit`], [`connect`] (with [`upstream`] TLS), [`relay`], [`close`];
+//! [`runtime`] runs the workers and
 //! [`config`] and [`tls`] hold what they are built from.
 
 pub mod accept;
@@ -18,4 +19,5 @@ pub mod relay;
 pub mod runtime;
 pub mod tls;
 pub mod trigger;
+pub mod upstream;
 pub mod watch;

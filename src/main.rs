@@ -155,6 +155,18 @@ struct ServeArgs {
     /// Longest a good OCSP answer is reused, e.g. 5m (default 5m; never past its nextUpdate).
     #[arg(long)]
     client_ocsp_cache_ttl: Option<String>,
+    /// Speak TLS to every --backend, trusting this CA bundle for their certificates.
+    #[arg(long)]
+    backend_tls_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM, or PKCS#12) presented to backends.
+    #[arg(long)]
+    backend_tls_cert: Option<PathBuf>,
+    /// Private key of --backend-tls-cert.
+    #[arg(long)]
+    backend_tls_key: Option<PathBuf>,
+    /// Server name sent to backends (SNI) and verified in their certificates.
+    #[arg(long)]
+    backend_tls_name: Option<String>,
 }
 
 impl ServeArgs {
@@ -194,6 +206,10 @@ impl ServeArgs {
             client_ocsp_timeout: self.client_ocsp_timeout.clone(),
             client_ocsp_fail: self.client_ocsp_fail.clone(),
             client_ocsp_cache_ttl: self.client_ocsp_cache_ttl.clone(),
+            backend_tls_ca: self.backend_tls_ca.clone(),
+            backend_tls_cert: self.backend_tls_cert.clone(),
+            backend_tls_key: self.backend_tls_key.clone(),
+            backend_tls_name: self.backend_tls_name.clone(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! drain timeout) closes what is left with close_notify.
 
 use std::cell::Cell;
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +55,7 @@ use crate::tls::verify::{
 };
 use crate::tls::{certs, server_config};
 use crate::trigger::Trigger;
+use crate::upstream::{self, leg::BackendLeg};
 
 /// Entries in each worker's io_uring submission queue.
 const RING_ENTRIES: u32 = 4096;
@@ -235,7 +237,7 @@ fn apply_reload(
     let ticketer = ticketers
         .for_settings(&config.tickets)
         .context("session tickets")?;
-    let pools = shared.pools.build(&config.pools);
+    let pools = shared.pools.build(&config.pools)?;
     let built = config
         .listeners
         .iter()
@@ -311,7 +313,7 @@ pub fn run(
             file.keys[0].name_hex()
         );
     }
-    let pools = shared.pools.build(&config.pools);
+    let pools = shared.pools.build(&config.pools)?;
     let mut plans = Vec::new();
     let mut bound = Vec::new();
     for listener in &config.listeners {
@@ -913,21 +915,43 @@ async fn serve(
     };
     let pacer = admission.as_ref().and_then(admit::Admission::pacer);
 
-    let (backend, lease) = match connect::connect(&route.pool, &key, limits.connect_timeout).await {
+    let header = served.proxy_protocol.map(|version| {
+        let cert_tlv = served.proxy_protocol_cert_tlv;
+        proxy_header(version, cert_tlv, &stream, record, &established)
+    });
+    let client_alpn = established.conn.alpn_protocol().map(<[u8]>::to_vec);
+    let upstream_tls = route.pool.tls.as_ref();
+    let connected = connect::connect(
+        &route.pool,
+        &key,
+        limits.connect_timeout,
+        |mut backend, chosen| {
+            let header = header.clone();
+            let tls = upstream_tls.and_then(|u| {
+                let (config, name) = u.for_backend(chosen)?;
+                Some((config, name, u.alpn_for(client_alpn.as_deref())))
+            });
+            async move {
+                if let Some(header) = header {
+                    let (res, _) =
+                        monoio::io::AsyncWriteRentExt::write_all(&mut backend, header).await;
+                    res.map_err(|e| io::Error::new(e.kind(), format!("PROXY header: {e}")))?;
+                }
+                let Some((config, name, alpn)) = tls else {
+                    return Ok(BackendLeg::Plain(backend));
+                };
+                let session = upstream::handshake(&mut backend, config, name, alpn).await?;
+                Ok(BackendLeg::Tls(backend, Box::new(session)))
+            }
+        },
+    )
+    .await;
+    let (backend, lease) = match connected {
         Ok(ok) => ok,
         Err(e) => return CloseReason::BackendUnavailable(e.to_string()),
     };
     let chosen = lease.backend();
     record.backend = Some(chosen.name.clone());
-    let mut backend = backend;
-    if let Some(version) = served.proxy_protocol {
-        let cert_tlv = served.proxy_protocol_cert_tlv;
-        let header = proxy_header(version, cert_tlv, &stream, record, &established);
-        let (res, _) = monoio::io::AsyncWriteRentExt::write_all(&mut backend, header).await;
-        if let Err(e) = res {
-            return CloseReason::BackendError(format!("PROXY header: {e}"));
-        }
-    }
 
     // Header mode rewrites request heads, so the client's plaintext must
     // pass through userspace: such connections stay off kernel TLS.
@@ -938,6 +962,40 @@ async fn serve(
     let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
     let buffers = &worker.buffers;
     let offload = limits.ktls != KtlsMode::Off && worker.ktls.any();
+    let mut backend = match backend {
+        BackendLeg::Plain(stream) => stream,
+        BackendLeg::Tls(_, session) if limits.ktls == KtlsMode::Require => {
+            record.upstream = Some(session.kind());
+            return CloseReason::ClientError(
+                "ktls = require, but the backend leg speaks TLS in userspace".into(),
+            );
+        }
+        tls @ BackendLeg::Tls(..) => {
+            // Both legs stay in userspace: the backend's records are not
+            // handed to the kernel (yet).
+            if let BackendLeg::Tls(_, session) = &tls {
+                record.upstream = Some(session.kind());
+            }
+            if offload {
+                record.ktls_fallback = Some("backend TLS is relayed in userspace".into());
+            }
+            let relayed_tls = userspace::run(
+                established,
+                stream,
+                tls,
+                heads,
+                idle,
+                drain,
+                buffers,
+                pacer,
+                None,
+            );
+            return match relayed_tls.await {
+                Relayed::Closed(outcome) => relayed(record, outcome),
+                Relayed::Paused(_) => CloseReason::Internal("relay paused without a pause".into()),
+            };
+        }
+    };
     // Under thresholds the connection starts in userspace and moves to the
     // kernel once one is reached. Header mode offloads at once: the
     // rewriter's state does not move across.
@@ -950,7 +1008,7 @@ async fn serve(
         match userspace::run(
             established,
             stream,
-            backend,
+            BackendLeg::Plain(backend),
             None,
             idle,
             drain,
@@ -998,7 +1056,7 @@ async fn serve(
     match userspace::run(
         established,
         stream,
-        backend,
+        BackendLeg::Plain(backend),
         heads,
         idle,
         drain,

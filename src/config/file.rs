@@ -27,6 +27,10 @@
 //! tls_versions = ["1.2", "1.3"]   # default both
 //! cipher_suites = ["AES_128_GCM", "AES_256_GCM", "CHACHA20_POLY1305"]  # default all
 //! backends = ["127.0.0.1:8080"]   # required; host:port, resolved at load
+//! # TLS to those backends; ca required unless verify = false, cert/key optional
+//! # (a [[pool]] takes the same table for its own backends)
+//! backend_tls = { ca = "pki/backend-ca.crt", cert = "pki/to-backend.crt", key = "pki/to-backend.key",
+//!                 server_name = "api.internal", verify = true, alpn = ["h2"] }
 //! proxy_protocol = "v2"           # "v1" | "v2" | "off"; default off
 //! proxy_protocol_cert_tlv = "der:0xE2"  # "sha256[:TYPE]" | "der[:TYPE]" | "off"; default "sha256:0xE0"
 //! # or, for HTTP/1.1 backends (not together with proxy_protocol):
@@ -68,8 +72,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::validate::{
-    At, RawCertHeader, RawClient, RawConfig, RawDuration, RawHealthCheck, RawList, RawListener,
-    RawOcsp, RawPool, RawPoolBackend, RawRoute, RawSize, RawTier, RawTls, Scope, Site, Source,
+    At, RawBackendTls, RawCertHeader, RawClient, RawConfig, RawDuration, RawHealthCheck, RawList,
+    RawListener, RawOcsp, RawPool, RawPoolBackend, RawRoute, RawSize, RawTier, RawTls, Scope, Site,
+    Source,
 };
 use super::{ConfigError, Location};
 
@@ -161,6 +166,8 @@ macro_rules! tls_table {
             backends: Option<Spanned<StringList>>,
             /// A `[[pool]]` name, instead of `backends`.
             pool: Option<Spanned<String>>,
+            /// TLS toward `backends`; default none (plaintext).
+            backend_tls: Option<Spanned<FileBackendTls>>,
             /// CRL files (PEM or DER) for client certificates; default none.
             crl: Option<Spanned<StringList>>,
             /// DER OCSP response stapled to the server certificate.
@@ -224,6 +231,29 @@ struct FilePool {
     eject_after: Option<Spanned<i64>>,
     /// How long an ejected backend is left out.
     eject_for: Option<Spanned<RawDuration>>,
+    /// TLS toward the pool's backends; default none (plaintext).
+    backend_tls: Option<Spanned<FileBackendTls>>,
+}
+
+/// A `backend_tls` table.
+#[derive(Debug, Deserialize)]
+struct FileBackendTls {
+    /// CA bundle for the backends' certificates.
+    ca: Option<Spanned<String>>,
+    /// Client certificate chain (PEM) or PKCS#12 bundle.
+    cert: Option<Spanned<String>>,
+    /// Client private key.
+    key: Option<Spanned<String>>,
+    /// File whose first line is the password of a PKCS#12 `cert`.
+    cert_password_file: Option<Spanned<String>>,
+    /// Environment variable holding that password.
+    cert_password_env: Option<Spanned<String>>,
+    /// SNI and verified name; default: each backend's host.
+    server_name: Option<Spanned<String>>,
+    /// Verify the backend's certificate; default true.
+    verify: Option<Spanned<bool>>,
+    /// ALPN offered to backends; default: the client's negotiated protocol.
+    alpn: Option<Spanned<StringList>>,
 }
 
 /// A pool backend: its address alone, or a table.
@@ -518,6 +548,31 @@ impl Locator<'_> {
         }
     }
 
+    fn backend_tls(&self, v: &Spanned<FileBackendTls>, field: String) -> RawBackendTls {
+        let t = v.get_ref();
+        let f = |key: &str| format!("{field}.{key}");
+        RawBackendTls {
+            site: Site {
+                location: self.location(v.span()),
+                field: field.clone(),
+            },
+            ca: t.ca.as_ref().map(|v| self.path(v, f("ca"))),
+            cert: t.cert.as_ref().map(|v| self.path(v, f("cert"))),
+            key: t.key.as_ref().map(|v| self.path(v, f("key"))),
+            cert_password_file: t
+                .cert_password_file
+                .as_ref()
+                .map(|v| self.path(v, f("cert_password_file"))),
+            cert_password_env: t
+                .cert_password_env
+                .as_ref()
+                .map(|v| self.at(v, f("cert_password_env"))),
+            server_name: t.server_name.as_ref().map(|v| self.at(v, f("server_name"))),
+            verify: t.verify.as_ref().map(|v| self.at(v, f("verify"))),
+            alpn: t.alpn.as_ref().map(|v| self.list(v, f("alpn"))),
+        }
+    }
+
     fn list(&self, v: &Spanned<StringList>, field: String) -> RawList {
         let items = match v.get_ref() {
             // A lone string is its own item; report it under the field itself.
@@ -589,6 +644,10 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
                             .as_ref()
                             .map(|v| loc.list(v, field("backends"))),
                         pool: route.pool.as_ref().map(|v| loc.at(v, field("pool"))),
+                        backend_tls: route
+                            .backend_tls
+                            .as_ref()
+                            .map(|v| loc.backend_tls(v, field("backend_tls"))),
                     }
                 })
                 .collect();
@@ -624,6 +683,10 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
                     .as_ref()
                     .map(|v| loc.list(v, field("backends"))),
                 pool: inner.pool.as_ref().map(|v| loc.at(v, field("pool"))),
+                backend_tls: inner
+                    .backend_tls
+                    .as_ref()
+                    .map(|v| loc.backend_tls(v, field("backend_tls"))),
                 routes,
             }
         })
@@ -698,6 +761,10 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(RawConfig, Vec<ConfigErr
                     .eject_for
                     .as_ref()
                     .map(|v| loc.at(v, field("eject_for"))),
+                backend_tls: inner
+                    .backend_tls
+                    .as_ref()
+                    .map(|v| loc.backend_tls(v, field("backend_tls"))),
             }
         })
         .collect();
@@ -853,6 +920,7 @@ const LISTENER_KEYS: &[&str] = &[
     "client_ocsp",
     "clients",
     "route",
+    "backend_tls",
 ];
 
 /// Keys of a `[[listener.route]]` table.
@@ -875,6 +943,7 @@ const ROUTE_KEYS: &[&str] = &[
     "ocsp_staple",
     "client_ocsp",
     "clients",
+    "backend_tls",
 ];
 
 /// Keys of the `access_log` table.
@@ -900,6 +969,19 @@ const POOL_KEYS: &[&str] = &[
     "health_check",
     "eject_after",
     "eject_for",
+    "backend_tls",
+];
+
+/// Keys of a `backend_tls` table.
+const BACKEND_TLS_KEYS: &[&str] = &[
+    "ca",
+    "cert",
+    "key",
+    "cert_password_file",
+    "cert_password_env",
+    "server_name",
+    "verify",
+    "alpn",
 ];
 
 /// Keys of a pool's `health_check` table.
@@ -933,6 +1015,12 @@ fn unknown_key_error(path: &Path, text: &str, key: &str) -> ConfigError {
             CLIENT_KEYS,
             None,
         ),
+        ["listener", i, "route", j, "backend_tls", name] => (
+            format!("listener[{i}].route[{j}]"),
+            *name,
+            BACKEND_TLS_KEYS,
+            Some("backend_tls"),
+        ),
         ["listener", i, "route", j, name] => {
             (format!("listener[{i}].route[{j}]"), *name, ROUTE_KEYS, None)
         }
@@ -947,6 +1035,12 @@ fn unknown_key_error(path: &Path, text: &str, key: &str) -> ConfigError {
             *name,
             CERT_HEADER_KEYS,
             Some("client_cert_header"),
+        ),
+        ["listener", i, "backend_tls", name] => (
+            format!("listener[{i}]"),
+            *name,
+            BACKEND_TLS_KEYS,
+            Some("backend_tls"),
         ),
         ["listener", i, "clients", j, name] => (
             format!("listener[{i}].clients[{j}]"),
@@ -967,6 +1061,12 @@ fn unknown_key_error(path: &Path, text: &str, key: &str) -> ConfigError {
             POOL_BACKEND_KEYS,
             Some("backends"),
         ),
+        ["pool", i, "backend_tls", name] => (
+            format!("pool[{i}]"),
+            *name,
+            BACKEND_TLS_KEYS,
+            Some("backend_tls"),
+        ),
         ["pool", i, name] => (format!("pool[{i}]"), *name, POOL_KEYS, None),
         ["tier", i, name] => (format!("tier[{i}]"), *name, TIER_KEYS, None),
         ["access_log", name] => (String::new(), *name, ACCESS_LOG_KEYS, Some("access_log")),
@@ -981,7 +1081,10 @@ fn unknown_key_error(path: &Path, text: &str, key: &str) -> ConfigError {
     let field = match (table.as_str(), holder) {
         ("", Some(inline)) => format!("{inline}.{name}"),
         ("", None) => name.to_string(),
-        (t, Some(inline @ ("health_check" | "client_ocsp" | "client_cert_header"))) => {
+        (
+            t,
+            Some(inline @ ("health_check" | "client_ocsp" | "client_cert_header" | "backend_tls")),
+        ) => {
             format!("{t}.{inline}.{name}")
         }
         (t, _) => format!("{t}.{name}"),

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use super::validate::{
-    At, RawCertHeader, RawConfig, RawDuration, RawList, RawListener, RawOcsp, RawSize, RawTls,
-    Scope, Site, Source,
+    At, RawBackendTls, RawCertHeader, RawConfig, RawDuration, RawList, RawListener, RawOcsp,
+    RawSize, RawTls, Scope, Site, Source,
 };
 use super::Location;
 
@@ -84,6 +84,14 @@ pub struct Flags {
     pub client_ocsp_fail: Option<String>,
     /// `--client-ocsp-cache-ttl DURATION`.
     pub client_ocsp_cache_ttl: Option<String>,
+    /// `--backend-tls-ca FILE`: TLS to every backend, trusting this CA.
+    pub backend_tls_ca: Option<PathBuf>,
+    /// `--backend-tls-cert FILE`: client certificate for the backends.
+    pub backend_tls_cert: Option<PathBuf>,
+    /// `--backend-tls-key FILE`: its private key.
+    pub backend_tls_key: Option<PathBuf>,
+    /// `--backend-tls-name NAME`: SNI and verified name for the backends.
+    pub backend_tls_name: Option<String>,
 }
 
 fn at<T>(key: &str, value: T) -> At<T> {
@@ -115,6 +123,28 @@ fn duration(key: &str, d: &Option<String>) -> Option<At<RawDuration>> {
 }
 
 impl Flags {
+    /// The `--backend-tls-*` flags as a `backend_tls` table, when any is given.
+    fn backend_tls(&self) -> Option<RawBackendTls> {
+        let given = self.backend_tls_ca.is_some()
+            || self.backend_tls_cert.is_some()
+            || self.backend_tls_key.is_some()
+            || self.backend_tls_name.is_some();
+        given.then(|| RawBackendTls {
+            site: at("backend_tls_ca", ()).site,
+            ca: path("backend_tls_ca", &self.backend_tls_ca),
+            cert: path("backend_tls_cert", &self.backend_tls_cert),
+            key: path("backend_tls_key", &self.backend_tls_key),
+            cert_password_file: None,
+            cert_password_env: None,
+            server_name: self
+                .backend_tls_name
+                .as_ref()
+                .map(|v| at("backend_tls_name", v.clone())),
+            verify: None,
+            alpn: None,
+        })
+    }
+
     /// The header-mode flags as the listener's `client_cert_header` table;
     /// a name alone still turns the mode on (with the default format).
     fn cert_header(&self) -> Option<RawCertHeader> {
@@ -199,6 +229,7 @@ impl Flags {
                 .map(|v| at("proxy_protocol_cert_tlv", v.clone())),
             backends: list("backends", &self.backends),
             pool: None,
+            backend_tls: self.backend_tls(),
             routes: Vec::new(),
         };
         RawConfig {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::admit::Tiers;
 use crate::tls::route::ServerNamePattern;
@@ -163,7 +163,7 @@ pub struct Config {
 impl Config {
     /// Every file this configuration was built from: the config file, and
     /// each listener's certificate, key, client CA, CRLs and allowlist
-    /// alias certificates. A change to any
+    /// alias certificates, and each pool's backend TLS files. A change to any
     /// of them is worth a reload.
     pub fn files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self.source.iter().cloned().collect();
@@ -178,6 +178,13 @@ impl Config {
             files.extend(t.client_ca_path.iter().cloned());
             files.extend(t.crl_paths.iter().cloned());
             files.extend(t.client_cert_paths.iter().cloned());
+        }
+        for b in self.pools.iter().filter_map(|p| p.tls.as_ref()) {
+            files.extend(b.ca_path.iter().cloned());
+            if let Some(id) = &b.identity {
+                files.push(id.cert_path.clone());
+                files.push(id.key_path.clone());
+            }
         }
         files.extend(self.tickets.keys.iter().map(|k| k.path.clone()));
         files.extend(self.tier_cert_paths.iter().cloned());
@@ -285,6 +292,38 @@ pub struct PoolConfig {
     pub eject_after: Option<u32>,
     /// How long an ejected backend is left out.
     pub eject_for: Duration,
+    /// TLS toward the backends; `None` relays plaintext.
+    pub tls: Option<BackendTls>,
+}
+
+/// TLS toward backends (upstream TLS), with its key material loaded.
+#[derive(Debug, Clone)]
+pub struct BackendTls {
+    /// Trust anchors for the backends' certificates; empty when `verify` is off.
+    pub ca: Vec<CertificateDer<'static>>,
+    /// Where the CA bundle came from.
+    pub ca_path: Option<PathBuf>,
+    /// Client certificate presented to backends that ask for one.
+    pub identity: Option<ClientIdentity>,
+    /// Server name sent as SNI and verified; `None` uses each backend's host.
+    pub server_name: Option<ServerName<'static>>,
+    /// Whether the backend's certificate is verified.
+    pub verify: bool,
+    /// ALPN offered to backends; `None` passes on what the client negotiated.
+    pub alpn: Option<Vec<Vec<u8>>>,
+}
+
+/// A client certificate chain and its key, for backends.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    /// The chain, end entity first.
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// Its private key.
+    pub key: Arc<PrivateKeyDer<'static>>,
+    /// Where the chain came from.
+    pub cert_path: PathBuf,
+    /// Where the key came from (the same file for PKCS#12).
+    pub key_path: PathBuf,
 }
 
 /// A backend of a pool with its share and limit.

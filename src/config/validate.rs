@@ -15,9 +15,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::duration::{format_duration, parse_duration};
 use super::{
-    Backend, Balance, CipherSuite, ClientAuth, Config, ConfigError, ConfigErrors, HealthCheck,
-    KtlsMode, ListenerConfig, Location, PoolBackend, PoolConfig, ProxyProtocol, RouteConfig,
-    TicketKeyFile, TicketSettings, TlsSettings, TlsVersion, DEFAULT_ROUTE,
+    Backend, BackendTls, Balance, CipherSuite, ClientAuth, ClientIdentity, Config, ConfigError,
+    ConfigErrors, HealthCheck, KtlsMode, ListenerConfig, Location, PoolBackend, PoolConfig,
+    ProxyProtocol, RouteConfig, TicketKeyFile, TicketSettings, TlsSettings, TlsVersion,
+    DEFAULT_ROUTE,
 };
 use crate::admit::{ConnectionRate, Limits, Tier, Tiers};
 use crate::close::AccessLogFormat;
@@ -283,6 +284,8 @@ pub(crate) struct RawListener {
     pub backends: Option<RawList>,
     /// `pool` of the default route.
     pub pool: Option<At<String>>,
+    /// `backend_tls` of the default route's `backends`.
+    pub backend_tls: Option<RawBackendTls>,
     /// `proxy_protocol`.
     pub proxy_protocol: Option<At<String>>,
     /// `client_cert_header`.
@@ -403,6 +406,8 @@ pub(crate) struct RawRoute {
     pub backends: Option<RawList>,
     /// `pool`.
     pub pool: Option<At<String>>,
+    /// `backend_tls` of `backends`.
+    pub backend_tls: Option<RawBackendTls>,
 }
 
 /// One `[[pool]]`, unchecked.
@@ -422,7 +427,47 @@ pub(crate) struct RawPool {
     pub eject_after: Option<At<i64>>,
     /// `eject_for`.
     pub eject_for: Option<At<RawDuration>>,
+    /// `backend_tls`.
+    pub backend_tls: Option<RawBackendTls>,
 }
+
+/// A `backend_tls` table (or the `--backend-tls-*` flags), unchecked. It
+/// is validated on its own, so any table holding one can reuse it.
+#[derive(Debug)]
+pub(crate) struct RawBackendTls {
+    /// Where the table is; missing keys are reported here.
+    pub site: Site,
+    /// `ca`: trust anchors for the backends' certificates.
+    pub ca: Option<At<PathBuf>>,
+    /// `cert`: client certificate chain (PEM), or a PKCS#12 bundle.
+    pub cert: Option<At<PathBuf>>,
+    /// `key`: the client certificate's private key.
+    pub key: Option<At<PathBuf>>,
+    /// `cert_password_file`: password of a PKCS#12 `cert`.
+    pub cert_password_file: Option<At<PathBuf>>,
+    /// `cert_password_env`: environment variable holding it.
+    pub cert_password_env: Option<At<String>>,
+    /// `server_name`: SNI and the name verified in the backend's certificate.
+    pub server_name: Option<At<String>>,
+    /// `verify`: whether the backend's certificate is verified.
+    pub verify: Option<At<bool>>,
+    /// `alpn`: protocols offered to backends instead of the client's.
+    pub alpn: Option<RawList>,
+}
+
+/// The fields naming a certificate chain and its key, in whichever table.
+struct RawIdentity<'a> {
+    cert: Option<&'a At<PathBuf>>,
+    key: Option<&'a At<PathBuf>>,
+    password_file: &'a Option<At<PathBuf>>,
+    password_env: &'a Option<At<String>>,
+}
+
+/// A loaded chain and key, each with the file it came from.
+type Identity = (
+    (PathBuf, Vec<CertificateDer<'static>>),
+    (PathBuf, PrivateKeyDer<'static>),
+);
 
 /// One entry of a pool's `backends`.
 #[derive(Debug)]
@@ -898,8 +943,7 @@ impl Checker {
                 scope,
                 &l.location,
                 format!("{name}/{DEFAULT_ROUTE}"),
-                &l.backends,
-                &l.pool,
+                (&l.backends, &l.pool, &l.backend_tls),
                 pools,
             );
             tls.zip(pool).map(|(tls, pool)| RouteConfig {
@@ -1066,8 +1110,7 @@ impl Checker {
             scope,
             &r.location,
             format!("{listener}/{name}"),
-            &r.backends,
-            &r.pool,
+            (&r.backends, &r.pool, &r.backend_tls),
             pools,
         );
         if self.errors.len() > errors_before {
@@ -1089,10 +1132,20 @@ impl Checker {
         scope: Scope,
         location: &Location,
         implicit_name: String,
-        backends: &Option<RawList>,
-        pool: &Option<At<String>>,
+        (backends, pool, backend_tls): (
+            &Option<RawList>,
+            &Option<At<String>>,
+            &Option<RawBackendTls>,
+        ),
         pools: &mut Vec<PoolConfig>,
     ) -> Option<String> {
+        if let (Some(tls), Some(p)) = (backend_tls, pool) {
+            self.errors.push(tls.site.error(format!(
+                "not used with pool = {:?}: set backend_tls in that [[pool]]",
+                p.value
+            )));
+            return None;
+        }
         match (backends, pool) {
             (Some(_), Some(p)) => {
                 self.errors
@@ -1146,6 +1199,11 @@ impl Checker {
                         max_connections: None,
                     })
                     .collect();
+                let errors_before = self.errors.len();
+                let tls = backend_tls.as_ref().and_then(|t| self.backend_tls(t));
+                if self.errors.len() > errors_before {
+                    return None;
+                }
                 pools.push(PoolConfig {
                     name: implicit_name.clone(),
                     balance: Balance::RoundRobin,
@@ -1153,6 +1211,7 @@ impl Checker {
                     health_check: None,
                     eject_after: None,
                     eject_for: defaults::EJECT_FOR,
+                    tls,
                 });
                 Some(implicit_name)
             }
@@ -1265,6 +1324,7 @@ impl Checker {
                 .filter(|n| *n > 0),
         };
         let eject_for = self.duration(&p.eject_for, defaults::EJECT_FOR, false);
+        let tls = p.backend_tls.as_ref().and_then(|t| self.backend_tls(t));
         if self.errors.len() > errors_before {
             return None;
         }
@@ -1275,6 +1335,7 @@ impl Checker {
             health_check,
             eject_after,
             eject_for,
+            tls,
         })
     }
 
@@ -1377,21 +1438,43 @@ impl Checker {
             c.site(scope, key, location).error(hint)
         };
 
+        let identity = self.identity(
+            RawIdentity {
+                cert: t.cert.as_ref(),
+                key: t.key.as_ref(),
+                password_file: &t.cert_password_file,
+                password_env: &t.cert_password_env,
+            },
+            |c| missing(c, "cert", "the server certificate chain file"),
+            |c| missing(c, "key", "the server private key file"),
+        );
+        self.tls_rest(scope, location, t, errors_before, identity)
+    }
+
+    /// Loads a certificate chain and its key (PEM files, or one PKCS#12
+    /// bundle), checking that they belong together. `missing_cert` and
+    /// `missing_key` report an absent field.
+    fn identity(
+        &mut self,
+        id: RawIdentity<'_>,
+        missing_cert: impl FnOnce(&Self) -> ConfigError,
+        missing_key: impl FnOnce(&Self) -> ConfigError,
+    ) -> Option<Identity> {
         // A PKCS#12 bundle holds the chain and the key together.
-        if let Some(v) = t.cert.as_ref().filter(|v| is_pkcs12(&v.value)) {
-            if let Some(k) = &t.key {
+        if let Some(v) = id.cert.filter(|v| is_pkcs12(&v.value)) {
+            if let Some(k) = id.key {
                 self.errors.push(
                     k.site.error(
                         "not used: the PKCS#12 cert already holds the private key".to_string(),
                     ),
                 );
             }
-            let password = self.pkcs12_password(&t.cert_password_file, &t.cert_password_env);
-            let loaded = self.path(v).and_then(|path| {
+            let password = self.pkcs12_password(id.password_file, id.password_env);
+            return self.path(v).and_then(|path| {
                 match load_pkcs12(&path, password.as_deref().unwrap_or("")) {
                     Ok((chain, key)) => {
                         self.check_validity(&v.site, &path, &chain);
-                        Some((path, chain, key))
+                        Some(((path.clone(), chain), (path, key)))
                     }
                     Err(e) => {
                         self.errors.push(v.site.error(e.to_string()));
@@ -1399,20 +1482,13 @@ impl Checker {
                     }
                 }
             });
-            return self.tls_rest(
-                scope,
-                location,
-                t,
-                errors_before,
-                loaded.map(|(p, c, k)| ((p.clone(), c), (p, k))),
-            );
         }
 
         // Certificate chain.
-        let cert = match &t.cert {
+        let cert = match id.cert {
             None => {
-                self.errors
-                    .push(missing(self, "cert", "the server certificate chain file"));
+                let e = missing_cert(self);
+                self.errors.push(e);
                 None
             }
             Some(v) => self
@@ -1430,10 +1506,10 @@ impl Checker {
         };
 
         // Private key, and whether it belongs to the certificate.
-        let key = match &t.key {
+        let key = match id.key {
             None => {
-                self.errors
-                    .push(missing(self, "key", "the server private key file"));
+                let e = missing_key(self);
+                self.errors.push(e);
                 None
             }
             Some(v) => self
@@ -1451,11 +1527,108 @@ impl Checker {
                 self.errors.push(key_site.error(e.to_string()));
             }
         }
-        let identity = match (cert, key) {
+        match (cert, key) {
             (Some(cert), Some((key_path, key, _))) => Some((cert, (key_path, key))),
             _ => None,
+        }
+    }
+
+    /// Checks a `backend_tls` table (or the `--backend-tls-*` flags) and
+    /// loads its CA and client identity.
+    fn backend_tls(&mut self, raw: &RawBackendTls) -> Option<BackendTls> {
+        let errors_before = self.errors.len();
+        let source = self.source;
+        let field = |key: &str| Site {
+            location: raw.site.location.clone(),
+            field: match source {
+                Source::File => format!("{}.{key}", raw.site.field),
+                Source::Flags if key == "server_name" => "--backend-tls-name".to_string(),
+                Source::Flags => format!("--backend-tls-{}", key.replace('_', "-")),
+            },
         };
-        self.tls_rest(scope, location, t, errors_before, identity)
+        let verify = raw.verify.as_ref().is_none_or(|v| v.value);
+        if let Some(v) = raw.verify.as_ref().filter(|v| !v.value) {
+            self.warnings.push(v.site.error(
+                "backend certificates are not verified: anyone on the path can impersonate a backend",
+            ));
+        }
+        let ca = match &raw.ca {
+            Some(v) => self
+                .path(v)
+                .and_then(|path| match certs::load_client_ca(&path) {
+                    Ok(ca) => {
+                        self.check_validity(&v.site, &path, &ca);
+                        Some((Some(path), ca))
+                    }
+                    Err(e) => {
+                        self.errors.push(v.site.error(e.to_string()));
+                        None
+                    }
+                }),
+            None if verify => {
+                self.errors.push(field("ca").error(
+                    "missing; the CA bundle that signs the backends' certificates is required (or verify = false)",
+                ));
+                None
+            }
+            None => Some((None, Vec::new())),
+        };
+        let identity = if raw.cert.is_some() || raw.key.is_some() {
+            let missing = |what: &str, key: &str| {
+                field(key).error(format!(
+                    "missing; {what} is required when a client certificate is given"
+                ))
+            };
+            let (missing_cert, missing_key) = (
+                missing("the client certificate chain file", "cert"),
+                missing("the client private key file", "key"),
+            );
+            self.identity(
+                RawIdentity {
+                    cert: raw.cert.as_ref(),
+                    key: raw.key.as_ref(),
+                    password_file: &raw.cert_password_file,
+                    password_env: &raw.cert_password_env,
+                },
+                |_| missing_cert,
+                |_| missing_key,
+            )
+            .map(
+                |((cert_path, cert_chain), (key_path, key))| ClientIdentity {
+                    cert_chain,
+                    key: Arc::new(key),
+                    cert_path,
+                    key_path,
+                },
+            )
+        } else {
+            None
+        };
+        let server_name = raw.server_name.as_ref().and_then(|v| {
+            match rustls::pki_types::ServerName::try_from(v.value.clone()) {
+                Ok(name) => Some(name),
+                Err(_) => {
+                    self.errors.push(
+                        v.site
+                            .error(format!("{:?} is not a DNS name or IP address", v.value)),
+                    );
+                    None
+                }
+            }
+        });
+        let alpn = raw.alpn.as_ref().map(|_| self.alpn_list(&raw.alpn));
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        let (ca_path, ca) = ca?;
+        Some(BackendTls {
+            ca,
+            ca_path,
+            identity,
+            server_name,
+            verify,
+            alpn,
+        })
     }
 
     /// The password of a PKCS#12 file: from a password file (first line),
@@ -1493,17 +1666,13 @@ impl Checker {
 
     /// Everything of a listener's TLS settings after its identity (chain
     /// and key) was loaded, or failed to load.
-    #[allow(clippy::type_complexity)]
     fn tls_rest(
         &mut self,
         scope: Scope,
         location: &Location,
         t: &RawTls,
         errors_before: usize,
-        identity: Option<(
-            (PathBuf, Vec<CertificateDer<'static>>),
-            (PathBuf, PrivateKeyDer<'static>),
-        )>,
+        identity: Option<Identity>,
     ) -> Option<TlsSettings> {
         // `None` when the mode is invalid: whether a CA is needed is then
         // unknown, so only a given CA file is checked.
@@ -2002,7 +2171,11 @@ impl Checker {
     }
 
     fn alpn(&mut self, t: &RawTls) -> Vec<Vec<u8>> {
-        self.list(&t.alpn, None, |p| {
+        self.alpn_list(&t.alpn)
+    }
+
+    fn alpn_list(&mut self, list: &Option<RawList>) -> Vec<Vec<u8>> {
+        self.list(list, None, |p| {
             if p.is_empty() || p.len() > 255 {
                 Err(format!("ALPN protocol {p:?} must be 1 to 255 bytes long"))
             } else {

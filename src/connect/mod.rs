@@ -2,9 +2,12 @@
 //!
 //! The choice is sans-IO ([`balance`], over the shared state of a
 //! [`pool::Pool`]); [`connect`] only walks that order with a timeout per
-//! attempt, and reports each outcome back to the pool (passive ejection).
+//! attempt, runs what must succeed on the new connection (a PROXY header,
+//! upstream TLS), and reports each outcome back to the pool (passive
+//! ejection).
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::time::Duration;
 
@@ -16,6 +19,7 @@ pub mod health;
 pub mod pool;
 pub mod proxy_protocol;
 
+use crate::config::Backend;
 use pool::{Lease, Pool};
 
 /// One failed attempt.
@@ -50,27 +54,39 @@ impl fmt::Display for ConnectError {
 }
 
 /// Connects to the first backend of the pool's order that answers within
-/// `timeout`, trying each backend in service at most once. The returned
-/// lease counts the connection against its backend until dropped.
-pub async fn connect(
+/// `timeout`, trying each backend in service at most once. An attempt only
+/// succeeds once `establish` (a PROXY header, an upstream TLS handshake)
+/// succeeded on the new stream, within the same `timeout`; its failure
+/// counts like a refused connection and moves on to the next backend. The
+/// returned lease counts the connection against its backend until dropped.
+pub async fn connect<T, F, Fut>(
     pool: &Pool,
     client_key: &[u8],
     timeout: Duration,
-) -> Result<(TcpStream, Lease), ConnectError> {
+    mut establish: F,
+) -> Result<(T, Lease), ConnectError>
+where
+    F: FnMut(TcpStream, &Backend) -> Fut,
+    Fut: Future<Output = io::Result<T>>,
+{
     let mut attempts = Vec::new();
     for member in pool.attempt_order(client_key) {
         // Another worker may have taken its last slot since the order was made.
         let Some(lease) = pool.lease(member) else {
             continue;
         };
-        let addr = member.state.backend.addr;
-        let error = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-            Ok(Ok(stream)) => {
-                // Small writes (request heads, handshakes of nested protocols)
-                // must not wait for Nagle.
-                let _ = stream.set_nodelay(true);
+        let backend = &member.state.backend;
+        let attempt = async {
+            let stream = TcpStream::connect_addr(backend.addr).await?;
+            // Small writes (request heads, handshakes of nested protocols)
+            // must not wait for Nagle.
+            let _ = stream.set_nodelay(true);
+            establish(stream, backend).await
+        };
+        let error = match monoio::time::timeout(timeout, attempt).await {
+            Ok(Ok(established)) => {
                 pool.connected(member);
-                return Ok((stream, lease));
+                return Ok((established, lease));
             }
             Ok(Err(e)) => e,
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),

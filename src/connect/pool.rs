@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 
 use super::balance::{self, Candidate};
 use crate::config::{Backend, Balance, HealthCheck, PoolConfig};
+use crate::upstream::{UpstreamConfigError, UpstreamTls};
 
 /// One backend's shared state.
 #[derive(Debug)]
@@ -116,6 +117,8 @@ pub struct Pool {
     eject_after: Option<u32>,
     eject_for: Duration,
     epoch: Instant,
+    /// TLS toward the backends, with a session store per backend.
+    pub tls: Option<UpstreamTls>,
 }
 
 impl Pool {
@@ -221,12 +224,18 @@ impl Default for PoolRegistry {
 impl PoolRegistry {
     /// Builds the pools of a configuration, reusing the state of backends
     /// already known under the same pool name and address. Nothing is
-    /// installed: see [`PoolRegistry::install`].
-    pub fn build(&self, configs: &[PoolConfig]) -> Vec<Arc<Pool>> {
+    /// installed: see [`PoolRegistry::install`]. Fails when a pool's
+    /// `backend_tls` cannot become a TLS client configuration.
+    pub fn build(&self, configs: &[PoolConfig]) -> Result<Vec<Arc<Pool>>, UpstreamConfigError> {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         configs
             .iter()
             .map(|c| {
+                let tls = c
+                    .tls
+                    .as_ref()
+                    .map(|t| UpstreamTls::build(t, c.backends.iter().map(|b| &b.backend)))
+                    .transpose()?;
                 let members: Vec<Member> = c
                     .backends
                     .iter()
@@ -247,7 +256,7 @@ impl PoolRegistry {
                     })
                     .collect();
                 let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
-                Arc::new(Pool {
+                Ok(Arc::new(Pool {
                     name: c.name.clone(),
                     balance: c.balance,
                     schedule: balance::smooth_schedule(&weights),
@@ -257,7 +266,8 @@ impl PoolRegistry {
                     eject_after: c.eject_after,
                     eject_for: c.eject_for,
                     epoch: self.epoch,
-                })
+                    tls,
+                }))
             })
             .collect()
     }
@@ -303,6 +313,7 @@ mod tests {
             health_check: None,
             eject_after,
             eject_for: Duration::from_secs(60),
+            tls: None,
         }
     }
 
@@ -313,7 +324,9 @@ mod tests {
     #[test]
     fn leases_enforce_max_connections_and_release_on_drop() {
         let reg = PoolRegistry::default();
-        let pool = &reg.build(&[config("p", &["127.0.0.1:1", "127.0.0.1:2"], None)])[0];
+        let pool = &reg
+            .build(&[config("p", &["127.0.0.1:1", "127.0.0.1:2"], None)])
+            .unwrap()[0];
         let m = &pool.members()[0];
         let lease = pool.lease(m).expect("first connection fits");
         assert!(pool.lease(m).is_none(), "max_connections = 1");
@@ -326,7 +339,9 @@ mod tests {
     #[test]
     fn consecutive_failures_eject_and_success_resets() {
         let reg = PoolRegistry::default();
-        let pool = &reg.build(&[config("p", &["127.0.0.1:1", "127.0.0.1:2"], Some(2))])[0];
+        let pool = &reg
+            .build(&[config("p", &["127.0.0.1:1", "127.0.0.1:2"], Some(2))])
+            .unwrap()[0];
         let m = &pool.members()[0];
         assert!(!pool.connect_failed(m));
         pool.connected(m);
@@ -342,15 +357,21 @@ mod tests {
     #[test]
     fn state_survives_a_rebuild_of_the_same_pool() {
         let reg = PoolRegistry::default();
-        let first = reg.build(&[config("p", &["127.0.0.1:1"], Some(1))]);
+        let first = reg
+            .build(&[config("p", &["127.0.0.1:1"], Some(1))])
+            .unwrap();
         reg.install(first.clone());
         first[0].connect_failed(&first[0].members()[0]);
-        let again = reg.build(&[config("p", &["127.0.0.1:1", "127.0.0.1:3"], Some(1))]);
+        let again = reg
+            .build(&[config("p", &["127.0.0.1:1", "127.0.0.1:3"], Some(1))])
+            .unwrap();
         reg.install(again.clone());
         assert_eq!(again[0].members()[0].state.ejections(), 1);
         assert_eq!(again[0].members()[1].state.ejections(), 0);
         // A pool of another name starts fresh.
-        let other = reg.build(&[config("q", &["127.0.0.1:1"], Some(1))]);
+        let other = reg
+            .build(&[config("q", &["127.0.0.1:1"], Some(1))])
+            .unwrap();
         assert_eq!(other[0].members()[0].state.ejections(), 0);
     }
 }

@@ -24,9 +24,10 @@ use super::crypto_info::{
 use super::probe::Capabilities;
 use super::socket::{enable_ulp, set_crypto, Way};
 use crate::config;
-use crate::handshake::{drive, write_out, Established, Progress};
+use crate::handshake::{write_out, Established};
 use crate::tls::records::TlsOut;
 use crate::tls::server_config::cipher_family;
+use crate::tls::unbuffered::{drive, Progress};
 
 /// A session the kernel now encrypts and decrypts.
 pub struct KernelSession {

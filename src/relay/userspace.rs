@@ -26,18 +26,19 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
 
 use super::{pace, watchdog, RelayOutcome};
 use crate::admit::{Direction, Pacer};
 use crate::close::CloseReason;
-use crate::handshake::{flush_alert, Established, INCOMING_CAPACITY};
+use crate::handshake::{Established, INCOMING_CAPACITY};
 use crate::ktls::handover::bytes_to_record_boundary;
 use crate::ktls::policy::{OffloadPolicy, OffloadTrigger};
 use crate::pool::{BufferPool, Buffers, ElasticBuf};
 use crate::relay::http_head::HeadRewriter;
 use crate::tls::records::TlsOut;
+use crate::tls::unbuffered;
 use crate::trigger::Trigger;
+use crate::upstream::leg::{self, BackendLeg, LegReader, LegWriter};
 
 /// Largest plaintext read from the backend at once: four full TLS records.
 /// Buffers are pooled and held only while a direction streams, so this
@@ -209,7 +210,7 @@ pub enum Relayed {
 pub async fn run(
     established: Established,
     client: TcpStream,
-    backend: TcpStream,
+    backend: BackendLeg,
     heads: Option<HeadRewriter>,
     idle_timeout: Duration,
     drain_expired: &Trigger,
@@ -426,7 +427,7 @@ pub async fn run(
 async fn paused(
     mut session: Session,
     (client_rd, mut client_wr): (OwnedReadHalf<TcpStream>, OwnedWriteHalf<TcpStream>),
-    (backend_rd, backend_wr): (OwnedReadHalf<TcpStream>, OwnedWriteHalf<TcpStream>),
+    (backend_rd, backend_wr): (LegReader, LegWriter),
     [bytes_up, bytes_down]: [u64; 2],
 ) -> Result<(UnbufferedServerConnection, TcpStream, TcpStream), RelayOutcome> {
     if !session.control.is_empty() {
@@ -442,8 +443,10 @@ async fn paused(
         }
     }
     // The halves came from these streams, so reuniting cannot fail.
-    let (Ok(client), Ok(backend)) = (client_rd.reunite(client_wr), backend_rd.reunite(backend_wr))
-    else {
+    let (Ok(client), Some(backend)) = (
+        client_rd.reunite(client_wr),
+        leg::reunite(backend_rd, backend_wr),
+    ) else {
         return Err(RelayOutcome {
             bytes_up,
             bytes_down,
@@ -458,7 +461,7 @@ async fn paused(
 async fn client_to_backend(
     shared: &Shared,
     client: &mut OwnedReadHalf<TcpStream>,
-    backend: &mut OwnedWriteHalf<TcpStream>,
+    backend: &mut LegWriter,
     (incoming, plain): (&mut ElasticBuf<'_>, &mut ElasticBuf<'_>),
     mut heads: Option<HeadRewriter>,
     client_closed: bool,
@@ -569,58 +572,13 @@ fn decrypt(
 ) -> Result<bool, rustls::Error> {
     let mut s = shared.session.borrow_mut();
     let Session { conn, control, .. } = &mut *s;
-    let mut peer_closed = false;
-    // Records are consumed by moving this offset; only the partial record
-    // left at the end moves to the front, once.
-    let mut done = 0;
-    let result = loop {
-        let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut incoming[done..]);
-        let step = match state {
-            Ok(ConnectionState::ReadTraffic(mut r)) => {
-                let mut result = Ok(false);
-                while let Some(record) = r.next_record() {
-                    match record {
-                        Ok(record) => plain.extend_from_slice(record.payload),
-                        Err(e) => result = Err(e),
-                    }
-                }
-                result
-            }
-            Ok(ConnectionState::EncodeTlsData(mut e)) => control
-                .encode(&mut e)
-                .map(|()| false)
-                .map_err(|e| rustls::Error::General(e.to_string())),
-            // Queued in `control`; the other pump sends it before its next data.
-            Ok(ConnectionState::TransmitTlsData(t)) => {
-                t.done();
-                Ok(false)
-            }
-            Ok(ConnectionState::PeerClosed) => {
-                peer_closed = true;
-                Ok(false)
-            }
-            Ok(_) => Ok(true),
-            Err(e) => Err(e),
-        };
-        done += discard;
-        match step {
-            Ok(false) => {}
-            Ok(true) => break Ok(peer_closed),
-            Err(e) => break Err(e),
-        }
-    };
-    incoming.drain(..done);
-    if result.is_err() {
-        // The fatal alert rustls queued goes out with the control records.
-        flush_alert(conn, incoming, control);
-    }
-    result
+    unbuffered::decrypt(conn, incoming, plain, control)
 }
 
 /// Backend plaintext -> client ciphertext. Returns plaintext bytes relayed.
 async fn backend_to_client(
     shared: &Shared,
-    backend: &mut OwnedReadHalf<TcpStream>,
+    backend: &mut LegReader,
     client: &mut OwnedWriteHalf<TcpStream>,
     (plain, ciphertext): (&mut ElasticBuf<'_>, &BufferPool),
     (cancel, reads): (CancelHandle, CancelHandle),
@@ -693,41 +651,12 @@ fn encrypt(shared: &Shared, plain: &[u8], out: &mut TlsOut) -> Result<(), rustls
         control,
         close_notify_sent,
     } = &mut *s;
-    out.append(control);
-    loop {
-        let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut []);
-        match state? {
-            ConnectionState::EncodeTlsData(mut e) => out
-                .encode(&mut e)
-                .map_err(|e| rustls::Error::General(e.to_string()))?,
-            ConnectionState::TransmitTlsData(t) => t.done(),
-            ConnectionState::WriteTraffic(mut w) => {
-                if plain.is_empty() {
-                    out.close_notify(&mut w)
-                        .map_err(|e| rustls::Error::General(e.to_string()))?;
-                    *close_notify_sent = true;
-                } else {
-                    out.encrypt(&mut w, plain)
-                        .map_err(|e| rustls::Error::General(e.to_string()))?;
-                }
-                return Ok(());
-            }
-            // Both sides already closed: nothing more may be sent.
-            ConnectionState::Closed => return Ok(()),
-            other => {
-                return Err(rustls::Error::General(format!(
-                    "unexpected state while sending: {other:?}"
-                )))
-            }
-        }
-    }
+    *close_notify_sent |= unbuffered::encrypt(conn, plain, control, out)?;
+    Ok(())
 }
 
-async fn backend_shutdown(
-    backend: &mut OwnedWriteHalf<TcpStream>,
-    cancel: &CancelHandle,
-) -> io::Result<()> {
-    monoio::io::CancelableAsyncWriteRent::cancelable_shutdown(backend, cancel.clone()).await
+async fn backend_shutdown(backend: &mut LegWriter, cancel: &CancelHandle) -> io::Result<()> {
+    backend.cancelable_shutdown(cancel.clone()).await
 }
 
 /// A cancelled operation means another part already recorded why; anything

@@ -1,12 +1,12 @@
 //! Outgoing TLS bytes: a reusable buffer that rustls' unbuffered API encodes
-//! handshake records and encrypts application data into.
+//! handshake records and encrypts application data into, on either side of
+//! a connection (server toward clients, client toward backends).
 
-use rustls::server::ServerConnectionData;
 use rustls::unbuffered::{
     EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError, WriteTraffic,
 };
 
-/// Ciphertext waiting to be written to the client.
+/// Ciphertext waiting to be written to the peer.
 ///
 /// The backing vector is kept fully initialised (`len == capacity`) and only
 /// `filled` bytes are meaningful, so encrypting a record never re-zeroes or
@@ -53,10 +53,7 @@ impl TlsOut {
     }
 
     /// Appends a handshake or control record rustls asks to send.
-    pub fn encode(
-        &mut self,
-        state: &mut EncodeTlsData<'_, ServerConnectionData>,
-    ) -> Result<(), EncodeError> {
+    pub fn encode<Data>(&mut self, state: &mut EncodeTlsData<'_, Data>) -> Result<(), EncodeError> {
         self.fill(
             |buf| state.encode(buf),
             |e| match e {
@@ -69,18 +66,18 @@ impl TlsOut {
     }
 
     /// Appends `plaintext` encrypted as application data records.
-    pub fn encrypt(
+    pub fn encrypt<Data>(
         &mut self,
-        state: &mut WriteTraffic<'_, ServerConnectionData>,
+        state: &mut WriteTraffic<'_, Data>,
         plaintext: &[u8],
     ) -> Result<(), EncryptError> {
         self.fill(|buf| state.encrypt(plaintext, buf), encrypt_room)
     }
 
     /// Appends a close_notify alert.
-    pub fn close_notify(
+    pub fn close_notify<Data>(
         &mut self,
-        state: &mut WriteTraffic<'_, ServerConnectionData>,
+        state: &mut WriteTraffic<'_, Data>,
     ) -> Result<(), EncryptError> {
         self.fill(|buf| state.queue_close_notify(buf), encrypt_room)
     }

@@ -1680,3 +1680,53 @@ pub fn assert_fds_back(pid: i32, before: usize) {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// When the client of [`bulk_each_way`] sends its close_notify.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ClientClose {
+    /// As soon as its upload is written, while the download still runs.
+    AfterUpload,
+    /// Once the download ended too: for backends behind TLS terminators
+    /// (stunnel) that end both directions on close_notify.
+    AfterDownload,
+}
+
+/// Sends `size` bytes of `pattern(up_seed)` over `tls` while reading its
+/// answer to the end, with close_notify sent as `close` says, and checks
+/// both ways byte-exact: the client must receive `size` bytes of
+/// `pattern(down_seed)`, and the backend's next report must show the
+/// upload intact and a clean EOF.
+pub fn bulk_each_way(
+    tls: Tls,
+    backend: &Backend,
+    (size, up_seed, down_seed): (u64, u64, u64),
+    close: ClientClose,
+) {
+    let (mut rd, mut wr) = split(tls);
+    let writer = thread::spawn(move || -> io::Result<(TlsWriteHalf, [u8; 32])> {
+        let sha = write_pattern(&mut wr, &pattern(up_seed), size)?;
+        if close == ClientClose::AfterUpload {
+            wr.close_notify()?;
+        }
+        Ok((wr, sha))
+    });
+    let reader = thread::spawn(move || read_to_end_hashed(&mut rd));
+    let (mut wr, sent_sha) = writer.join().unwrap().expect("client upload");
+    let (got, got_sha) = reader
+        .join()
+        .unwrap()
+        .expect("client download must end with close_notify");
+    if close == ClientClose::AfterDownload {
+        wr.close_notify().expect("client close_notify");
+    }
+    assert_eq!(got, size, "client received a different byte count");
+    assert!(
+        got_sha == pattern_sha(&pattern(down_seed), size),
+        "download corrupted"
+    );
+    let report = backend.next_report(WAIT);
+    assert_eq!(report.error, None);
+    assert_eq!(report.received, size, "backend received a different count");
+    assert!(report.sha256 == sent_sha, "upload corrupted");
+    assert!(report.saw_eof);
+}

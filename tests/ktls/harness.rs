@@ -889,7 +889,7 @@ pub struct Access {
 
 /// The access line's fields, in the order tlsplice writes them. Values may
 /// contain spaces (reasons, fallbacks), so each runs to the next key.
-const ACCESS_KEYS: [&str; 20] = [
+const ACCESS_KEYS: [&str; 21] = [
     "client",
     "listener",
     "route",
@@ -901,6 +901,7 @@ const ACCESS_KEYS: [&str; 20] = [
     "version",
     "suite",
     "backend",
+    "upstream",
     "path",
     "ktls_fallback",
     "ktls_offload",

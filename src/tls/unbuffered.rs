@@ -1,0 +1,213 @@
+//! One sans-IO layer over both ends of rustls' unbuffered API.
+//!
+//! rustls implements `process_tls_records` separately for the server
+//! (`UnbufferedServerConnection`, the client's leg) and the client
+//! (`UnbufferedClientConnection`, the backend leg with upstream TLS). The
+//! [`Unbuffered`] trait names what both share, so the handshake driver, the
+//! record encryption and decryption of the userspace relay are written once
+//! for both legs.
+
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
+
+use super::records::TlsOut;
+
+/// A rustls unbuffered connection, server or client side.
+pub trait Unbuffered {
+    /// rustls' side-specific state (`ServerConnectionData` or `ClientConnectionData`).
+    type Data;
+
+    /// Processes the records in `incoming` until rustls needs something.
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+}
+
+macro_rules! unbuffered_side {
+    ($conn:ty, $data:ty) => {
+        impl Unbuffered for $conn {
+            type Data = $data;
+
+            fn process<'c, 'i>(
+                &'c mut self,
+                incoming: &'i mut [u8],
+            ) -> UnbufferedStatus<'c, 'i, $data> {
+                self.process_tls_records(incoming)
+            }
+        }
+    };
+}
+
+unbuffered_side!(UnbufferedServerConnection, ServerConnectionData);
+unbuffered_side!(UnbufferedClientConnection, ClientConnectionData);
+
+/// What a connection in its handshake needs next.
+pub(crate) enum Progress {
+    /// `out` holds records that must reach the peer now.
+    Transmit,
+    /// More bytes from the peer are needed.
+    NeedInput,
+    /// The handshake is done and nothing is left to send.
+    Complete,
+    /// The peer sent close_notify.
+    PeerClosed,
+}
+
+/// Advances the connection over the buffered input without I/O.
+pub(crate) fn drive<C: Unbuffered>(
+    conn: &mut C,
+    incoming: &mut Vec<u8>,
+    out: &mut TlsOut,
+    plaintext: &mut Vec<u8>,
+) -> Result<Progress, rustls::Error> {
+    loop {
+        let UnbufferedStatus { discard, state } = conn.process(incoming);
+        let state = match state {
+            Ok(state) => state,
+            Err(e) => {
+                // The discard still applies: rustls' deframer expects the
+                // buffer without those bytes on the next call.
+                incoming.drain(..discard);
+                return Err(e);
+            }
+        };
+        let progress = match state {
+            ConnectionState::EncodeTlsData(mut e) => {
+                out.encode(&mut e)
+                    .map_err(|e| rustls::Error::General(e.to_string()))?;
+                None
+            }
+            ConnectionState::TransmitTlsData(t) => {
+                // The caller writes `out` before driving again.
+                t.done();
+                Some(Progress::Transmit)
+            }
+            ConnectionState::ReadTraffic(mut r) => {
+                while let Some(record) = r.next_record() {
+                    plaintext.extend_from_slice(record?.payload);
+                }
+                None
+            }
+            ConnectionState::BlockedHandshake => Some(Progress::NeedInput),
+            ConnectionState::WriteTraffic(_) => Some(Progress::Complete),
+            ConnectionState::PeerClosed | ConnectionState::Closed => Some(Progress::PeerClosed),
+            // Early data is disabled in every configuration we build.
+            _ => Some(Progress::NeedInput),
+        };
+        incoming.drain(..discard);
+        if let Some(p) = progress {
+            return Ok(p);
+        }
+    }
+}
+
+/// Collects the alert rustls queued when it failed the connection.
+///
+/// One call is enough and the only safe one: rustls hands out queued
+/// records before it deframes anything, whereas a second call would parse
+/// more input in a failed state (and could queue a second fatal alert).
+/// `incoming` is the failing call's buffer, its discard already applied.
+pub fn flush_alert<C: Unbuffered>(conn: &mut C, incoming: &mut [u8], out: &mut TlsOut) {
+    let UnbufferedStatus { state, .. } = conn.process(incoming);
+    if let Ok(ConnectionState::EncodeTlsData(mut e)) = state {
+        let _ = out.encode(&mut e);
+    }
+}
+
+/// Decrypts every complete record in `incoming` into `plain` after the
+/// handshake. Records rustls produces meanwhile (a KeyUpdate answer, or the
+/// alert for a failure) go to `control`, to be sent before more data.
+/// Returns whether the peer sent close_notify.
+pub(crate) fn decrypt<C: Unbuffered>(
+    conn: &mut C,
+    incoming: &mut Vec<u8>,
+    plain: &mut Vec<u8>,
+    control: &mut TlsOut,
+) -> Result<bool, rustls::Error> {
+    let mut peer_closed = false;
+    // Records are consumed by moving this offset; only the partial record
+    // left at the end moves to the front, once per call.
+    let mut done = 0;
+    let result = loop {
+        let UnbufferedStatus { discard, state } = conn.process(&mut incoming[done..]);
+        let step = match state {
+            Ok(ConnectionState::ReadTraffic(mut r)) => {
+                let mut result = Ok(false);
+                while let Some(record) = r.next_record() {
+                    match record {
+                        Ok(record) => plain.extend_from_slice(record.payload),
+                        Err(e) => result = Err(e),
+                    }
+                }
+                result
+            }
+            Ok(ConnectionState::EncodeTlsData(mut e)) => control
+                .encode(&mut e)
+                .map(|()| false)
+                .map_err(|e| rustls::Error::General(e.to_string())),
+            // Queued in `control`; the sending side writes it before its next data.
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                t.done();
+                Ok(false)
+            }
+            Ok(ConnectionState::PeerClosed) => {
+                peer_closed = true;
+                Ok(false)
+            }
+            Ok(_) => Ok(true),
+            Err(e) => Err(e),
+        };
+        done += discard;
+        match step {
+            Ok(false) => {}
+            Ok(true) => break Ok(peer_closed),
+            Err(e) => break Err(e),
+        }
+    };
+    incoming.drain(..done);
+    if result.is_err() {
+        // The fatal alert rustls queued goes out with the control records.
+        flush_alert(conn, incoming, control);
+    }
+    result
+}
+
+/// Encrypts `plain` (or, when empty, a close_notify) into `out`, after the
+/// queued `control` records. Returns whether a close_notify was queued.
+pub(crate) fn encrypt<C: Unbuffered>(
+    conn: &mut C,
+    plain: &[u8],
+    control: &mut TlsOut,
+    out: &mut TlsOut,
+) -> Result<bool, rustls::Error> {
+    out.append(control);
+    loop {
+        let UnbufferedStatus { state, .. } = conn.process(&mut []);
+        match state? {
+            ConnectionState::EncodeTlsData(mut e) => out
+                .encode(&mut e)
+                .map_err(|e| rustls::Error::General(e.to_string()))?,
+            ConnectionState::TransmitTlsData(t) => t.done(),
+            ConnectionState::WriteTraffic(mut w) => {
+                return if plain.is_empty() {
+                    out.close_notify(&mut w)
+                        .map_err(|e| rustls::Error::General(e.to_string()))?;
+                    Ok(true)
+                } else {
+                    out.encrypt(&mut w, plain)
+                        .map_err(|e| rustls::Error::General(e.to_string()))?;
+                    Ok(false)
+                };
+            }
+            // Both sides already closed: nothing more may be sent.
+            ConnectionState::Closed => return Ok(false),
+            other => {
+                return Err(rustls::Error::General(format!(
+                    "unexpected state while sending: {other:?}"
+                )))
+            }
+        }
+    }
+}

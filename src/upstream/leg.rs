@@ -1,0 +1,233 @@
+//! The backend leg of the userspace relay: plain TCP, or TLS around it.
+//!
+//! The relay reads plaintext from and writes plaintext to the backend
+//! through [`LegReader`] and [`LegWriter`], whichever the leg is. With
+//! upstream TLS both halves share the rustls client connection (never
+//! borrowed across an await): the reader decrypts, the writer encrypts.
+//! Records rustls produces while reading (a KeyUpdate answer) are queued and
+//! sent by the writer ahead of its next data, as on the client leg.
+
+use std::cell::RefCell;
+use std::io;
+use std::rc::Rc;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{
+    CancelHandle, CancelableAsyncReadRent, CancelableAsyncWriteRent, CancelableAsyncWriteRentExt,
+    OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
+use monoio::net::TcpStream;
+use monoio::BufResult;
+use rustls::client::UnbufferedClientConnection;
+
+use super::Upstream;
+use crate::handshake::INCOMING_CAPACITY;
+use crate::tls::records::TlsOut;
+use crate::tls::unbuffered;
+
+/// The connection to a backend, as the relay receives it.
+pub enum BackendLeg {
+    /// Plaintext TCP.
+    Plain(TcpStream),
+    /// TLS to the backend, its handshake done.
+    Tls(TcpStream, Box<Upstream>),
+}
+
+struct TlsState {
+    conn: UnbufferedClientConnection,
+    /// Records produced while reading, to send before more data.
+    control: TlsOut,
+}
+
+/// The reading side's TLS state.
+struct TlsReader {
+    state: Rc<RefCell<TlsState>>,
+    /// Ciphertext read but not yet decrypted (at most a partial record).
+    incoming: Vec<u8>,
+    /// Plaintext decrypted but not yet handed out, from `pending_at` on.
+    pending: Vec<u8>,
+    pending_at: usize,
+    /// The backend sent close_notify: once `pending` is handed out, reads
+    /// return 0 (rustls reports the close only once).
+    closed: bool,
+}
+
+/// Reads plaintext from the backend.
+pub struct LegReader {
+    rd: OwnedReadHalf<TcpStream>,
+    tls: Option<TlsReader>,
+}
+
+/// Writes plaintext to the backend.
+pub struct LegWriter {
+    wr: OwnedWriteHalf<TcpStream>,
+    tls: Option<(Rc<RefCell<TlsState>>, TlsOut)>,
+}
+
+impl BackendLeg {
+    /// Splits the leg into its reading and writing halves.
+    pub fn into_split(self) -> (LegReader, LegWriter) {
+        match self {
+            BackendLeg::Plain(stream) => {
+                let (rd, wr) = stream.into_split();
+                (LegReader { rd, tls: None }, LegWriter { wr, tls: None })
+            }
+            BackendLeg::Tls(stream, upstream) => {
+                let Upstream {
+                    conn,
+                    mut incoming,
+                    early_plaintext,
+                    ..
+                } = *upstream;
+                if incoming.capacity() < INCOMING_CAPACITY {
+                    incoming.reserve(INCOMING_CAPACITY - incoming.len());
+                }
+                let state = Rc::new(RefCell::new(TlsState {
+                    conn,
+                    control: TlsOut::with_capacity(0),
+                }));
+                let (rd, wr) = stream.into_split();
+                let reader = TlsReader {
+                    state: state.clone(),
+                    incoming,
+                    pending: early_plaintext,
+                    pending_at: 0,
+                    closed: false,
+                };
+                (
+                    LegReader {
+                        rd,
+                        tls: Some(reader),
+                    },
+                    LegWriter {
+                        wr,
+                        tls: Some((state, TlsOut::with_capacity(0))),
+                    },
+                )
+            }
+        }
+    }
+
+    /// Whether the backend is spoken to in TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, BackendLeg::Tls(..))
+    }
+}
+
+/// Puts a plaintext leg's halves back together (for the kernel TLS
+/// handover after a pause); `None` for a TLS leg or halves of two streams.
+pub fn reunite(reader: LegReader, writer: LegWriter) -> Option<TcpStream> {
+    if reader.tls.is_some() || writer.tls.is_some() {
+        return None;
+    }
+    reader.rd.reunite(writer.wr).ok()
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("backend TLS: {e}"))
+}
+
+impl LegReader {
+    /// Reads plaintext into `buf`, at most its capacity, as a socket read
+    /// would (its content is replaced). 0 means the backend finished
+    /// sending.
+    pub async fn cancelable_read(
+        &mut self,
+        mut buf: Vec<u8>,
+        cancel: CancelHandle,
+    ) -> BufResult<usize, Vec<u8>> {
+        let Some(tls) = &mut self.tls else {
+            return self.rd.cancelable_read(buf, cancel).await;
+        };
+        buf.clear();
+        if buf.capacity() == 0 {
+            buf.reserve(INCOMING_CAPACITY);
+        }
+        loop {
+            if tls.pending_at < tls.pending.len() {
+                let rest = &tls.pending[tls.pending_at..];
+                let n = rest.len().min(buf.capacity());
+                buf.extend_from_slice(&rest[..n]);
+                tls.pending_at += n;
+                return (Ok(n), buf);
+            }
+            if tls.closed {
+                return (Ok(0), buf);
+            }
+            tls.pending.clear();
+            tls.pending_at = 0;
+            tls.closed = {
+                let mut s = tls.state.borrow_mut();
+                let TlsState { conn, control } = &mut *s;
+                match unbuffered::decrypt(conn, &mut tls.incoming, &mut tls.pending, control) {
+                    Ok(closed) => closed,
+                    Err(e) => return (Err(tls_error(e)), buf),
+                }
+            };
+            if !tls.pending.is_empty() || tls.closed {
+                continue;
+            }
+            if tls.incoming.len() == tls.incoming.capacity() {
+                let e = io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "backend TLS: record larger than the input buffer",
+                );
+                return (Err(e), buf);
+            }
+            let len = tls.incoming.len();
+            let (res, read) = self
+                .rd
+                .cancelable_read(
+                    std::mem::take(&mut tls.incoming).slice_mut(len..),
+                    cancel.clone(),
+                )
+                .await;
+            tls.incoming = read.into_inner();
+            match res {
+                // EOF without close_notify: the backend is done all the same.
+                Ok(0) => return (Ok(0), buf),
+                Ok(_) => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+    }
+}
+
+impl LegWriter {
+    /// Writes all of `buf` (plaintext) to the backend.
+    pub async fn write_all(
+        &mut self,
+        buf: Vec<u8>,
+        cancel: CancelHandle,
+    ) -> BufResult<usize, Vec<u8>> {
+        let Some((state, out)) = &mut self.tls else {
+            return self.wr.write_all(buf, cancel).await;
+        };
+        if let Err(e) = seal(state, &buf, out) {
+            return (Err(e), buf);
+        }
+        let (res, written) = self.wr.write_all(out.take(), cancel).await;
+        out.restore(written);
+        (res.map(|_| buf.len()), buf)
+    }
+
+    /// Ends the sending direction: close_notify (with TLS), then FIN.
+    pub async fn cancelable_shutdown(&mut self, cancel: CancelHandle) -> io::Result<()> {
+        if let Some((state, out)) = &mut self.tls {
+            seal(state, &[], out)?;
+            let (res, written) = self.wr.write_all(out.take(), cancel.clone()).await;
+            out.restore(written);
+            res?;
+        }
+        self.wr.cancelable_shutdown(cancel).await
+    }
+}
+
+/// Encrypts `plain` (a close_notify when empty) after the queued control records.
+fn seal(state: &RefCell<TlsState>, plain: &[u8], out: &mut TlsOut) -> io::Result<()> {
+    let mut s = state.borrow_mut();
+    let TlsState { conn, control } = &mut *s;
+    unbuffered::encrypt(conn, plain, control, out)
+        .map(|_| ())
+        .map_err(tls_error)
+}
