@@ -146,22 +146,6 @@ fn pkcs12_server_identity() {
     assert!(err.contains("server.p12"), "{err}");
 }
 
-/// Exports `id` (certificate and key) as PKCS#12 with `password`.
-fn export_pkcs12(id: &Identity, p12: &std::path::Path, password: &str) {
-    let status = std::process::Command::new("openssl")
-        .args(["pkcs12", "-export", "-passout"])
-        .arg(format!("pass:{password}"))
-        .arg("-in")
-        .arg(&id.cert_path)
-        .arg("-inkey")
-        .arg(&id.key_path)
-        .arg("-out")
-        .arg(p12)
-        .status()
-        .unwrap();
-    assert!(status.success(), "openssl pkcs12 -export");
-}
-
 /// A client's PKCS#12 bundle, uploaded under an alias in a
 /// `[[listener.clients]]` table with its password in a file (or the
 /// environment): that client is admitted and known by the alias; a client

@@ -303,3 +303,55 @@ fn a_failed_backend_handshake_moves_on_to_the_next_backend() {
     assert!(plain.accepted() >= 1, "the plain backend was never tried");
     assert!(plain.bytes_in() > 0, "no ClientHello reached it");
 }
+
+/// A config file: the listener's route sends to a `[[pool]]` whose
+/// `backend_tls` presents a PKCS#12 client identity (password from a file)
+/// and does not verify the backend (`verify = false`, no CA at all). The
+/// backend (stunnel) requires and verifies the client certificate; data
+/// flows both ways and the access line names the pool's backend.
+#[test]
+fn a_pool_with_backend_tls_from_a_config_file() {
+    require_tool("openssl");
+    let pki = Pki::new();
+    let backend = Backend::echo();
+    let stunnel = Stunnel::start(&pki, backend.addr);
+    let p12 = pki.path().join("to-backend.p12");
+    export_pkcs12(&pki.client, &p12, "upstr3am");
+    write_file(pki.path(), "to-backend.pass", "upstr3am\n");
+    let config = write_file(
+        pki.path(),
+        "tlsplice.toml",
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\
+             pool = \"secure\"\n\n[[pool]]\nname = \"secure\"\nbackends = [\"{}\"]\n\
+             backend_tls = {{ verify = false, cert = \"to-backend.p12\", cert_password_file = \"to-backend.pass\" }}\n",
+            pki.server.cert_path, pki.server.key_path, pki.ca_path, stunnel.addr
+        ),
+    );
+    let server = Server::spawn_args(
+        &[
+            "serve".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        1,
+    );
+    assert!(
+        server
+            .log
+            .text()
+            .contains("backend certificates are not verified"),
+        "verify = false is warned about:\n{}",
+        server.log.text()
+    );
+    let mut tls = tls_connect(server.addr(), ClientOpts::new(&pki).build()).expect("handshake");
+    let local = tls.sock.local_addr().unwrap();
+    echo_round_trip(&mut tls, b"through a TLS pool\n");
+    close_notify(&mut tls).unwrap();
+    let _ = read_until_end(&mut tls);
+    let access = access_of(&server, local);
+    assert_eq!(access["backend"], stunnel.addr.to_string(), "{access:?}");
+    assert_eq!(access["upstream"], "full", "{access:?}");
+    assert_eq!(access["reason"], "done", "{access:?}");
+    assert_eq!(backend.accepted(), 1);
+}

@@ -1375,3 +1375,132 @@ fn sizes() {
     assert!(parse_size("1.5MiB").is_err());
     assert!(parse_size("99999999999999999999GiB").is_err());
 }
+
+#[test]
+fn backend_tls_beside_backends_makes_a_tls_pool() {
+    let pki = Pki::new();
+    let text = format!(
+        "{LISTENER}backend_tls = {{ ca = \"pki/ca.crt\", cert = \"pki/client.crt\", key = \"pki/client.key\", server_name = \"api.internal\", alpn = [\"h2\"] }}\n"
+    );
+    let c = load_file(&write(&pki, &text)).unwrap();
+    let route = c.listeners[0].default_route.as_ref().unwrap();
+    let pool = c.pools.iter().find(|p| p.name == route.pool).unwrap();
+    let t = pool.tls.as_ref().expect("the implicit pool speaks TLS");
+    assert!(t.verify);
+    assert_eq!(t.ca_path, Some(pki.path("ca.crt")));
+    assert_eq!(
+        t.identity.as_ref().unwrap().cert_path,
+        pki.path("client.crt")
+    );
+    assert_eq!(t.alpn, Some(vec![b"h2".to_vec()]));
+    assert_eq!(
+        t.server_name,
+        Some(rustls::pki_types::ServerName::try_from("api.internal").unwrap())
+    );
+    assert!(
+        c.files().contains(&pki.path("client.key")),
+        "backend TLS files are watched for reload"
+    );
+}
+
+#[test]
+fn backend_tls_problems_are_reported_at_their_keys() {
+    let pki = Pki::new();
+    // No CA while verifying; a key that is not the certificate's; a bad name.
+    let (path, errs) = errors(
+        &pki,
+        &format!(
+            "{LISTENER}backend_tls = {{ cert = \"pki/client.crt\", key = \"pki/server.key\", server_name = \"not a name\" }}\n"
+        ),
+    );
+    let at = |rest: &str| format!("{}:7:{rest}", path.display());
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert!(
+        errs[0].starts_with(&at("15: listener[0].backend_tls.ca: missing")),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].contains("listener[0].backend_tls.key: certificate"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[2].contains("listener[0].backend_tls.server_name: \"not a name\" is not a DNS name"),
+        "{errs:?}"
+    );
+
+    // Unknown keys inside the table are named with the table's keys.
+    let (path, errs) = errors(
+        &pki,
+        &format!("{LISTENER}backend_tls = {{ ca = \"pki/ca.crt\", sni = \"x\" }}\n"),
+    );
+    let want = format!(
+        "{}:7:1: listener[0].backend_tls.sni: unknown field `sni`, expected one of `ca`, `cert`",
+        path.display()
+    );
+    assert!(errs[0].starts_with(&want), "{errs:?}");
+}
+
+#[test]
+fn backend_tls_in_a_pool_and_not_beside_a_pool_reference() {
+    let pki = Pki::new();
+    let listener = LISTENER.replace("backends = [\"127.0.0.1:8080\"]", "pool = \"api\"");
+    let pool = "[[pool]]\nname = \"api\"\nbackends = [\"127.0.0.1:9443\"]\n";
+    let text = format!(
+        "{listener}\n{pool}backend_tls = {{ verify = false, cert = \"pki/client.crt\", key = \"pki/client.key\" }}\n"
+    );
+    let c = load_file(&write(&pki, &text)).unwrap();
+    let api = c.pools.iter().find(|p| p.name == "api").unwrap();
+    let t = api.tls.as_ref().expect("pool api speaks TLS");
+    assert!(!t.verify && t.ca.is_empty() && t.identity.is_some());
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0]
+            .to_string()
+            .contains("pool[0].backend_tls.verify: backend certificates are not verified"),
+        "{:?}",
+        c.warnings
+    );
+
+    // The table belongs to the pool, not to what refers to it.
+    let text = format!("{listener}backend_tls = {{ ca = \"pki/ca.crt\" }}\n\n{pool}");
+    let (_, errs) = errors(&pki, &text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("listener[0].backend_tls: not used with pool = \"api\": set backend_tls in that [[pool]]"),
+        "{errs:?}"
+    );
+
+    // Unknown keys in a pool's table.
+    let text = format!("{listener}\n{pool}backend_tls = {{ ca = \"pki/ca.crt\", sni = \"x\" }}\n");
+    let (_, errs) = errors(&pki, &text);
+    assert!(
+        errs[0].contains("pool[0].backend_tls.sni: unknown field `sni`"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn backend_tls_flags_go_through_the_same_validator() {
+    let pki = Pki::new();
+    let f = Flags {
+        backend_tls_ca: Some(pki.path("ca.crt")),
+        backend_tls_cert: Some(pki.path("client.crt")),
+        backend_tls_key: Some(pki.path("client.key")),
+        backend_tls_name: Some("localhost".into()),
+        ..flags(&pki)
+    };
+    let c = from_flags(&f).unwrap();
+    assert!(c.pools.iter().all(|p| p.tls.is_some()));
+
+    let f = Flags {
+        backend_tls_cert: Some(pki.path("client.crt")),
+        ..flags(&pki)
+    };
+    let errs = flag_errors(&f);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].starts_with("--backend-tls-ca: missing"), "{errs:?}");
+    assert!(
+        errs[1].starts_with("--backend-tls-key: missing"),
+        "{errs:?}"
+    );
+}

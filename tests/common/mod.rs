@@ -1730,3 +1730,19 @@ pub fn bulk_each_way(
     assert!(report.sha256 == sent_sha, "upload corrupted");
     assert!(report.saw_eof);
 }
+
+/// Exports `id` (certificate and key) as PKCS#12 with `password`.
+pub fn export_pkcs12(id: &Identity, p12: &Path, password: &str) {
+    let status = Command::new("openssl")
+        .args(["pkcs12", "-export", "-passout"])
+        .arg(format!("pass:{password}"))
+        .arg("-in")
+        .arg(&id.cert_path)
+        .arg("-inkey")
+        .arg(&id.key_path)
+        .arg("-out")
+        .arg(p12)
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl pkcs12 -export");
+}
