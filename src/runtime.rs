@@ -41,7 +41,9 @@ use crate::connect::pool::{Pool, PoolRegistry};
 use crate::connect::proxy_protocol::{self, ClientInfo};
 use crate::connect::{self};
 use crate::handshake::{self, HandshakeError, Refusal};
-use crate::ktls::handover::{handover, Handover};
+use crate::ktls::handover::{
+    handover, handover_backend, kernel_can_take, BackendHandover, Handover,
+};
 use crate::ktls::probe::{self, Capabilities};
 use crate::pool::Buffers;
 use crate::relay::http_head::HeadRewriter;
@@ -962,44 +964,82 @@ async fn serve(
     let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
     let buffers = &worker.buffers;
     let offload = limits.ktls != KtlsMode::Off && worker.ktls.any();
+    let in_userspace = |established, stream, leg, heads, pacer| {
+        userspace::run(
+            established,
+            stream,
+            leg,
+            heads,
+            idle,
+            drain,
+            buffers,
+            pacer,
+            None,
+        )
+    };
+    let mut established = established;
     let mut backend = match backend {
         BackendLeg::Plain(stream) => stream,
-        BackendLeg::Tls(_, session) if limits.ktls == KtlsMode::Require => {
-            record.upstream = Some(session.kind());
-            return CloseReason::ClientError(
-                "ktls = require, but the backend leg speaks TLS in userspace".into(),
-            );
-        }
-        tls @ BackendLeg::Tls(..) => {
-            // Both legs stay in userspace: the backend's records are not
-            // handed to the kernel (yet).
-            if let BackendLeg::Tls(_, session) = &tls {
-                record.upstream = Some(session.kind());
+        BackendLeg::Tls(mut to_backend, upstream) => {
+            record.upstream = Some(upstream.kind());
+            // Both legs go to the kernel, or neither: no relay mixes them.
+            // Offload is at once here (the pause cannot carry a TLS leg).
+            let caps = &worker.ktls;
+            let fit = kernel_can_take(&established.conn, caps).and_then(|_| {
+                kernel_can_take(&upstream.conn, caps).map_err(|why| format!("backend leg: {why}"))
+            });
+            let why = match fit {
+                Ok(_) if offload => match handover(established, &mut stream, caps).await {
+                    Ok(Handover::Kernel(session)) => {
+                        let backend_kernel =
+                            match handover_backend(*upstream, &mut to_backend, caps).await {
+                                Ok(BackendHandover::Kernel(b)) => *b,
+                                Ok(BackendHandover::Userspace(_, why)) => {
+                                    return CloseReason::BackendError(format!(
+                                        "backend TLS could not follow the client's into the kernel: {why}"
+                                    ))
+                                }
+                                Err(e) => return CloseReason::BackendError(e.to_string()),
+                            };
+                        record.path = "ktls";
+                        let pipes = &worker.buffers.pipes;
+                        let outcome = splice::run(
+                            *session,
+                            stream,
+                            to_backend,
+                            Some(backend_kernel),
+                            heads,
+                            idle,
+                            drain,
+                            pipes,
+                            pacer,
+                        )
+                        .await;
+                        return relayed(record, outcome);
+                    }
+                    Ok(Handover::Userspace(kept, why)) => {
+                        established = *kept;
+                        why
+                    }
+                    Err(e) => return CloseReason::ClientError(e.to_string()),
+                },
+                Ok(_) => String::new(),
+                Err(why) => why,
+            };
+            if offload && limits.ktls == KtlsMode::Require {
+                return CloseReason::ClientError(format!("ktls = require, but {why}"));
             }
             if offload {
-                record.ktls_fallback = Some("backend TLS is relayed in userspace".into());
+                record.ktls_fallback = Some(why);
             }
-            let relayed_tls = userspace::run(
-                established,
-                stream,
-                tls,
-                heads,
-                idle,
-                drain,
-                buffers,
-                pacer,
-                None,
-            );
-            return match relayed_tls.await {
-                Relayed::Closed(outcome) => relayed(record, outcome),
-                Relayed::Paused(_) => CloseReason::Internal("relay paused without a pause".into()),
-            };
+            let leg = BackendLeg::Tls(to_backend, upstream);
+            let relay = in_userspace(established, stream, leg, heads, pacer);
+            return ended(record, relay.await);
         }
     };
     // Under thresholds the connection starts in userspace and moves to the
     // kernel once one is reached. Header mode offloads at once: the
     // rewriter's state does not move across.
-    let mut established = established;
     if offload && heads.is_none() && !limits.ktls_offload.at_once() {
         let pause = Pause {
             policy: limits.ktls_offload,
@@ -1037,8 +1077,10 @@ async fn serve(
             Ok(Handover::Kernel(session)) => {
                 record.path = "ktls";
                 let pipes = &worker.buffers.pipes;
-                let outcome =
-                    splice::run(*session, stream, backend, heads, idle, drain, pipes, pacer).await;
+                let outcome = splice::run(
+                    *session, stream, backend, None, heads, idle, drain, pipes, pacer,
+                )
+                .await;
                 return relayed(record, outcome);
             }
             Ok(Handover::Userspace(_, why)) if limits.ktls == KtlsMode::Require => {
@@ -1053,19 +1095,16 @@ async fn serve(
     } else {
         established
     };
-    match userspace::run(
-        established,
-        stream,
-        BackendLeg::Plain(backend),
-        heads,
-        idle,
-        drain,
-        buffers,
-        pacer,
-        None,
+    let leg = BackendLeg::Plain(backend);
+    ended(
+        record,
+        in_userspace(established, stream, leg, heads, pacer).await,
     )
-    .await
-    {
+}
+
+/// Why a userspace relay without a pause ended, its totals recorded.
+fn ended(record: &mut AccessRecord, relay: Relayed) -> CloseReason {
+    match relay {
         Relayed::Closed(outcome) => relayed(record, outcome),
         Relayed::Paused(_) => CloseReason::Internal("relay paused without a pause".into()),
     }

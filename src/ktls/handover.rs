@@ -1,8 +1,9 @@
-//! Handing a finished rustls session to the kernel.
+//! Handing a finished rustls session to the kernel, on either leg: the
+//! client's (rustls server side) or a backend's (rustls client side).
 //!
 //! The kernel must start decrypting exactly at a record boundary with the
 //! right sequence number, and must not be asked to send anything rustls
-//! already encoded. So: read the client's stream up to the end of any
+//! already encoded. So: read the peer's stream up to the end of any
 //! partial record rustls holds, let rustls decrypt it (that plaintext goes
 //! to the backend first), send what rustls still has to send (TLS 1.3
 //! session tickets are already out: the handshake only completes once they
@@ -14,6 +15,7 @@ use std::os::fd::AsRawFd;
 use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRentExt;
 use monoio::net::TcpStream;
+use rustls::client::ClientConnectionData;
 use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::{CipherSuite, ProtocolVersion};
@@ -27,7 +29,8 @@ use crate::config;
 use crate::handshake::{write_out, Established};
 use crate::tls::records::TlsOut;
 use crate::tls::server_config::cipher_family;
-use crate::tls::unbuffered::{drive, Progress};
+use crate::tls::unbuffered::{drive, Progress, Unbuffered};
+use crate::upstream::Upstream;
 
 /// A session the kernel now encrypts and decrypts.
 pub struct KernelSession {
@@ -54,7 +57,7 @@ pub enum Handover {
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
     /// Reading the rest of a record or writing rustls' output failed.
-    #[error("client I/O during handover: {0}")]
+    #[error("I/O during handover: {0}")]
     Io(#[from] io::Error),
     /// rustls failed while finishing the buffered records.
     #[error("TLS during handover: {0}")]
@@ -104,82 +107,92 @@ pub fn bytes_to_record_boundary(buf: &[u8]) -> usize {
     }
 }
 
-/// Moves the session to the kernel if this kernel can take it.
-pub async fn handover(
-    mut established: Established,
-    stream: &mut TcpStream,
+/// Whether this kernel can take a session of `conn`'s version and suite:
+/// both, or why not.
+pub fn kernel_can_take<C: Unbuffered>(
+    conn: &C,
     caps: &Capabilities,
-) -> Result<Handover, HandoverError> {
-    let conn = &established.conn;
-    let (Some(version), Some(suite)) = (conn.protocol_version(), conn.negotiated_cipher_suite())
+) -> Result<(ProtocolVersion, u16), String> {
+    let common = conn.common();
+    let (Some(version), Some(suite)) =
+        (common.protocol_version(), common.negotiated_cipher_suite())
     else {
-        return Ok(Handover::Userspace(
-            Box::new(established),
-            "handshake incomplete".into(),
-        ));
+        return Err("handshake incomplete".into());
     };
-    let Some(cipher) = kernel_cipher(suite.suite()).filter(|c| caps.supports(version, *c)) else {
-        return Ok(Handover::Userspace(
-            Box::new(established),
+    kernel_cipher(suite.suite())
+        .filter(|c| caps.supports(version, *c))
+        .map(|cipher| (version, cipher))
+        .ok_or_else(|| {
             format!(
                 "kernel has no TLS offload for {version:?} {:?}",
                 suite.suite()
-            ),
-        ));
+            )
+        })
+}
+
+/// A session of either side the kernel now encrypts and decrypts.
+pub struct Kernelized<Data> {
+    /// rustls' remaining state: new secrets on KeyUpdate, session tickets.
+    pub kernel: KernelConnection<Data>,
+    /// Negotiated version.
+    pub version: ProtocolVersion,
+    /// Kernel cipher type.
+    pub cipher: u16,
+}
+
+/// Where [`move_to_kernel`] left a connection.
+enum Moved<C: Unbuffered> {
+    Kernel(Box<Kernelized<C::Data>>),
+    /// Still rustls', for the reason given; `true` when the peer closed.
+    Userspace(C, String, bool),
+}
+
+/// Moves `conn` to the kernel on `stream`: reads the peer's stream exactly
+/// to the end of the partial record in `incoming`, lets rustls decrypt it
+/// (into `plaintext`) and send what it still has to, then installs the
+/// secrets. Either side: server toward clients, client toward backends.
+async fn move_to_kernel<C: Unbuffered>(
+    mut conn: C,
+    incoming: &mut Vec<u8>,
+    plaintext: &mut Vec<u8>,
+    stream: &mut TcpStream,
+    caps: &Capabilities,
+) -> Result<Moved<C>, HandoverError> {
+    let (version, cipher) = match kernel_can_take(&conn, caps) {
+        Ok(both) => both,
+        Err(why) => return Ok(Moved::Userspace(conn, why, false)),
     };
-    if established.client_closed {
-        return Ok(Handover::Userspace(
-            Box::new(established),
-            "client already closed".into(),
-        ));
-    }
     if let Err(e) = ulp_fault().map_or_else(|| enable_ulp(stream.as_raw_fd()), Err) {
-        return Ok(Handover::Userspace(
-            Box::new(established),
-            format!("TCP_ULP tls: {e}"),
-        ));
+        return Ok(Moved::Userspace(conn, format!("TCP_ULP tls: {e}"), false));
     }
 
     // Finish the partial record rustls holds, reading exactly to its end so
     // nothing past the boundary leaves the kernel's queue.
     let mut out = TlsOut::with_capacity(256);
     loop {
-        let need = bytes_to_record_boundary(&established.incoming);
-        if need == 0 && established.incoming.is_empty() && out.is_empty() {
+        let need = bytes_to_record_boundary(incoming);
+        if need == 0 && incoming.is_empty() && out.is_empty() {
             break;
         }
         if need > 0 {
-            let incoming = std::mem::take(&mut established.incoming);
-            let len = incoming.len();
-            let (res, buf) = stream.read_exact(incoming.slice_mut(len..len + need)).await;
-            established.incoming = buf.into_inner();
+            let buf = std::mem::take(incoming);
+            let len = buf.len();
+            let (res, buf) = stream.read_exact(buf.slice_mut(len..len + need)).await;
+            *incoming = buf.into_inner();
             res?;
         }
-        match drive(
-            &mut established.conn,
-            &mut established.incoming,
-            &mut out,
-            &mut established.early_plaintext,
-        )? {
+        match drive(&mut conn, incoming, &mut out, plaintext)? {
             Progress::Transmit => write_out(stream, &mut out).await?,
             Progress::PeerClosed => {
-                established.client_closed = true;
                 write_out(stream, &mut out).await?;
-                return Ok(Handover::Userspace(
-                    Box::new(established),
-                    "client closed during handover".into(),
-                ));
+                let why = "peer closed during handover".to_string();
+                return Ok(Moved::Userspace(conn, why, true));
             }
             Progress::Complete | Progress::NeedInput => {}
         }
     }
 
-    let Established {
-        conn,
-        early_plaintext,
-        ..
-    } = established;
-    let (secrets, kernel) = conn.dangerous_into_kernel_connection()?;
+    let (secrets, kernel) = conn.into_kernel()?;
     let fd = stream.as_raw_fd();
     let tx = crypto_info::build(version, secrets.tx.0, &secrets.tx.1, Direction::Tx)?;
     let rx = crypto_info::build(version, secrets.rx.0, &secrets.rx.1, Direction::Rx)?;
@@ -192,12 +205,99 @@ pub async fn handover(
         way: Way::Rx,
         source,
     })?;
-    Ok(Handover::Kernel(Box::new(KernelSession {
+    Ok(Moved::Kernel(Box::new(Kernelized {
         kernel,
-        early_plaintext,
         version,
         cipher,
     })))
+}
+
+/// Moves the client's session to the kernel if this kernel can take it.
+pub async fn handover(
+    established: Established,
+    stream: &mut TcpStream,
+    caps: &Capabilities,
+) -> Result<Handover, HandoverError> {
+    if established.client_closed {
+        return Ok(Handover::Userspace(
+            Box::new(established),
+            "client already closed".into(),
+        ));
+    }
+    let Established {
+        conn,
+        hello,
+        mut incoming,
+        mut early_plaintext,
+        client_closed,
+        verdict,
+    } = established;
+    let moved = move_to_kernel(conn, &mut incoming, &mut early_plaintext, stream, caps).await?;
+    Ok(match moved {
+        Moved::Kernel(moved) => Handover::Kernel(Box::new(KernelSession {
+            kernel: moved.kernel,
+            early_plaintext,
+            version: moved.version,
+            cipher: moved.cipher,
+        })),
+        Moved::Userspace(conn, why, closed) => Handover::Userspace(
+            Box::new(Established {
+                conn,
+                hello,
+                incoming,
+                early_plaintext,
+                client_closed: client_closed || closed,
+                verdict,
+            }),
+            why.replace("peer closed", "client closed"),
+        ),
+    })
+}
+
+/// The backend leg of a connection, when its TLS session went to the kernel.
+pub struct BackendKernel {
+    /// rustls' remaining state: takes the backend's session tickets.
+    pub session: Kernelized<ClientConnectionData>,
+    /// Plaintext the backend sent before the switch; goes to the client first.
+    pub early_plaintext: Vec<u8>,
+}
+
+/// Outcome of an attempted backend handover.
+pub enum BackendHandover {
+    /// The kernel has the backend's session.
+    Kernel(Box<BackendKernel>),
+    /// The session stays in userspace, for the reason given.
+    Userspace(Box<Upstream>, String),
+}
+
+/// Moves the session with a backend to the kernel if this kernel can take it.
+pub async fn handover_backend(
+    upstream: Upstream,
+    stream: &mut TcpStream,
+    caps: &Capabilities,
+) -> Result<BackendHandover, HandoverError> {
+    let Upstream {
+        conn,
+        mut incoming,
+        mut early_plaintext,
+        resumed,
+    } = upstream;
+    let moved = move_to_kernel(conn, &mut incoming, &mut early_plaintext, stream, caps).await?;
+    Ok(match moved {
+        Moved::Kernel(session) => BackendHandover::Kernel(Box::new(BackendKernel {
+            session: *session,
+            early_plaintext,
+        })),
+        Moved::Userspace(conn, why, _) => BackendHandover::Userspace(
+            Box::new(Upstream {
+                conn,
+                incoming,
+                early_plaintext,
+                resumed,
+            }),
+            why.replace("peer closed", "backend closed"),
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,11 @@
 //! record. Each direction counts its records against the cipher's
 //! confidentiality limit and closes before reaching it.
 //!
+//! With TLS to the backend (`backend_tls`) the backend socket does TLS in
+//! the kernel too: its control records are read the same way (session
+//! tickets go to rustls for later resumption, close_notify ends the
+//! download like EOF), and the client's end sends close_notify to it.
+//!
 //! In header mode (`client_cert_header`) request heads are read into
 //! userspace (with TLS_RX a plain read returns the decrypted bytes) and
 //! rewritten; only what the rewriter passes untouched (bodies of known
@@ -28,10 +33,13 @@ use monoio::net::unix::Pipe;
 use monoio::net::TcpStream;
 
 use super::{pace, paced_len, spent, watchdog, RelayOutcome};
+use rustls::client::ClientConnectionData;
+use rustls::kernel::KernelConnection;
+
 use crate::admit::{Direction, Pacer};
 use crate::close::CloseReason;
 use crate::ktls::crypto_info::CIPHER_CHACHA20_POLY1305;
-use crate::ktls::handover::KernelSession;
+use crate::ktls::handover::{BackendKernel, KernelSession};
 use crate::ktls::socket::{
     recv_record, send_record, RECORD_ALERT, RECORD_APPLICATION_DATA, RECORD_HANDSHAKE,
 };
@@ -76,15 +84,26 @@ impl Shared {
     }
 }
 
+/// Records one key may protect before the connection must close.
+fn record_limit(cipher: u16) -> u64 {
+    if cipher == CIPHER_CHACHA20_POLY1305 {
+        u64::MAX
+    } else {
+        AES_GCM_RECORD_LIMIT
+    }
+}
+
 /// Relays a kernel TLS session until both directions close, one side
 /// fails, the connection idles for `idle_timeout`, or `drain_expired` fires.
-/// With `heads`, the client's request heads go through that rewriter. With
-/// a `pacer`, each splice is capped to the client's byte budget.
+/// With `backend_tls`, the backend socket is a kernel TLS session too. With
+/// `heads`, the client's request heads go through that rewriter. With a
+/// `pacer`, each splice is capped to the client's byte budget.
 #[allow(clippy::too_many_arguments)] // each is a distinct part of the connection
 pub async fn run(
     session: KernelSession,
     client: TcpStream,
     backend: TcpStream,
+    backend_tls: Option<BackendKernel>,
     mut heads: Option<HeadRewriter>,
     idle_timeout: Duration,
     drain_expired: &Trigger,
@@ -92,10 +111,20 @@ pub async fn run(
     pacer: Option<Pacer>,
 ) -> RelayOutcome {
     let client_fd = client.as_raw_fd();
-    let record_limit = if session.cipher == CIPHER_CHACHA20_POLY1305 {
-        u64::MAX
-    } else {
-        AES_GCM_RECORD_LIMIT
+    // Both legs' records move together, so the stricter key limit applies.
+    let record_limit = backend_tls
+        .as_ref()
+        .map_or(record_limit(session.cipher), |b| {
+            record_limit(session.cipher).min(record_limit(b.session.cipher))
+        });
+    let backend_fd = backend.as_raw_fd();
+    let (backend_kernel, backend_early) = match backend_tls {
+        Some(b) => (Some(RefCell::new(b.session.kernel)), b.early_plaintext),
+        None => (None, Vec::new()),
+    };
+    let backend_side = BackendSide {
+        fd: backend_fd,
+        kernel: backend_kernel.as_ref(),
     };
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut backend_rd, mut backend_wr) = backend.into_split();
@@ -122,6 +151,9 @@ pub async fn run(
         {
             return;
         }
+        if !backend_early.is_empty() && !deliver(&shared, &mut client_wr, &backend_early).await {
+            return;
+        }
         let finished = Trigger::new();
         let both = async {
             monoio::join!(
@@ -129,7 +161,7 @@ pub async fn run(
                     &shared,
                     client_fd,
                     &mut client_rd,
-                    &mut backend_wr,
+                    (&mut backend_wr, &backend_side),
                     record_limit,
                     pipes,
                     heads,
@@ -137,7 +169,7 @@ pub async fn run(
                 backend_to_client(
                     &shared,
                     client_fd,
-                    &mut backend_rd,
+                    (&mut backend_rd, &backend_side),
                     &mut client_wr,
                     record_limit,
                     pipes,
@@ -189,7 +221,7 @@ async fn client_to_backend(
     shared: &Shared,
     client_fd: RawFd,
     client: &mut OwnedReadHalf<TcpStream>,
-    backend: &mut OwnedWriteHalf<TcpStream>,
+    (backend, backend_side): (&mut OwnedWriteHalf<TcpStream>, &BackendSide<'_>),
     record_limit: u64,
     pipes: &PipePool,
     mut heads: Option<HeadRewriter>,
@@ -270,8 +302,22 @@ async fn client_to_backend(
     }
     // Every splice into the pipe was drained out of it: reusable.
     pipes.give((pipe_rd, pipe_wr));
-    // close_notify or FIN: pass the half-close on.
+    // close_notify or FIN: pass the half-close on (a TLS backend gets its
+    // own close_notify first).
+    if backend_side.kernel.is_some() {
+        if let Err(e) = send_final(backend_side.fd, RECORD_ALERT, &CLOSE_NOTIFY).await {
+            return shared.fail(CloseReason::BackendError(format!("close_notify: {e}")));
+        }
+    }
     let _ = backend.shutdown().await;
+}
+
+/// The backend socket as the pumps see it.
+struct BackendSide<'k> {
+    fd: RawFd,
+    /// With TLS to the backend in the kernel: rustls' client state, for the
+    /// backend's session tickets.
+    kernel: Option<&'k RefCell<KernelConnection<ClientConnectionData>>>,
 }
 
 /// What the client -> backend pump does after [`typed_record`].
@@ -410,7 +456,7 @@ async fn drain_pipe<D: SpliceDestination>(
 async fn backend_to_client(
     shared: &Shared,
     client_fd: RawFd,
-    backend: &mut OwnedReadHalf<TcpStream>,
+    (backend, backend_side): (&mut OwnedReadHalf<TcpStream>, &BackendSide<'_>),
     client: &mut OwnedWriteHalf<TcpStream>,
     record_limit: u64,
     pipes: &PipePool,
@@ -420,10 +466,25 @@ async fn backend_to_client(
         Err(e) => return shared.fail(CloseReason::BackendError(format!("pipe: {e}"))),
     };
     let mut records = 0u64;
+    let mut control = Vec::new();
     loop {
         let len = paced_len(shared.pacer.as_ref(), Direction::Down, SPLICE_CHUNK).await;
         match backend.splice_to_pipe(&mut pipe_wr, len).await {
-            Ok(0) => break,
+            Ok(0) if backend_side.kernel.is_none() => break,
+            // EOF, a zero-length record, or (EINVAL) a record that is not
+            // data from a TLS backend: recvmsg tells which.
+            Ok(0) => match backend_record(shared, backend_side, &mut control, client).await {
+                Next::Go => {}
+                Next::End => break,
+                Next::Failed => return,
+            },
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && backend_side.kernel.is_some() => {
+                match backend_record(shared, backend_side, &mut control, client).await {
+                    Next::Go => {}
+                    Next::End => break,
+                    Next::Failed => return,
+                }
+            }
             Ok(mut n) => {
                 spent(shared.pacer.as_ref(), Direction::Down, n);
                 shared.touch();
@@ -453,12 +514,129 @@ async fn backend_to_client(
         }
     }
     pipes.give((pipe_rd, pipe_wr));
-    // Backend EOF: close_notify, then FIN.
+    // Backend EOF (or close_notify): close_notify, then FIN.
     if let Err(e) = send_final(client_fd, RECORD_ALERT, &CLOSE_NOTIFY).await {
         return shared.fail(CloseReason::ClientError(format!("close_notify: {e}")));
     }
     shared.close_notify_sent.set(true);
     let _ = client.shutdown().await;
+}
+
+/// Reads the TLS backend's next record with its type and acts on it: data
+/// goes to the client, session tickets to rustls, close_notify ends the
+/// download, anything else fails the connection.
+async fn backend_record(
+    shared: &Shared,
+    backend: &BackendSide<'_>,
+    control: &mut Vec<u8>,
+    client: &mut OwnedWriteHalf<TcpStream>,
+) -> Next {
+    if control.len() < MAX_RECORD as usize {
+        control.resize(MAX_RECORD as usize, 0);
+    }
+    let Some(kernel) = backend.kernel else {
+        return Next::End;
+    };
+    match recv_record(backend.fd, control) {
+        Ok((0, _)) => Next::End,
+        Ok((n, RECORD_APPLICATION_DATA)) => {
+            let data = control[..n].to_vec();
+            if deliver(shared, client, &data).await {
+                Next::Go
+            } else {
+                Next::Failed
+            }
+        }
+        Ok((n, RECORD_ALERT)) if matches!(control[..n], [_, 0]) => Next::End,
+        Ok((n, kind)) => match backend_control(&mut kernel.borrow_mut(), kind, &control[..n]) {
+            Ok(()) => Next::Go,
+            Err(why) => {
+                shared.fail(CloseReason::BackendError(why));
+                Next::Failed
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Next::Go,
+        Err(e) => {
+            shared.fail(CloseReason::BackendError(format!("control record: {e}")));
+            Next::Failed
+        }
+    }
+}
+
+/// Handles a control record (not data, not close_notify) from a TLS
+/// backend: its handshake messages may only be session tickets.
+fn backend_control(
+    kernel: &mut KernelConnection<ClientConnectionData>,
+    kind: u8,
+    body: &[u8],
+) -> Result<(), String> {
+    match (kind, body) {
+        (RECORD_ALERT, [level, desc, ..]) => {
+            Err(format!("backend sent alert {desc} (level {level})"))
+        }
+        (RECORD_HANDSHAKE, _) => {
+            for message in handshake_messages(body)? {
+                match message {
+                    (HANDSHAKE_NEW_SESSION_TICKET, payload) => kernel
+                        .handle_new_session_ticket(payload)
+                        .map_err(|e| format!("backend session ticket: {e}"))?,
+                    (HANDSHAKE_KEY_UPDATE, _) => return Err(
+                        "backend sent KeyUpdate; this kernel cannot re-key TLS 1.3 (Linux < 6.14)"
+                            .into(),
+                    ),
+                    (other, _) => {
+                        return Err(format!(
+                            "backend sent handshake message {other} after the handshake"
+                        ))
+                    }
+                }
+            }
+            Ok(())
+        }
+        (kind, _) => Err(format!("unexpected record type {kind} from the backend")),
+    }
+}
+
+/// TLS 1.3 NewSessionTicket handshake type.
+const HANDSHAKE_NEW_SESSION_TICKET: u8 = 4;
+/// TLS 1.3 KeyUpdate handshake type.
+const HANDSHAKE_KEY_UPDATE: u8 = 24;
+
+/// Splits a handshake record's body into its messages: (type, payload).
+fn handshake_messages(mut body: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
+    let mut messages = Vec::new();
+    while !body.is_empty() {
+        let [kind, a, b, c, rest @ ..] = body else {
+            return Err("truncated handshake message header from the backend".into());
+        };
+        let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
+        if rest.len() < len {
+            // Messages split across records do not happen with tickets.
+            return Err("handshake message split across records from the backend".into());
+        }
+        let (payload, after) = rest.split_at(len);
+        messages.push((*kind, payload));
+        body = after;
+    }
+    Ok(messages)
+}
+
+/// Writes plaintext read in userspace (what a TLS backend sent before the
+/// switch, or a data record recvmsg returned) to the client.
+async fn deliver(shared: &Shared, client: &mut OwnedWriteHalf<TcpStream>, data: &[u8]) -> bool {
+    pace(shared.pacer.as_ref(), Direction::Down, data.len()).await;
+    let (res, _) = client.write_all(data.to_vec()).await;
+    match res {
+        Ok(n) => {
+            shared.down.set(shared.down.get() + n as u64);
+            shared.touch();
+            true
+        }
+        Err(e) => {
+            shared.fail(CloseReason::ClientError(format!("write: {e}")));
+            false
+        }
+    }
 }
 
 /// Sends one record (close_notify, or a refusal's response) through the

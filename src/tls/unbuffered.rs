@@ -8,8 +8,10 @@
 //! for both legs.
 
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::kernel::KernelConnection;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
+use rustls::{CommonState, ExtractedSecrets};
 
 use super::records::TlsOut;
 
@@ -23,6 +25,14 @@ pub trait Unbuffered {
         &'c mut self,
         incoming: &'i mut [u8],
     ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+
+    /// What both sides share: the negotiated version and suite.
+    fn common(&self) -> &CommonState;
+
+    /// Gives the traffic secrets to the caller's record layer (kernel TLS),
+    /// keeping rustls' state for key updates and session tickets.
+    fn into_kernel(self)
+        -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), rustls::Error>;
 }
 
 macro_rules! unbuffered_side {
@@ -35,6 +45,16 @@ macro_rules! unbuffered_side {
                 incoming: &'i mut [u8],
             ) -> UnbufferedStatus<'c, 'i, $data> {
                 self.process_tls_records(incoming)
+            }
+
+            fn common(&self) -> &CommonState {
+                self
+            }
+
+            fn into_kernel(
+                self,
+            ) -> Result<(ExtractedSecrets, KernelConnection<$data>), rustls::Error> {
+                self.dangerous_into_kernel_connection()
             }
         }
     };

@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    CipherSuite, ClientConfig, ClientConnection, RootCertStore, SupportedProtocolVersion,
+    CipherSuite, ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection,
+    SupportedProtocolVersion,
 };
 use sha2::{Digest, Sha256};
 
@@ -118,6 +120,8 @@ pub struct Pki {
     ca_der: CertificateDer<'static>,
     client_chain: Vec<CertificateDer<'static>>,
     client_key: Vec<u8>,
+    server_chain: Vec<CertificateDer<'static>>,
+    server_key: Vec<u8>,
 }
 
 impl Pki {
@@ -146,10 +150,15 @@ impl Pki {
         fs::write(dir.path().join("ca.crt"), ca.pem()).expect("write ca");
         fs::write(dir.path().join("server.crt"), server.pem()).expect("write cert");
         fs::write(dir.path().join("server.key"), server_key.serialize_pem()).expect("write key");
+        // tlsplice's identity toward TLS backends (`--backend-tls-*`).
+        fs::write(dir.path().join("client.crt"), client.pem()).expect("write client cert");
+        fs::write(dir.path().join("client.key"), client_key.serialize_pem()).expect("write key");
         Pki {
             ca_der: ca.der().clone(),
             client_chain: vec![client.der().clone()],
             client_key: client_key.serialize_der(),
+            server_chain: vec![server.der().clone()],
+            server_key: server_key.serialize_der(),
             dir,
         }
     }
@@ -187,6 +196,46 @@ impl Pki {
             )
             .expect("client cert");
         Arc::new(config)
+    }
+}
+
+impl Pki {
+    /// A rustls server configuration (the `localhost` certificate) that
+    /// requires a client certificate from this CA, limited to `version`:
+    /// a TLS backend's.
+    pub fn backend_config(&self, version: &'static SupportedProtocolVersion) -> Arc<ServerConfig> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca_der.clone()).expect("ca root");
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .expect("client verifier");
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                self.server_chain.clone(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key.clone())),
+            )
+            .expect("server cert");
+        Arc::new(config)
+    }
+
+    /// `--backend-tls-*` flags for TLS to a [`TlsFront`] of this PKI.
+    pub fn backend_tls_flags(&self) -> Vec<String> {
+        let path = |name: &str| self.path(name).display().to_string();
+        vec![
+            "--backend-tls-ca".into(),
+            path("ca.crt"),
+            "--backend-tls-cert".into(),
+            path("client.crt"),
+            "--backend-tls-key".into(),
+            path("client.key"),
+            "--backend-tls-name".into(),
+            "localhost".into(),
+        ]
     }
 }
 
@@ -565,6 +614,191 @@ struct Log {
 }
 
 /// A running `tlsplice serve`.
+/// What a [`TlsFront`] saw of one connection.
+#[derive(Debug)]
+pub struct FrontReport {
+    /// The peer (tlsplice) sent close_notify before its FIN.
+    pub close_notify: bool,
+    /// The handshake resumed a session.
+    pub resumed: bool,
+    /// Why the connection failed, if it did.
+    pub error: Option<String>,
+}
+
+/// A TLS backend: terminates TLS (client certificate required) in front
+/// of a plain [`Backend`], on std threads, with rustls.
+pub struct TlsFront {
+    pub addr: SocketAddr,
+    reports: Receiver<FrontReport>,
+    stop: Arc<AtomicBool>,
+    accept_thread: Option<thread::JoinHandle<()>>,
+}
+
+impl TlsFront {
+    pub fn start(config: Arc<ServerConfig>, inner: SocketAddr) -> TlsFront {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind TLS front");
+        let addr = listener.local_addr().unwrap();
+        let (tx, reports) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let accept_thread = thread::Builder::new()
+            .name("front-accept".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if stop2.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let (tx, config) = (tx.clone(), config.clone());
+                    let _ = thread::Builder::new()
+                        .name("front-conn".into())
+                        .spawn(move || {
+                            let _ = tx.send(front_conn(conn, config, inner));
+                        });
+                }
+            })
+            .expect("spawn TLS front");
+        TlsFront {
+            addr,
+            reports,
+            stop,
+            accept_thread: Some(accept_thread),
+        }
+    }
+
+    /// The next finished connection's report.
+    pub fn report(&self, timeout: Duration) -> FrontReport {
+        self.reports
+            .recv_timeout(timeout)
+            .unwrap_or_else(|e| panic!("no TLS front connection finished within {timeout:?}: {e}"))
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.accept_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One TLS front connection: TLS from `sock` to plaintext on a new
+/// connection to `inner`, both ways at once. The socket toward tlsplice is
+/// written under the connection's lock, so records go out in sequence.
+fn front_conn(sock: TcpStream, config: Arc<ServerConfig>, inner: SocketAddr) -> FrontReport {
+    let mut report = FrontReport {
+        close_notify: false,
+        resumed: false,
+        error: None,
+    };
+    let mut conn = ServerConnection::new(config).expect("server conn");
+    // The inner backend may send before the handshake is done: hold it all.
+    conn.set_buffer_limit(None);
+    let tls = Arc::new(Mutex::new(conn));
+    let plain = TcpStream::connect(inner).expect("connect inner backend");
+    for s in [&sock, &plain] {
+        s.set_read_timeout(Some(BACKEND_IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(BACKEND_IO_TIMEOUT)).unwrap();
+    }
+    let (mut sock_out, mut plain_in) = (sock.try_clone().unwrap(), plain.try_clone().unwrap());
+    let down_tls = tls.clone();
+    // Inner backend -> TLS -> tlsplice; its EOF becomes close_notify + FIN.
+    let down = thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match plain_in.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            // Records leave in the order they were made: the socket is
+            // written under the lock.
+            let mut out = Vec::new();
+            let mut c = down_tls.lock().unwrap();
+            c.writer().write_all(&buf[..n]).unwrap();
+            while c.wants_write() {
+                c.write_tls(&mut out).unwrap();
+            }
+            if sock_out.write_all(&out).is_err() {
+                return;
+            }
+        }
+        let mut out = Vec::new();
+        {
+            let mut c = down_tls.lock().unwrap();
+            c.send_close_notify();
+            while c.wants_write() {
+                c.write_tls(&mut out).unwrap();
+            }
+        }
+        let _ = sock_out.write_all(&out);
+        let _ = sock_out.shutdown(Shutdown::Write);
+    });
+    // tlsplice -> TLS -> inner backend; close_notify or FIN becomes FIN.
+    let mut sock_reply = sock.try_clone().unwrap();
+    let (mut sock_in, mut plain_out) = (sock, plain);
+    let mut buf = vec![0u8; 64 * 1024];
+    'read: loop {
+        let n = match sock_in.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                report.error = Some(format!("read: {e}"));
+                break;
+            }
+        };
+        let (mut plaintext, mut out, mut closed) = (Vec::new(), Vec::new(), false);
+        {
+            let mut c = tls.lock().unwrap();
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                if let Err(e) = c.read_tls(&mut rest) {
+                    report.error = Some(format!("read_tls: {e}"));
+                    break 'read;
+                }
+                match c.process_new_packets() {
+                    Ok(state) => closed |= state.peer_has_closed(),
+                    Err(e) => {
+                        report.error = Some(format!("TLS: {e}"));
+                        while c.wants_write() {
+                            let _ = c.write_tls(&mut out);
+                        }
+                        let _ = sock_reply.write_all(&out);
+                        break 'read;
+                    }
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            loop {
+                match c.reader().read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(m) => plaintext.extend_from_slice(&chunk[..m]),
+                    Err(_) => break,
+                }
+            }
+            report.resumed = c.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            while c.wants_write() {
+                c.write_tls(&mut out).unwrap();
+            }
+            if !out.is_empty() && sock_reply.write_all(&out).is_err() {
+                break;
+            }
+        }
+        if !plaintext.is_empty() && plain_out.write_all(&plaintext).is_err() {
+            report.error = Some("inner backend write failed".into());
+            break;
+        }
+        if closed {
+            report.close_notify = true;
+            break;
+        }
+    }
+    let _ = plain_out.shutdown(Shutdown::Write);
+    let _ = down.join();
+    report
+}
+
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,

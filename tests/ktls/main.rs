@@ -1425,3 +1425,72 @@ fn offload_pause_then_failed_handover_resumes_in_userspace() {
     assert!(access.num("ktls_after_bytes") >= MIB, "{}", access.line);
     assert!(access.line.contains("injected fault"), "{}", access.line);
 }
+
+// ------------------------------------------------- TLS to the backend
+
+/// TLS to a backend (`--backend-tls-*`) with both legs in the kernel: N MiB
+/// each way at once, byte-exact, through a rustls TLS front (client
+/// certificate required) before the plain backend. The client's end
+/// reaches the backend as close_notify, the backend's end reaches the
+/// client as close_notify, and both sockets count as kernel sessions. A
+/// second connection resumes the backend session: its ticket arrived
+/// (after the handshake, possibly as a control record on the kernel path)
+/// and went to rustls.
+fn backend_tls_both_legs(
+    name: &'static str,
+    version: &'static SupportedProtocolVersion,
+    suite: CipherSuite,
+) {
+    let Some(_run) = begin(name) else { return };
+    let n = bulk_mib() * MIB / 4;
+    let pki = Pki::new();
+    let backend = Backend::start(Mode::Concurrent {
+        send: n,
+        seed: DOWN,
+    });
+    let front = TlsFront::start(pki.backend_config(version), backend.addr);
+    let flags = pki.backend_tls_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = Server::start_with(&pki, front.addr, "auto", &flags);
+    let mut kinds = Vec::new();
+    for round in 0..2 {
+        let before = TlsStat::read();
+        let (_, access) = exact_both_ways(name, &pki, &server, &backend, n, version, suite);
+        kinds.push(access.get("upstream").to_string());
+        let report = front.report(REPORT_WAIT);
+        assert_eq!(report.error, None, "round {round}: {report:?}");
+        assert!(
+            report.close_notify,
+            "round {round}: the backend got no close_notify: {report:?}"
+        );
+        assert_eq!(report.resumed, round == 1, "round {round}: {report:?}");
+        // The client's socket and the backend's.
+        assert_offloaded_since(&before, 2);
+    }
+    // The second connection resumed the backend session: its ticket came
+    // after the handshake (on the kernel path, as a control record) and
+    // went to rustls.
+    assert_eq!(kinds, ["full", "resumed"]);
+    println!(
+        "[ktls] {name}: {} MiB each way twice, both legs in the kernel, resumed the second time",
+        n / MIB
+    );
+}
+
+#[test]
+fn backend_tls13_both_legs_in_the_kernel() {
+    backend_tls_both_legs(
+        "backend_tls13_both_legs_in_the_kernel",
+        &TLS13,
+        CipherSuite::TLS13_AES_128_GCM_SHA256,
+    );
+}
+
+#[test]
+fn backend_tls12_both_legs_in_the_kernel() {
+    backend_tls_both_legs(
+        "backend_tls12_both_legs_in_the_kernel",
+        &TLS12,
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    );
+}
