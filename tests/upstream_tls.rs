@@ -308,7 +308,8 @@ fn a_failed_backend_handshake_moves_on_to_the_next_backend() {
 /// `backend_tls` presents a PKCS#12 client identity (password from a file)
 /// and does not verify the backend (`verify = false`, no CA at all). The
 /// backend (stunnel) requires and verifies the client certificate; data
-/// flows both ways and the access line names the pool's backend.
+/// flows both ways and the access line names the pool's backend. The
+/// backend session survives a reload.
 #[test]
 fn a_pool_with_backend_tls_from_a_config_file() {
     require_tool("openssl");
@@ -333,6 +334,8 @@ fn a_pool_with_backend_tls_from_a_config_file() {
             "serve".into(),
             "--config".into(),
             config.display().to_string(),
+            "--workers".into(),
+            "1".into(),
         ],
         1,
     );
@@ -344,14 +347,26 @@ fn a_pool_with_backend_tls_from_a_config_file() {
         "verify = false is warned about:\n{}",
         server.log.text()
     );
-    let mut tls = tls_connect(server.addr(), ClientOpts::new(&pki).build()).expect("handshake");
-    let local = tls.sock.local_addr().unwrap();
-    echo_round_trip(&mut tls, b"through a TLS pool\n");
-    close_notify(&mut tls).unwrap();
-    let _ = read_until_end(&mut tls);
-    let access = access_of(&server, local);
-    assert_eq!(access["backend"], stunnel.addr.to_string(), "{access:?}");
-    assert_eq!(access["upstream"], "full", "{access:?}");
-    assert_eq!(access["reason"], "done", "{access:?}");
-    assert_eq!(backend.accepted(), 1);
+    let upstream_of_one = |msg: &[u8]| {
+        let mut tls = tls_connect(server.addr(), ClientOpts::new(&pki).build()).expect("handshake");
+        let local = tls.sock.local_addr().unwrap();
+        echo_round_trip(&mut tls, msg);
+        close_notify(&mut tls).unwrap();
+        let _ = read_until_end(&mut tls);
+        let access = access_of(&server, local);
+        assert_eq!(access["backend"], stunnel.addr.to_string(), "{access:?}");
+        assert_eq!(access["reason"], "done", "{access:?}");
+        access["upstream"].clone()
+    };
+    assert_eq!(upstream_of_one(b"through a TLS pool\n"), "full");
+    // A reload that leaves the pool's TLS material alone keeps its session
+    // store: the next connection still resumes.
+    server.signal(libc::SIGHUP);
+    assert!(
+        server.log.wait_line(WAIT, &["reloaded"]).is_some(),
+        "{}",
+        server.log.text()
+    );
+    assert_eq!(upstream_of_one(b"after a reload\n"), "resumed");
+    assert_eq!(backend.accepted(), 2);
 }

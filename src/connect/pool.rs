@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 
 use super::balance::{self, Candidate};
 use crate::config::{Backend, Balance, HealthCheck, PoolConfig};
-use crate::upstream::{UpstreamConfigError, UpstreamTls};
+use crate::upstream::{ConfigCache, UpstreamConfigError, UpstreamTls};
 
 /// One backend's shared state.
 #[derive(Debug)]
@@ -202,13 +202,15 @@ impl Pool {
     }
 }
 
-/// Every pool of the running configuration, and the backend state that
-/// outlives reloads.
+/// Every pool of the running configuration, and the backend state (health,
+/// ejection, TLS session stores) that outlives reloads.
 #[derive(Debug)]
 pub struct PoolRegistry {
     epoch: Instant,
     states: Mutex<HashMap<(String, SocketAddr), Arc<BackendState>>>,
     current: ArcSwap<Vec<Arc<Pool>>>,
+    /// TLS client configurations (session stores) that outlive reloads.
+    tls_configs: ConfigCache,
 }
 
 impl Default for PoolRegistry {
@@ -217,6 +219,7 @@ impl Default for PoolRegistry {
             epoch: Instant::now(),
             states: Mutex::default(),
             current: ArcSwap::from_pointee(Vec::new()),
+            tls_configs: ConfigCache::default(),
         }
     }
 }
@@ -234,7 +237,10 @@ impl PoolRegistry {
                 let tls = c
                     .tls
                     .as_ref()
-                    .map(|t| UpstreamTls::build(t, c.backends.iter().map(|b| &b.backend)))
+                    .map(|t| {
+                        let backends = c.backends.iter().map(|b| &b.backend);
+                        UpstreamTls::build(t, &c.name, backends, &self.tls_configs)
+                    })
                     .transpose()?;
                 let members: Vec<Member> = c
                     .backends
@@ -276,10 +282,14 @@ impl PoolRegistry {
     /// forgets backends no longer in any pool.
     pub fn install(&self, pools: Vec<Arc<Pool>>) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        states.retain(|(pool, addr), _| {
+        let in_use = |pool: &str, addr: SocketAddr| {
             pools
                 .iter()
-                .any(|p| p.name == *pool && p.members.iter().any(|m| m.state.backend.addr == *addr))
+                .any(|p| p.name == pool && p.members.iter().any(|m| m.state.backend.addr == addr))
+        };
+        states.retain(|(pool, addr), _| in_use(pool, *addr));
+        self.tls_configs.retain(|pool, addr| {
+            in_use(pool, addr) && pools.iter().any(|p| p.name == pool && p.tls.is_some())
         });
         self.current.store(Arc::new(pools));
     }

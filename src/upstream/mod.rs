@@ -5,7 +5,8 @@
 //! Each backend gets its own `ClientConfig`, hence its own session store:
 //! tickets one backend issued are offered to that backend only, and later
 //! connections to it resume instead of paying a full handshake. The store
-//! is shared by the workers (rustls locks it briefly per handshake).
+//! is shared by the workers (rustls locks it briefly per handshake), and
+//! kept across reloads that leave the backend's TLS material alone.
 //!
 //! A backend whose certificate does not verify fails the attempt like a
 //! refused connection, with the reason (unknown CA, name mismatch, expired)
@@ -16,7 +17,7 @@ pub mod leg;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use monoio::net::TcpStream;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -64,16 +65,91 @@ pub enum UpstreamConfigError {
     },
 }
 
+/// Client configurations by pool and backend, kept across reloads while a
+/// backend's TLS material stays the same: its session store, and the
+/// resumption it buys, survive a reload.
+#[derive(Debug, Default)]
+pub struct ConfigCache {
+    entries: Mutex<HashMap<(String, SocketAddr), CachedConfig>>,
+}
+
+#[derive(Debug)]
+struct CachedConfig {
+    /// What the configuration was built from (see [`material`]).
+    material: [u8; 32],
+    config: Arc<ClientConfig>,
+}
+
+impl ConfigCache {
+    /// The configuration for `addr` in `pool`: the cached one when it was
+    /// built from the same material, else a new one (replacing it).
+    fn get_or_build(
+        &self,
+        pool: &str,
+        addr: SocketAddr,
+        settings: &BackendTls,
+    ) -> Result<Arc<ClientConfig>, UpstreamConfigError> {
+        let material = material(settings);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (pool.to_string(), addr);
+        if let Some(cached) = entries.get(&key).filter(|c| c.material == material) {
+            return Ok(cached.config.clone());
+        }
+        let config = Arc::new(client_config(settings)?);
+        entries.insert(
+            key,
+            CachedConfig {
+                material,
+                config: config.clone(),
+            },
+        );
+        Ok(config)
+    }
+
+    /// Forgets the configurations `keep` says are no longer in use.
+    pub fn retain(&self, mut keep: impl FnMut(&str, SocketAddr) -> bool) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|(pool, addr), _| keep(pool, *addr));
+    }
+}
+
+/// A digest of what a client configuration is built from: the trust
+/// anchors, the client identity (chain and key) and whether to verify.
+/// The server name and ALPN are chosen per connection.
+fn material(settings: &BackendTls) -> [u8; 32] {
+    let mut h = ::aws_lc_rs::digest::Context::new(&::aws_lc_rs::digest::SHA256);
+    let mut item = |bytes: &[u8]| {
+        h.update(&(bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    item(&[u8::from(settings.verify)]);
+    for ca in &settings.ca {
+        item(ca);
+    }
+    if let Some(id) = &settings.identity {
+        for cert in &id.cert_chain {
+            item(cert);
+        }
+        item(id.key.secret_der());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(h.finish().as_ref());
+    out
+}
+
 impl UpstreamTls {
-    /// Builds the per-backend client configurations for `backends`.
+    /// Builds the per-backend client configurations for `backends` of
+    /// `pool`, reusing those in `cache` built from the same material.
     pub fn build<'b>(
         settings: &BackendTls,
+        pool: &str,
         backends: impl IntoIterator<Item = &'b Backend>,
+        cache: &ConfigCache,
     ) -> Result<Self, UpstreamConfigError> {
         let mut configs = HashMap::new();
         for backend in backends {
             if let std::collections::hash_map::Entry::Vacant(slot) = configs.entry(backend.addr) {
-                slot.insert(Arc::new(client_config(settings)?));
+                slot.insert(cache.get_or_build(pool, backend.addr, settings)?);
             }
         }
         Ok(Self {
