@@ -167,6 +167,9 @@ struct ServeArgs {
     /// Server name sent to backends (SNI) and verified in their certificates.
     #[arg(long)]
     backend_tls_name: Option<String>,
+    /// Never resume sessions with backends: a full handshake per connection.
+    #[arg(long)]
+    backend_tls_no_session_reuse: bool,
 }
 
 impl ServeArgs {
@@ -210,6 +213,7 @@ impl ServeArgs {
             backend_tls_cert: self.backend_tls_cert.clone(),
             backend_tls_key: self.backend_tls_key.clone(),
             backend_tls_name: self.backend_tls_name.clone(),
+            backend_tls_no_session_reuse: self.backend_tls_no_session_reuse,
         }
     }
 }

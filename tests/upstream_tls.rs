@@ -370,3 +370,27 @@ fn a_pool_with_backend_tls_from_a_config_file() {
     assert_eq!(upstream_of_one(b"after a reload\n"), "resumed");
     assert_eq!(backend.accepted(), 2);
 }
+
+/// `--backend-tls-no-session-reuse` (HAProxy's `no-ssl-reuse`): every
+/// connection pays a full handshake with the backend.
+#[test]
+fn session_reuse_off_gives_a_full_handshake_each_time() {
+    let pki = Pki::new();
+    let backend = Backend::echo();
+    let stunnel = Stunnel::start(&pki, backend.addr);
+    let mut args = upstream_args(&pki, stunnel.addr, &pki.ca_path, &pki.client);
+    args.set("--workers", "1")
+        .args
+        .push("--backend-tls-no-session-reuse".into());
+    let server = args.spawn();
+    let mut kinds = Vec::new();
+    for i in 0..3 {
+        let mut tls = tls_connect(server.addr(), ClientOpts::new(&pki).build()).expect("handshake");
+        let local = tls.sock.local_addr().unwrap();
+        echo_round_trip(&mut tls, format!("message {i}\n").as_bytes());
+        close_notify(&mut tls).unwrap();
+        let _ = read_until_end(&mut tls);
+        kinds.push(access_of(&server, local)["upstream"].clone());
+    }
+    assert_eq!(kinds, ["full", "full", "full"]);
+}

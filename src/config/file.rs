@@ -254,6 +254,8 @@ struct FileBackendTls {
     verify: Option<Spanned<bool>>,
     /// ALPN offered to backends; default: the client's negotiated protocol.
     alpn: Option<Spanned<StringList>>,
+    /// Resume sessions with the backends; default true.
+    session_reuse: Option<Spanned<bool>>,
 }
 
 /// A pool backend: its address alone, or a table.
@@ -570,6 +572,10 @@ impl Locator<'_> {
             server_name: t.server_name.as_ref().map(|v| self.at(v, f("server_name"))),
             verify: t.verify.as_ref().map(|v| self.at(v, f("verify"))),
             alpn: t.alpn.as_ref().map(|v| self.list(v, f("alpn"))),
+            session_reuse: t
+                .session_reuse
+                .as_ref()
+                .map(|v| self.at(v, f("session_reuse"))),
         }
     }
 
@@ -982,6 +988,7 @@ const BACKEND_TLS_KEYS: &[&str] = &[
     "server_name",
     "verify",
     "alpn",
+    "session_reuse",
 ];
 
 /// Keys of a pool's `health_check` table.

@@ -92,6 +92,8 @@ pub struct Flags {
     pub backend_tls_key: Option<PathBuf>,
     /// `--backend-tls-name NAME`: SNI and verified name for the backends.
     pub backend_tls_name: Option<String>,
+    /// `--backend-tls-no-session-reuse`: a full handshake per backend connection.
+    pub backend_tls_no_session_reuse: bool,
 }
 
 fn at<T>(key: &str, value: T) -> At<T> {
@@ -128,7 +130,8 @@ impl Flags {
         let given = self.backend_tls_ca.is_some()
             || self.backend_tls_cert.is_some()
             || self.backend_tls_key.is_some()
-            || self.backend_tls_name.is_some();
+            || self.backend_tls_name.is_some()
+            || self.backend_tls_no_session_reuse;
         given.then(|| RawBackendTls {
             site: at("backend_tls_ca", ()).site,
             ca: path("backend_tls_ca", &self.backend_tls_ca),
@@ -142,6 +145,9 @@ impl Flags {
                 .map(|v| at("backend_tls_name", v.clone())),
             verify: None,
             alpn: None,
+            session_reuse: self
+                .backend_tls_no_session_reuse
+                .then(|| at("backend_tls_no_session_reuse", false)),
         })
     }
 

@@ -311,6 +311,9 @@ pub struct BackendTls {
     pub verify: bool,
     /// ALPN offered to backends; `None` passes on what the client negotiated.
     pub alpn: Option<Vec<Vec<u8>>>,
+    /// Whether sessions with backends are resumed (HAProxy's `no-ssl-reuse`
+    /// and nginx's `proxy_ssl_session_reuse off` turn it off).
+    pub session_reuse: bool,
 }
 
 /// A client certificate chain and its key, for backends.

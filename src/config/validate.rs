@@ -453,6 +453,8 @@ pub(crate) struct RawBackendTls {
     pub verify: Option<At<bool>>,
     /// `alpn`: protocols offered to backends instead of the client's.
     pub alpn: Option<RawList>,
+    /// `session_reuse`: whether sessions with backends are resumed.
+    pub session_reuse: Option<At<bool>>,
 }
 
 /// The fields naming a certificate chain and its key, in whichever table.
@@ -1628,6 +1630,7 @@ impl Checker {
             server_name,
             verify,
             alpn,
+            session_reuse: raw.session_reuse.as_ref().is_none_or(|v| v.value),
         })
     }
 

@@ -114,7 +114,8 @@ impl ConfigCache {
 }
 
 /// A digest of what a client configuration is built from: the trust
-/// anchors, the client identity (chain and key) and whether to verify.
+/// anchors, the client identity (chain and key), whether to verify and
+/// whether to resume.
 /// The server name and ALPN are chosen per connection.
 fn material(settings: &BackendTls) -> [u8; 32] {
     let mut h = ::aws_lc_rs::digest::Context::new(&::aws_lc_rs::digest::SHA256);
@@ -122,7 +123,7 @@ fn material(settings: &BackendTls) -> [u8; 32] {
         h.update(&(bytes.len() as u64).to_be_bytes());
         h.update(bytes);
     };
-    item(&[u8::from(settings.verify)]);
+    item(&[u8::from(settings.verify), u8::from(settings.session_reuse)]);
     for ca in &settings.ca {
         item(ca);
     }
@@ -220,6 +221,9 @@ fn client_config(settings: &BackendTls) -> Result<ClientConfig, UpstreamConfigEr
     };
     // The backend leg may move to the kernel like the client's.
     config.enable_secret_extraction = true;
+    if !settings.session_reuse {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(config)
 }
 

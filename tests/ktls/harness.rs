@@ -201,10 +201,17 @@ impl Pki {
 
 impl Pki {
     /// A rustls server configuration (the `localhost` certificate) that
-    /// requires a client certificate from this CA, limited to `version`:
-    /// a TLS backend's.
-    pub fn backend_config(&self, version: &'static SupportedProtocolVersion) -> Arc<ServerConfig> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    /// requires a client certificate from this CA, limited to `version` and
+    /// one cipher suite: a TLS backend's.
+    pub fn backend_config(
+        &self,
+        version: &'static SupportedProtocolVersion,
+        suite: CipherSuite,
+    ) -> Arc<ServerConfig> {
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.cipher_suites.retain(|s| s.suite() == suite);
+        assert_eq!(provider.cipher_suites.len(), 1, "suite {suite:?}");
+        let provider = Arc::new(provider);
         let mut roots = RootCertStore::empty();
         roots.add(self.ca_der.clone()).expect("ca root");
         let verifier =
@@ -752,6 +759,7 @@ fn front_conn(sock: TcpStream, config: Arc<ServerConfig>, inner: SocketAddr) -> 
         {
             let mut c = tls.lock().unwrap();
             let mut rest = &buf[..n];
+            let mut chunk = [0u8; 16 * 1024];
             while !rest.is_empty() {
                 if let Err(e) = c.read_tls(&mut rest) {
                     report.error = Some(format!("read_tls: {e}"));
@@ -768,13 +776,14 @@ fn front_conn(sock: TcpStream, config: Arc<ServerConfig>, inner: SocketAddr) -> 
                         break 'read;
                     }
                 }
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            loop {
-                match c.reader().read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(m) => plaintext.extend_from_slice(&chunk[..m]),
-                    Err(_) => break,
+                // Drained after every step: rustls takes no more input
+                // while its received-plaintext buffer is full.
+                loop {
+                    match c.reader().read(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(m) => plaintext.extend_from_slice(&chunk[..m]),
+                        Err(_) => break,
+                    }
                 }
             }
             report.resumed = c.handshake_kind() == Some(rustls::HandshakeKind::Resumed);

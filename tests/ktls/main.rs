@@ -1428,14 +1428,15 @@ fn offload_pause_then_failed_handover_resumes_in_userspace() {
 
 // ------------------------------------------------- TLS to the backend
 
-/// TLS to a backend (`--backend-tls-*`) with both legs in the kernel: N MiB
-/// each way at once, byte-exact, through a rustls TLS front (client
-/// certificate required) before the plain backend. The client's end
-/// reaches the backend as close_notify, the backend's end reaches the
-/// client as close_notify, and both sockets count as kernel sessions. A
-/// second connection resumes the backend session: its ticket arrived
-/// (after the handshake, possibly as a control record on the kernel path)
-/// and went to rustls.
+/// TLS to a backend (`--backend-tls-*`) with both legs in the kernel, on
+/// the same version and cipher: N MiB each way at once, byte-exact, through
+/// a rustls TLS front (client certificate required) before the plain
+/// backend. The client's end reaches the backend as close_notify, the
+/// backend's end reaches the client as close_notify, and both sockets count
+/// as kernel sessions (tls_stat TX and RX rise by two per connection). A
+/// second connection resumes the backend session: on TLS 1.3 its ticket
+/// came after the handshake (as a control record on the kernel path, or
+/// still in rustls) and went to rustls.
 fn backend_tls_both_legs(
     name: &'static str,
     version: &'static SupportedProtocolVersion,
@@ -1448,7 +1449,7 @@ fn backend_tls_both_legs(
         send: n,
         seed: DOWN,
     });
-    let front = TlsFront::start(pki.backend_config(version), backend.addr);
+    let front = TlsFront::start(pki.backend_config(version, suite), backend.addr);
     let flags = pki.backend_tls_flags();
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let server = Server::start_with(&pki, front.addr, "auto", &flags);
@@ -1464,12 +1465,8 @@ fn backend_tls_both_legs(
             "round {round}: the backend got no close_notify: {report:?}"
         );
         assert_eq!(report.resumed, round == 1, "round {round}: {report:?}");
-        // The client's socket and the backend's.
         assert_offloaded_since(&before, 2);
     }
-    // The second connection resumed the backend session: its ticket came
-    // after the handshake (on the kernel path, as a control record) and
-    // went to rustls.
     assert_eq!(kinds, ["full", "resumed"]);
     println!(
         "[ktls] {name}: {} MiB each way twice, both legs in the kernel, resumed the second time",
@@ -1478,19 +1475,55 @@ fn backend_tls_both_legs(
 }
 
 #[test]
-fn backend_tls13_both_legs_in_the_kernel() {
+fn backend_tls13_aes128gcm_both_legs_in_the_kernel() {
     backend_tls_both_legs(
-        "backend_tls13_both_legs_in_the_kernel",
+        "backend_tls13_aes128gcm_both_legs_in_the_kernel",
         &TLS13,
         CipherSuite::TLS13_AES_128_GCM_SHA256,
     );
 }
 
 #[test]
-fn backend_tls12_both_legs_in_the_kernel() {
+fn backend_tls13_aes256gcm_both_legs_in_the_kernel() {
     backend_tls_both_legs(
-        "backend_tls12_both_legs_in_the_kernel",
+        "backend_tls13_aes256gcm_both_legs_in_the_kernel",
+        &TLS13,
+        CipherSuite::TLS13_AES_256_GCM_SHA384,
+    );
+}
+
+#[test]
+fn backend_tls13_chacha20_both_legs_in_the_kernel() {
+    backend_tls_both_legs(
+        "backend_tls13_chacha20_both_legs_in_the_kernel",
+        &TLS13,
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+    );
+}
+
+#[test]
+fn backend_tls12_aes128gcm_both_legs_in_the_kernel() {
+    backend_tls_both_legs(
+        "backend_tls12_aes128gcm_both_legs_in_the_kernel",
+        &TLS12,
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    );
+}
+
+#[test]
+fn backend_tls12_aes256gcm_both_legs_in_the_kernel() {
+    backend_tls_both_legs(
+        "backend_tls12_aes256gcm_both_legs_in_the_kernel",
         &TLS12,
         CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    );
+}
+
+#[test]
+fn backend_tls12_chacha20_both_legs_in_the_kernel() {
+    backend_tls_both_legs(
+        "backend_tls12_chacha20_both_legs_in_the_kernel",
+        &TLS12,
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
     );
 }
