@@ -99,15 +99,22 @@ measure() {
   local addr before after
   addr=$(grep -o 'listening on [0-9.:]*' "$log" | head -1 | awk '{print $3}')
   before=$(cpu_ticks "$srv")
-  timeout 120 "$load" "${load_args[@]}" --target "$addr" "${common[@]}" >/dev/null 2>&1 || true
+  rm -f "$work/load.json"
+  timeout 120 "$load" "${load_args[@]}" --target "$addr" "${common[@]}" >"$work/load.txt" 2>&1 || {
+    echo "$name: load generator failed:" >&2
+    tail -n 5 "$work/load.txt" >&2
+  }
   after=$(cpu_ticks "$srv")
   kill -TERM "$srv"; wait "$srv" 2>/dev/null || true
   local resumed full paths
   resumed=$(grep -c 'upstream=resumed' "$log" || true)
   full=$(grep -c 'upstream=full' "$log" || true)
-  paths=$(grep -o ' path=[a-z]*' "$log" | sort | uniq -c | awk '{printf "%s%s", sep, $2 "x" $1; sep=","}')
+  paths=$({ grep -o ' path=[a-z]*' "$log" || true; } | sort | uniq -c | awk '{sub("path=", "", $2); printf "%s%s:%s", sep, $2, $1; sep=","}')
   python3 - "$work/load.json" "$((after - before))" "$tick" "$kind" "$name" "$resumed" "$full" "$paths" <<'PY'
-import json, sys
+import json, os, sys
+if not os.path.exists(sys.argv[1]):
+    print(sys.argv[5], "nan nan - -")
+    sys.exit()
 j = json.load(open(sys.argv[1]))
 ticks, tick, kind, name = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 resumed, full, paths = int(sys.argv[6]), int(sys.argv[7]), sys.argv[8]
@@ -131,9 +138,9 @@ for round in $(seq "$ROUNDS"); do
   if [ "$ktls_available" = yes ]; then
     measure bulk_tls_ktls bulk bulk --direction both --connections 1 -- --backend "$tls" --ktls require "${upstream[@]}" >>"$results"
   fi
-  measure hs_plain hs handshake --connections 8 --size 16 -- --backend "$plain" >>"$results"
-  measure hs_tls_reuse hs handshake --connections 8 --size 16 -- --backend "$tls" "${upstream[@]}" >>"$results"
-  measure hs_tls_no_reuse hs handshake --connections 8 --size 16 -- --backend "$tls" "${upstream[@]}" --backend-tls-no-session-reuse >>"$results"
+  measure hs_plain hs handshake --connections 8 --echo 16 -- --backend "$plain" >>"$results"
+  measure hs_tls_reuse hs handshake --connections 8 --echo 16 -- --backend "$tls" "${upstream[@]}" >>"$results"
+  measure hs_tls_no_reuse hs handshake --connections 8 --echo 16 -- --backend "$tls" "${upstream[@]}" --backend-tls-no-session-reuse >>"$results"
 done
 
 python3 - "$results" "$ktls_available" "$ROUNDS" "$DURATION" <<'PY'
@@ -150,7 +157,7 @@ label = {
     "hs_tls_reuse": ("full client handshakes, TLS backend, upstream resumption", "CPU-s/1000", "hs/s"),
     "hs_tls_no_reuse": ("full client handshakes, TLS backend, no upstream resumption", "CPU-s/1000", "hs/s"),
 }
-print("| test | terminator CPU | rate | upstream resumed | paths (last round) |")
+print("| test | terminator CPU | rate | upstream resumed | connections by path (last round) |")
 print("|---|--:|--:|--:|---|")
 for key, (text, unit, rate) in label.items():
     if key not in by:
