@@ -977,7 +977,6 @@ async fn serve(
             None,
         )
     };
-    let mut established = established;
     let mut backend = match backend {
         BackendLeg::Plain(stream) => stream,
         BackendLeg::Tls(mut to_backend, upstream) => {
