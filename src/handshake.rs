@@ -118,14 +118,14 @@ pub async fn accept(
         Err(refusal) => {
             // A plaintext fatal alert: nothing is encrypted yet.
             let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, u8::from(refusal.alert)];
-            let mut out = TlsOut::from_vec(buffers.chunks.take_initialized(), alert.len());
+            let mut out = TlsOut::from_vec(buffers.ciphertext.take_initialized(), alert.len());
             out.extend_plain(&alert);
             let _ = write_out(stream, &mut out).await;
             return Err(HandshakeError::Refused(refusal));
         }
     };
     let mut conn = UnbufferedServerConnection::new(config)?;
-    let mut out = TlsOut::from_vec(buffers.chunks.take_initialized(), OUTGOING_CAPACITY);
+    let mut out = TlsOut::from_vec(buffers.ciphertext.take_initialized(), OUTGOING_CAPACITY);
     let mut early_plaintext = Vec::new();
     let mut client_closed = false;
 
@@ -178,7 +178,7 @@ pub async fn accept(
         }
     }
 
-    buffers.chunks.give(out.into_vec());
+    buffers.ciphertext.give(out.into_vec());
     Ok(Established {
         conn,
         hello: hello.unwrap_or_default(),

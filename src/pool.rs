@@ -221,8 +221,12 @@ pub struct Buffers {
     /// Ciphertext from clients and the plaintext decrypted from it: four
     /// maximal TLS records each.
     pub records: BufferPool,
-    /// Backend reads and the ciphertext encrypted from them.
+    /// Backend reads.
     pub chunks: BufferPool,
+    /// Ciphertext to send: kept initialised (see
+    /// [`BufferPool::take_initialized`]), so never shared with read buffers,
+    /// whose length a read leaves short.
+    pub ciphertext: BufferPool,
     /// Pipes for splicing kernel TLS connections.
     pub pipes: PipePool,
 }
@@ -232,7 +236,8 @@ impl Buffers {
     pub fn new(keep: usize) -> Self {
         Self {
             records: BufferPool::new(crate::relay::userspace::CLIENT_READ, keep),
-            chunks: BufferPool::new(crate::relay::userspace::CLIENT_WRITE, keep),
+            chunks: BufferPool::new(crate::relay::userspace::BACKEND_READ, keep),
+            ciphertext: BufferPool::new(crate::relay::userspace::CLIENT_WRITE, keep),
             pipes: PipePool::new(keep),
         }
     }

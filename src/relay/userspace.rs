@@ -279,7 +279,7 @@ pub async fn run(
                 &shared,
                 &mut backend_rd,
                 &mut client_wr,
-                (&mut down_plain, &buffers.chunks),
+                (&mut down_plain, &buffers.ciphertext),
                 (cancel.clone(), reads),
             )
         );
@@ -306,7 +306,7 @@ pub async fn run(
                 )
                 .await;
             } else {
-                let io = (&mut down_plain, &buffers.chunks);
+                let io = (&mut down_plain, &buffers.ciphertext);
                 let handles = (cancel.clone(), reads);
                 down +=
                     backend_to_client(&shared, &mut backend_rd, &mut client_wr, io, handles).await;
