@@ -85,6 +85,17 @@ fn access_of(server: &Server, client: SocketAddr) -> std::collections::HashMap<S
     access
 }
 
+/// One echo of `msg` on a new connection through `server`, closed with
+/// close_notify; returns that connection's access line.
+fn echo_once(server: &Server, pki: &Pki, msg: &[u8]) -> std::collections::HashMap<String, String> {
+    let mut tls = tls_connect(server.addr(), ClientOpts::new(pki).build()).expect("handshake");
+    let local = tls.sock.local_addr().unwrap();
+    echo_round_trip(&mut tls, msg);
+    close_notify(&mut tls).unwrap();
+    let _ = read_until_end(&mut tls);
+    access_of(server, local)
+}
+
 /// 32 MiB each way at once through tlsplice and stunnel (client
 /// certificate required); byte-exact by sha256, clean ends on both sides.
 #[test]
@@ -245,15 +256,9 @@ fn later_connections_resume_the_upstream_session() {
     args.set("--workers", "1")
         .flag("--admin", &admin.to_string());
     let server = args.spawn();
-    let mut kinds = Vec::new();
-    for i in 0..3 {
-        let mut tls = tls_connect(server.addr(), ClientOpts::new(&pki).build()).expect("handshake");
-        let local = tls.sock.local_addr().unwrap();
-        echo_round_trip(&mut tls, format!("message {i}\n").as_bytes());
-        close_notify(&mut tls).unwrap();
-        let _ = read_until_end(&mut tls);
-        kinds.push(access_of(&server, local)["upstream"].clone());
-    }
+    let kinds: Vec<String> = (0..3)
+        .map(|i| echo_once(&server, &pki, format!("message {i}\n").as_bytes())["upstream"].clone())
+        .collect();
     assert_eq!(kinds, ["full", "resumed", "resumed"]);
 
     // The counters are updated just after the access line is written.
@@ -291,12 +296,7 @@ fn a_failed_backend_handshake_moves_on_to_the_next_backend() {
         .flag("--backend", &stunnel.addr.to_string());
     let server = args.spawn();
     for i in 0..2 {
-        let mut tls = tls_connect(server.addr(), ClientOpts::new(&pki).build()).expect("handshake");
-        let local = tls.sock.local_addr().unwrap();
-        echo_round_trip(&mut tls, format!("attempt {i}\n").as_bytes());
-        close_notify(&mut tls).unwrap();
-        let _ = read_until_end(&mut tls);
-        let access = access_of(&server, local);
+        let access = echo_once(&server, &pki, format!("attempt {i}\n").as_bytes());
         assert_eq!(access["backend"], stunnel.addr.to_string(), "{access:?}");
         assert_eq!(access["reason"], "done", "{access:?}");
     }
@@ -348,12 +348,7 @@ fn a_pool_with_backend_tls_from_a_config_file() {
         server.log.text()
     );
     let upstream_of_one = |msg: &[u8]| {
-        let mut tls = tls_connect(server.addr(), ClientOpts::new(&pki).build()).expect("handshake");
-        let local = tls.sock.local_addr().unwrap();
-        echo_round_trip(&mut tls, msg);
-        close_notify(&mut tls).unwrap();
-        let _ = read_until_end(&mut tls);
-        let access = access_of(&server, local);
+        let access = echo_once(&server, &pki, msg);
         assert_eq!(access["backend"], stunnel.addr.to_string(), "{access:?}");
         assert_eq!(access["reason"], "done", "{access:?}");
         access["upstream"].clone()
@@ -383,14 +378,8 @@ fn session_reuse_off_gives_a_full_handshake_each_time() {
         .args
         .push("--backend-tls-no-session-reuse".into());
     let server = args.spawn();
-    let mut kinds = Vec::new();
-    for i in 0..3 {
-        let mut tls = tls_connect(server.addr(), ClientOpts::new(&pki).build()).expect("handshake");
-        let local = tls.sock.local_addr().unwrap();
-        echo_round_trip(&mut tls, format!("message {i}\n").as_bytes());
-        close_notify(&mut tls).unwrap();
-        let _ = read_until_end(&mut tls);
-        kinds.push(access_of(&server, local)["upstream"].clone());
-    }
+    let kinds: Vec<String> = (0..3)
+        .map(|i| echo_once(&server, &pki, format!("message {i}\n").as_bytes())["upstream"].clone())
+        .collect();
     assert_eq!(kinds, ["full", "full", "full"]);
 }
