@@ -626,10 +626,13 @@ async fn backend_to_client(
                     .await;
             return total;
         }
-        // A read that filled its buffer means the backend is streaming and
-        // the next read gets the pooled buffer's room; a short one means it
-        // paused, and the connection waits holding the small buffer only.
-        let streaming = n == plain.vec().capacity();
+        // A read that filled its buffer means the backend is streaming: the
+        // next read gets the pooled buffer's room. A short one means it
+        // paused, and the connection waits holding the small buffer only;
+        // so does a small read that came out full with nothing queued after
+        // it (a burst that ended exactly there).
+        let filled = n == plain.vec().capacity();
+        let streaming = filled && (plain.is_pooled() || backend.more_ready());
         plain.vec().clear();
         if streaming {
             plain.grow();

@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 
 use monoio::buf::IoBufMut;
@@ -55,6 +56,8 @@ struct TlsReader {
 /// Reads plaintext from the backend.
 pub struct LegReader {
     rd: OwnedReadHalf<TcpStream>,
+    /// The socket, for asking how much is queued without reading it.
+    fd: RawFd,
     tls: Option<TlsReader>,
 }
 
@@ -69,8 +72,9 @@ impl BackendLeg {
     pub fn into_split(self) -> (LegReader, LegWriter) {
         match self {
             BackendLeg::Plain(stream) => {
+                let fd = stream.as_raw_fd();
                 let (rd, wr) = stream.into_split();
-                (LegReader { rd, tls: None }, LegWriter { wr, tls: None })
+                (LegReader { rd, fd, tls: None }, LegWriter { wr, tls: None })
             }
             BackendLeg::Tls(stream, upstream) => {
                 let Upstream {
@@ -86,6 +90,7 @@ impl BackendLeg {
                     conn,
                     control: TlsOut::with_capacity(0),
                 }));
+                let fd = stream.as_raw_fd();
                 let (rd, wr) = stream.into_split();
                 let reader = TlsReader {
                     state: state.clone(),
@@ -97,6 +102,7 @@ impl BackendLeg {
                 (
                     LegReader {
                         rd,
+                        fd,
                         tls: Some(reader),
                     },
                     LegWriter {
@@ -123,11 +129,34 @@ pub fn reunite(reader: LegReader, writer: LegWriter) -> Option<TcpStream> {
     reader.rd.reunite(writer.wr).ok()
 }
 
+/// Bytes in `fd`'s receive queue (FIONREAD); 0 when unknown.
+fn bytes_queued(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which is valid
+    // for the call; a failed call leaves it 0.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    if rc == 0 {
+        usize::try_from(n).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
 fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("backend TLS: {e}"))
 }
 
 impl LegReader {
+    /// Whether more is ready to read right now: decrypted plaintext not yet
+    /// handed out, or bytes in the socket's receive queue. Decides whether
+    /// the next read needs a large buffer, without waiting for one.
+    pub fn more_ready(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.pending_at < t.pending.len())
+            || bytes_queued(self.fd) > 0
+    }
+
     /// Reads plaintext into `buf`, at most its capacity, as a socket read
     /// would (its content is replaced). 0 means the backend finished
     /// sending.
