@@ -964,82 +964,26 @@ async fn serve(
     let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
     let buffers = &worker.buffers;
     let offload = limits.ktls != KtlsMode::Off && worker.ktls.any();
-    let in_userspace = |established, stream, leg, heads, pacer| {
-        userspace::run(
-            established,
-            stream,
-            leg,
-            heads,
-            idle,
-            drain,
-            buffers,
-            pacer,
-            None,
-        )
-    };
-    let mut backend = match backend {
-        BackendLeg::Plain(stream) => stream,
-        BackendLeg::Tls(mut to_backend, upstream) => {
+    let caps = &worker.ktls;
+    let (mut backend, upstream) = match backend {
+        BackendLeg::Plain(stream) => (stream, None),
+        BackendLeg::Tls(stream, upstream) => {
             record.upstream = Some(upstream.kind());
-            // Both legs go to the kernel, or neither: no relay mixes them.
-            // Offload is at once here (the pause cannot carry a TLS leg).
-            let caps = &worker.ktls;
-            let fit = kernel_can_take(&established.conn, caps).and_then(|_| {
-                kernel_can_take(&upstream.conn, caps).map_err(|why| format!("backend leg: {why}"))
-            });
-            let why = match fit {
-                Ok(_) if offload => match handover(established, &mut stream, caps).await {
-                    Ok(Handover::Kernel(session)) => {
-                        let backend_kernel =
-                            match handover_backend(*upstream, &mut to_backend, caps).await {
-                                Ok(BackendHandover::Kernel(b)) => *b,
-                                Ok(BackendHandover::Userspace(_, why)) => {
-                                    return CloseReason::BackendError(format!(
-                                        "backend TLS could not follow the client's into the kernel: {why}"
-                                    ))
-                                }
-                                Err(e) => return CloseReason::BackendError(e.to_string()),
-                            };
-                        record.path = "ktls";
-                        let pipes = &worker.buffers.pipes;
-                        let outcome = splice::run(
-                            *session,
-                            stream,
-                            to_backend,
-                            Some(backend_kernel),
-                            heads,
-                            idle,
-                            drain,
-                            pipes,
-                            pacer,
-                        )
-                        .await;
-                        return relayed(record, outcome);
-                    }
-                    Ok(Handover::Userspace(kept, why)) => {
-                        established = *kept;
-                        why
-                    }
-                    Err(e) => return CloseReason::ClientError(e.to_string()),
-                },
-                Ok(_) => String::new(),
-                Err(why) => why,
-            };
-            if offload && limits.ktls == KtlsMode::Require {
-                return CloseReason::ClientError(format!("ktls = require, but {why}"));
-            }
-            if offload {
-                record.ktls_fallback = Some(why);
-            }
-            let leg = BackendLeg::Tls(to_backend, upstream);
-            let relay = in_userspace(established, stream, leg, heads, pacer);
-            return ended(record, relay.await);
+            (stream, Some(upstream))
         }
     };
+    // With TLS to the backend both legs go to the kernel, or neither: no
+    // relay mixes them. So the backend's session is checked first.
+    let backend_unfit = upstream.as_ref().and_then(|u| {
+        kernel_can_take(&u.conn, caps)
+            .err()
+            .map(|why| format!("backend leg: {why}"))
+    });
     // Under thresholds the connection starts in userspace and moves to the
     // kernel once one is reached. Header mode offloads at once: the
-    // rewriter's state does not move across.
-    if offload && heads.is_none() && !limits.ktls_offload.at_once() {
+    // rewriter's state does not move across; so do TLS backends: the pause
+    // cannot carry their session.
+    if offload && heads.is_none() && upstream.is_none() && !limits.ktls_offload.at_once() {
         let pause = Pause {
             policy: limits.ktls_offload,
             since: record.started,
@@ -1072,12 +1016,36 @@ async fn serve(
         }
     }
     let established = if offload {
-        match handover(established, &mut stream, &worker.ktls).await {
+        let handed = match backend_unfit {
+            Some(why) => Ok(Handover::Userspace(Box::new(established), why)),
+            None => handover(established, &mut stream, caps).await,
+        };
+        match handed {
             Ok(Handover::Kernel(session)) => {
+                let backend_tls = match upstream {
+                    None => None,
+                    Some(upstream) => match handover_backend(*upstream, &mut backend, caps).await {
+                        Ok(BackendHandover::Kernel(b)) => Some(*b),
+                        Ok(BackendHandover::Userspace(_, why)) => {
+                            return CloseReason::BackendError(format!(
+                                "backend TLS could not follow the client's into the kernel: {why}"
+                            ))
+                        }
+                        Err(e) => return CloseReason::BackendError(e.to_string()),
+                    },
+                };
                 record.path = "ktls";
                 let pipes = &worker.buffers.pipes;
                 let outcome = splice::run(
-                    *session, stream, backend, None, heads, idle, drain, pipes, pacer,
+                    *session,
+                    stream,
+                    backend,
+                    backend_tls,
+                    heads,
+                    idle,
+                    drain,
+                    pipes,
+                    pacer,
                 )
                 .await;
                 return relayed(record, outcome);
@@ -1094,16 +1062,22 @@ async fn serve(
     } else {
         established
     };
-    let leg = BackendLeg::Plain(backend);
-    ended(
-        record,
-        in_userspace(established, stream, leg, heads, pacer).await,
-    )
-}
-
-/// Why a userspace relay without a pause ended, its totals recorded.
-fn ended(record: &mut AccessRecord, relay: Relayed) -> CloseReason {
-    match relay {
+    let leg = match upstream {
+        None => BackendLeg::Plain(backend),
+        Some(upstream) => BackendLeg::Tls(backend, upstream),
+    };
+    let relay = userspace::run(
+        established,
+        stream,
+        leg,
+        heads,
+        idle,
+        drain,
+        buffers,
+        pacer,
+        None,
+    );
+    match relay.await {
         Relayed::Closed(outcome) => relayed(record, outcome),
         Relayed::Paused(_) => CloseReason::Internal("relay paused without a pause".into()),
     }

@@ -32,10 +32,11 @@ use crate::tls::server_config::cipher_family;
 use crate::tls::unbuffered::{drive, Progress, Unbuffered};
 use crate::upstream::Upstream;
 
-/// A session the kernel now encrypts and decrypts.
-pub struct KernelSession {
-    /// rustls' remaining state: derives new secrets on KeyUpdate.
-    pub kernel: KernelConnection<ServerConnectionData>,
+/// A session the kernel now encrypts and decrypts: the client's (rustls
+/// server side) by default, or a backend's ([`BackendKernel`]).
+pub struct KernelSession<Data = ServerConnectionData> {
+    /// rustls' remaining state: new secrets on KeyUpdate, session tickets.
+    pub kernel: KernelConnection<Data>,
     /// Plaintext decrypted in userspace before the switch; goes first.
     pub early_plaintext: Vec<u8>,
     /// Negotiated version.
@@ -130,27 +131,18 @@ pub fn kernel_can_take<C: Unbuffered>(
         })
 }
 
-/// A session of either side the kernel now encrypts and decrypts.
-pub struct Kernelized<Data> {
-    /// rustls' remaining state: new secrets on KeyUpdate, session tickets.
-    pub kernel: KernelConnection<Data>,
-    /// Negotiated version.
-    pub version: ProtocolVersion,
-    /// Kernel cipher type.
-    pub cipher: u16,
-}
-
 /// Where [`move_to_kernel`] left a connection.
 enum Moved<C: Unbuffered> {
-    Kernel(Box<Kernelized<C::Data>>),
+    Kernel(Box<KernelSession<C::Data>>),
     /// Still rustls', for the reason given; `true` when the peer closed.
     Userspace(C, String, bool),
 }
 
 /// Moves `conn` to the kernel on `stream`: reads the peer's stream exactly
 /// to the end of the partial record in `incoming`, lets rustls decrypt it
-/// (into `plaintext`) and send what it still has to, then installs the
-/// secrets. Either side: server toward clients, client toward backends.
+/// (into `plaintext`, which the session takes) and send what it still has
+/// to, then installs the secrets. Either side: server toward clients,
+/// client toward backends.
 async fn move_to_kernel<C: Unbuffered>(
     mut conn: C,
     incoming: &mut Vec<u8>,
@@ -205,8 +197,9 @@ async fn move_to_kernel<C: Unbuffered>(
         way: Way::Rx,
         source,
     })?;
-    Ok(Moved::Kernel(Box::new(Kernelized {
+    Ok(Moved::Kernel(Box::new(KernelSession {
         kernel,
+        early_plaintext: std::mem::take(plaintext),
         version,
         cipher,
     })))
@@ -234,12 +227,7 @@ pub async fn handover(
     } = established;
     let moved = move_to_kernel(conn, &mut incoming, &mut early_plaintext, stream, caps).await?;
     Ok(match moved {
-        Moved::Kernel(moved) => Handover::Kernel(Box::new(KernelSession {
-            kernel: moved.kernel,
-            early_plaintext,
-            version: moved.version,
-            cipher: moved.cipher,
-        })),
+        Moved::Kernel(session) => Handover::Kernel(session),
         Moved::Userspace(conn, why, closed) => Handover::Userspace(
             Box::new(Established {
                 conn,
@@ -254,13 +242,9 @@ pub async fn handover(
     })
 }
 
-/// The backend leg of a connection, when its TLS session went to the kernel.
-pub struct BackendKernel {
-    /// rustls' remaining state: takes the backend's session tickets.
-    pub session: Kernelized<ClientConnectionData>,
-    /// Plaintext the backend sent before the switch; goes to the client first.
-    pub early_plaintext: Vec<u8>,
-}
+/// The backend leg of a connection, when its TLS session went to the
+/// kernel; rustls' state takes the backend's session tickets.
+pub type BackendKernel = KernelSession<ClientConnectionData>;
 
 /// Outcome of an attempted backend handover.
 pub enum BackendHandover {
@@ -284,10 +268,7 @@ pub async fn handover_backend(
     } = upstream;
     let moved = move_to_kernel(conn, &mut incoming, &mut early_plaintext, stream, caps).await?;
     Ok(match moved {
-        Moved::Kernel(session) => BackendHandover::Kernel(Box::new(BackendKernel {
-            session: *session,
-            early_plaintext,
-        })),
+        Moved::Kernel(session) => BackendHandover::Kernel(session),
         Moved::Userspace(conn, why, _) => BackendHandover::Userspace(
             Box::new(Upstream {
                 conn,

@@ -112,14 +112,14 @@ pub async fn run(
 ) -> RelayOutcome {
     let client_fd = client.as_raw_fd();
     // Both legs' records move together, so the stricter key limit applies.
-    let record_limit = backend_tls
-        .as_ref()
-        .map_or(record_limit(session.cipher), |b| {
-            record_limit(session.cipher).min(record_limit(b.session.cipher))
-        });
+    let record_limit = record_limit(session.cipher).min(
+        backend_tls
+            .as_ref()
+            .map_or(u64::MAX, |b| record_limit(b.cipher)),
+    );
     let backend_fd = backend.as_raw_fd();
     let (backend_kernel, backend_early) = match backend_tls {
-        Some(b) => (Some(RefCell::new(b.session.kernel)), b.early_plaintext),
+        Some(b) => (Some(RefCell::new(b.kernel)), b.early_plaintext),
         None => (None, Vec::new()),
     };
     let backend_side = BackendSide {
@@ -151,8 +151,11 @@ pub async fn run(
         {
             return;
         }
-        if !backend_early.is_empty() && !deliver(&shared, &mut client_wr, &backend_early).await {
-            return;
+        if !backend_early.is_empty() {
+            pace(shared.pacer.as_ref(), Direction::Down, backend_early.len()).await;
+            if !write_counted(&shared, Direction::Down, &mut client_wr, backend_early).await {
+                return;
+            }
         }
         let finished = Trigger::new();
         let both = async {
@@ -415,18 +418,7 @@ async fn forward(
             out
         }
     };
-    let (res, _) = backend.write_all(out).await;
-    match res {
-        Ok(n) => {
-            shared.up.set(shared.up.get() + n as u64);
-            shared.touch();
-            true
-        }
-        Err(e) => {
-            shared.fail(CloseReason::BackendError(format!("write: {e}")));
-            false
-        }
-    }
+    write_counted(shared, Direction::Up, backend, out).await
 }
 
 /// Moves `n` bytes from the pipe to `dest`.
@@ -469,22 +461,22 @@ async fn backend_to_client(
     let mut control = Vec::new();
     loop {
         let len = paced_len(shared.pacer.as_ref(), Direction::Down, SPLICE_CHUNK).await;
-        match backend.splice_to_pipe(&mut pipe_wr, len).await {
+        let spliced = match backend.splice_to_pipe(&mut pipe_wr, len).await {
+            // From a TLS backend, a record that is not data stops the splice.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && backend_side.kernel.is_some() => {
+                Ok(0)
+            }
+            other => other,
+        };
+        match spliced {
             Ok(0) if backend_side.kernel.is_none() => break,
-            // EOF, a zero-length record, or (EINVAL) a record that is not
-            // data from a TLS backend: recvmsg tells which.
+            // EOF, a zero-length record or a control record: recvmsg tells
+            // which.
             Ok(0) => match backend_record(shared, backend_side, &mut control, client).await {
                 Next::Go => {}
                 Next::End => break,
                 Next::Failed => return,
             },
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && backend_side.kernel.is_some() => {
-                match backend_record(shared, backend_side, &mut control, client).await {
-                    Next::Go => {}
-                    Next::End => break,
-                    Next::Failed => return,
-                }
-            }
             Ok(mut n) => {
                 spent(shared.pacer.as_ref(), Direction::Down, n);
                 shared.touch();
@@ -540,8 +532,8 @@ async fn backend_record(
     match recv_record(backend.fd, control) {
         Ok((0, _)) => Next::End,
         Ok((n, RECORD_APPLICATION_DATA)) => {
-            let data = control[..n].to_vec();
-            if deliver(shared, client, &data).await {
+            pace(shared.pacer.as_ref(), Direction::Down, n).await;
+            if write_counted(shared, Direction::Down, client, control[..n].to_vec()).await {
                 Next::Go
             } else {
                 Next::Failed
@@ -621,19 +613,27 @@ fn handshake_messages(mut body: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
     Ok(messages)
 }
 
-/// Writes plaintext read in userspace (what a TLS backend sent before the
-/// switch, or a data record recvmsg returned) to the client.
-async fn deliver(shared: &Shared, client: &mut OwnedWriteHalf<TcpStream>, data: &[u8]) -> bool {
-    pace(shared.pacer.as_ref(), Direction::Down, data.len()).await;
-    let (res, _) = client.write_all(data.to_vec()).await;
+/// Writes plaintext read in userspace (already paced) toward `dir`'s
+/// peer and counts it; a failed write fails the connection on that side.
+async fn write_counted(
+    shared: &Shared,
+    dir: Direction,
+    peer: &mut OwnedWriteHalf<TcpStream>,
+    data: Vec<u8>,
+) -> bool {
+    let (res, _) = peer.write_all(data).await;
+    let (moved, failure): (_, fn(String) -> CloseReason) = match dir {
+        Direction::Up => (&shared.up, CloseReason::BackendError),
+        Direction::Down => (&shared.down, CloseReason::ClientError),
+    };
     match res {
         Ok(n) => {
-            shared.down.set(shared.down.get() + n as u64);
+            moved.set(moved.get() + n as u64);
             shared.touch();
             true
         }
         Err(e) => {
-            shared.fail(CloseReason::ClientError(format!("write: {e}")));
+            shared.fail(failure(format!("write: {e}")));
             false
         }
     }
