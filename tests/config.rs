@@ -148,17 +148,7 @@ fn example_configs_pass_check() {
     let mut failures = Vec::new();
     for example in &examples {
         let d = Dir::new();
-        // edge.toml's two domains have certificates and a CA of their own.
-        let pki = d.path().join("pki");
-        for (from, to) in [
-            ("server.crt", "api.crt"),
-            ("server.key", "api.key"),
-            ("server.crt", "portal.crt"),
-            ("server.key", "portal.key"),
-            ("ca.crt", "partners-ca.crt"),
-        ] {
-            fs::copy(pki.join(from), pki.join(to)).unwrap();
-        }
+        add_edge_files(&d.path().join("pki"));
         let copy = d.path().join(example.file_name().unwrap());
         fs::copy(example, &copy).unwrap();
         let (status, out, err) = run_tlsplice(&["check", "-c", copy.to_str().unwrap()], None);

@@ -322,16 +322,7 @@ fn config_text_parse_and_validate() {
     let dir = tempfile::tempdir().unwrap();
     let pki_dir = dir.path().join("pki");
     pki.write_standard_files(&pki_dir);
-    // configs/edge.toml names a certificate per domain and a partners' CA.
-    for (from, to) in [
-        ("server.crt", "api.crt"),
-        ("server.key", "api.key"),
-        ("server.crt", "portal.crt"),
-        ("server.key", "portal.key"),
-        ("ca.crt", "partners-ca.crt"),
-    ] {
-        std::fs::copy(pki_dir.join(from), pki_dir.join(to)).unwrap();
-    }
+    add_edge_files(&pki_dir);
     let path = dir.path().join("fuzz.toml");
     let corpus = example_configs();
     // The seeds themselves are valid: mutations start from accepted texts.

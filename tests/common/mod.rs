@@ -1746,3 +1746,18 @@ pub fn export_pkcs12(id: &Identity, p12: &Path, password: &str) {
         .unwrap();
     assert!(status.success(), "openssl pkcs12 -export");
 }
+
+/// Adds what configs/edge.toml names beside the standard PKI files in
+/// `pki_dir`: a certificate and key per domain and a partners' CA (copies
+/// of the standard ones).
+pub fn add_edge_files(pki_dir: &Path) {
+    for (from, to) in [
+        ("server.crt", "api.crt"),
+        ("server.key", "api.key"),
+        ("server.crt", "portal.crt"),
+        ("server.key", "portal.key"),
+        ("ca.crt", "partners-ca.crt"),
+    ] {
+        fs::copy(pki_dir.join(from), pki_dir.join(to)).unwrap();
+    }
+}
