@@ -9,5 +9,6 @@ pub mod records;
 pub mod route;
 pub mod server_config;
 pub mod tickets;
+pub mod traffic;
 pub mod unbuffered;
 pub mod verify;
