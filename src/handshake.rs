@@ -3,9 +3,10 @@
 //! The first bytes are inspected with the sans-IO ClientHello parser so the
 //! listener can pick the `ServerConfig` (and with it the client-auth policy)
 //! by SNI before rustls sees anything; rustls' verifier cannot see SNI. The
-//! same bytes then go to a new `UnbufferedServerConnection`, which stays the
-//! connection's state afterwards: the userspace relay continues with it, and
-//! the kernel TLS handover can take its secrets from exactly this point.
+//! same bytes then go to a new `UnbufferedServerConnection`. Once the
+//! handshake is done its secrets go to our record layer
+//! ([`Established::into_session`]), which the userspace relay and the kernel
+//! TLS handover continue from.
 
 use std::io;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
-use rustls::server::UnbufferedServerConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
 use rustls::ServerConfig;
 
@@ -21,6 +22,7 @@ use crate::admit::{self, Verdict};
 use crate::pool::Buffers;
 use crate::tls::client_hello::{self, ClientHello, ClientHelloError};
 use crate::tls::records::TlsOut;
+use crate::tls::traffic::{Traffic, TrafficError};
 use crate::tls::unbuffered::{drive, flush_alert, Progress};
 
 /// Room for one maximal TLS record (2^14 plaintext plus up to 256 bytes of
@@ -50,6 +52,33 @@ pub struct Established {
     /// The throttle's verdict, when it was reached inside the handshake
     /// (a verified client certificate); see [`crate::admit`].
     pub verdict: Option<Verdict>,
+}
+
+impl Established {
+    /// Hands the session to our record layer ([`Traffic`]): past this point
+    /// rustls only derives new secrets.
+    pub fn into_session(self) -> Result<ClientSession, TrafficError> {
+        Ok(ClientSession {
+            traffic: Traffic::from_rustls(self.conn)?,
+            incoming: self.incoming,
+            early_plaintext: self.early_plaintext,
+            client_closed: self.client_closed,
+        })
+    }
+}
+
+/// An established client session in our record layer, as the relays and
+/// the kernel handover continue it.
+pub struct ClientSession {
+    /// The record layer, with rustls' remaining state.
+    pub traffic: Traffic<ServerConnectionData>,
+    /// Ciphertext read but not yet opened (at most a partial record).
+    pub incoming: Vec<u8>,
+    /// Plaintext decrypted before the relay started; it goes to the
+    /// backend first.
+    pub early_plaintext: Vec<u8>,
+    /// The client already sent close_notify.
+    pub client_closed: bool,
 }
 
 /// Why a handshake did not complete.

@@ -961,6 +961,12 @@ async fn serve(
         let chain = established.conn.peer_certificates().unwrap_or_default();
         HeadRewriter::new(&h.reserved_names(), h.lines(chain), h.max_head)
     });
+    // From here on records are ours to seal and open; rustls keeps only
+    // what derives new secrets.
+    let mut session = match established.into_session() {
+        Ok(session) => session,
+        Err(e) => return CloseReason::Internal(format!("record layer: {e}")),
+    };
     let (idle, drain) = (limits.idle_timeout, &worker.drain_expired);
     let buffers = &worker.buffers;
     let offload = limits.ktls != KtlsMode::Off && worker.ktls.any();
@@ -975,7 +981,7 @@ async fn serve(
     // With TLS to the backend both legs go to the kernel, or neither: no
     // relay mixes them. So the backend's session is checked first.
     let backend_unfit = upstream.as_ref().and_then(|u| {
-        kernel_can_take(&u.conn, caps)
+        kernel_can_take(&u.traffic, caps)
             .err()
             .map(|why| format!("backend leg: {why}"))
     });
@@ -989,7 +995,7 @@ async fn serve(
             since: record.started,
         };
         match userspace::run(
-            established,
+            session,
             stream,
             BackendLeg::Plain(backend),
             None,
@@ -1010,15 +1016,14 @@ async fn serve(
                 record.ktls_after_bytes = Some(paused.bytes_up + paused.bytes_down);
                 record.bytes_up = paused.bytes_up;
                 record.bytes_down = paused.bytes_down;
-                (established, stream, backend) =
-                    (paused.established, paused.client, paused.backend);
+                (session, stream, backend) = (paused.session, paused.client, paused.backend);
             }
         }
     }
-    let established = if offload {
+    let session = if offload {
         let handed = match backend_unfit {
-            Some(why) => Ok(Handover::Userspace(Box::new(established), why)),
-            None => handover(established, &mut stream, caps).await,
+            Some(why) => Ok(Handover::Userspace(Box::new(session), why)),
+            None => handover(session, &mut stream, caps).await,
         };
         match handed {
             Ok(Handover::Kernel(session)) => {
@@ -1053,29 +1058,21 @@ async fn serve(
             Ok(Handover::Userspace(_, why)) if limits.ktls == KtlsMode::Require => {
                 return CloseReason::ClientError(format!("ktls = require, but {why}"));
             }
-            Ok(Handover::Userspace(established, why)) => {
+            Ok(Handover::Userspace(session, why)) => {
                 record.ktls_fallback = Some(why);
-                *established
+                *session
             }
             Err(e) => return CloseReason::ClientError(e.to_string()),
         }
     } else {
-        established
+        session
     };
     let leg = match upstream {
         None => BackendLeg::Plain(backend),
         Some(upstream) => BackendLeg::Tls(backend, upstream),
     };
     let relay = userspace::run(
-        established,
-        stream,
-        leg,
-        heads,
-        idle,
-        drain,
-        buffers,
-        pacer,
-        None,
+        session, stream, leg, heads, idle, drain, buffers, pacer, None,
     );
     match relay.await {
         Relayed::Closed(outcome) => relayed(record, outcome),

@@ -2,18 +2,18 @@
 //! client's (rustls server side) or a backend's (rustls client side).
 //!
 //! The kernel must start decrypting exactly at a record boundary with the
-//! right sequence number, and must not be asked to send anything rustls
-//! already encoded. So: read the peer's stream up to the end of any
-//! partial record rustls holds, let rustls decrypt it (that plaintext goes
-//! to the backend first), send what rustls still has to send (TLS 1.3
-//! session tickets are already out: the handshake only completes once they
-//! are written), then take the secrets and install them.
+//! right sequence number, and must not be asked to send anything already
+//! sealed. So: read the peer's stream up to the end of any partial record
+//! held in userspace, open it with our record layer (that plaintext goes
+//! to the backend first), send what is owed, then install the record
+//! layer's current secrets. The same path serves a session fresh from its
+//! handshake and one that relayed in userspace first.
 
 use std::io;
 use std::os::fd::AsRawFd;
 
 use monoio::buf::IoBufMut;
-use monoio::io::AsyncReadRentExt;
+use monoio::io::{AsyncReadRentExt, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use rustls::client::ClientConnectionData;
 use rustls::kernel::KernelConnection;
@@ -26,10 +26,9 @@ use super::crypto_info::{
 use super::probe::Capabilities;
 use super::socket::{enable_ulp, set_crypto, Way};
 use crate::config;
-use crate::handshake::{write_out, Established};
-use crate::tls::records::TlsOut;
+use crate::handshake::ClientSession;
 use crate::tls::server_config::cipher_family;
-use crate::tls::unbuffered::{drive, Progress, Unbuffered};
+use crate::tls::traffic::{PostHandshake, Traffic, TrafficError};
 use crate::upstream::Upstream;
 
 /// A session the kernel now encrypts and decrypts: the client's (rustls
@@ -50,7 +49,7 @@ pub enum Handover {
     /// The kernel has the session.
     Kernel(Box<KernelSession>),
     /// The session stays in userspace, for the reason given.
-    Userspace(Box<Established>, String),
+    Userspace(Box<ClientSession>, String),
 }
 
 /// The handover failed after rustls gave up its secrets: the connection
@@ -60,9 +59,9 @@ pub enum HandoverError {
     /// Reading the rest of a record or writing rustls' output failed.
     #[error("I/O during handover: {0}")]
     Io(#[from] io::Error),
-    /// rustls failed while finishing the buffered records.
+    /// The buffered records could not be finished.
     #[error("TLS during handover: {0}")]
-    Tls(#[from] rustls::Error),
+    Tls(#[from] TrafficError),
     /// The kernel refused the keys.
     #[error("kernel refused {way:?} keys: {source}")]
     Kernel {
@@ -108,83 +107,82 @@ pub fn bytes_to_record_boundary(buf: &[u8]) -> usize {
     }
 }
 
-/// Whether this kernel can take a session of `conn`'s version and suite:
-/// both, or why not.
-pub fn kernel_can_take<C: Unbuffered>(
-    conn: &C,
+/// Whether this kernel can take a session of `traffic`'s version and
+/// suite: both (the suite as the kernel's cipher type), or why not.
+pub fn kernel_can_take<Data>(
+    traffic: &Traffic<Data>,
     caps: &Capabilities,
-) -> Result<(ProtocolVersion, u16), String> {
-    let common = conn.common();
-    let (Some(version), Some(suite)) =
-        (common.protocol_version(), common.negotiated_cipher_suite())
-    else {
-        return Err("handshake incomplete".into());
-    };
-    kernel_cipher(suite.suite())
+) -> Result<(ProtocolVersion, u16), String>
+where
+    KernelConnection<Data>: PostHandshake,
+{
+    let (version, suite) = (traffic.version(), traffic.suite().suite());
+    kernel_cipher(suite)
         .filter(|c| caps.supports(version, *c))
         .map(|cipher| (version, cipher))
-        .ok_or_else(|| {
-            format!(
-                "kernel has no TLS offload for {version:?} {:?}",
-                suite.suite()
-            )
-        })
+        .ok_or_else(|| format!("kernel has no TLS offload for {version:?} {suite:?}"))
 }
 
-/// Where [`move_to_kernel`] left a connection.
-enum Moved<C: Unbuffered> {
-    Kernel(Box<KernelSession<C::Data>>),
-    /// Still rustls', for the reason given; `true` when the peer closed.
-    Userspace(C, String, bool),
+/// Where [`move_to_kernel`] left a session.
+enum Moved<Data> {
+    Kernel(Box<KernelSession<Data>>),
+    /// Still in userspace, for the reason given; `true` when the peer closed.
+    Userspace(Traffic<Data>, String, bool),
 }
 
-/// Moves `conn` to the kernel on `stream`: reads the peer's stream exactly
-/// to the end of the partial record in `incoming`, lets rustls decrypt it
-/// (into `plaintext`, which the session takes) and send what it still has
-/// to, then installs the secrets. Either side: server toward clients,
-/// client toward backends.
-async fn move_to_kernel<C: Unbuffered>(
-    mut conn: C,
+/// Moves `traffic` to the kernel on `stream`: reads the peer's stream
+/// exactly to the end of the partial record in `incoming`, opens it (into
+/// `plaintext`, which the session takes) and sends what is owed (a
+/// KeyUpdate answer), then installs the secrets. Either side: server
+/// toward clients, client toward backends.
+async fn move_to_kernel<Data>(
+    mut traffic: Traffic<Data>,
     incoming: &mut Vec<u8>,
     plaintext: &mut Vec<u8>,
     stream: &mut TcpStream,
     caps: &Capabilities,
-) -> Result<Moved<C>, HandoverError> {
-    let (version, cipher) = match kernel_can_take(&conn, caps) {
+) -> Result<Moved<Data>, HandoverError>
+where
+    KernelConnection<Data>: PostHandshake,
+{
+    let (version, cipher) = match kernel_can_take(&traffic, caps) {
         Ok(both) => both,
-        Err(why) => return Ok(Moved::Userspace(conn, why, false)),
+        Err(why) => return Ok(Moved::Userspace(traffic, why, false)),
     };
     if let Err(e) = ulp_fault().map_or_else(|| enable_ulp(stream.as_raw_fd()), Err) {
-        return Ok(Moved::Userspace(conn, format!("TCP_ULP tls: {e}"), false));
+        return Ok(Moved::Userspace(
+            traffic,
+            format!("TCP_ULP tls: {e}"),
+            false,
+        ));
     }
 
-    // Finish the partial record rustls holds, reading exactly to its end so
-    // nothing past the boundary leaves the kernel's queue.
-    let mut out = TlsOut::with_capacity(256);
+    // Finish the partial record, reading exactly to its end so nothing past
+    // the boundary leaves the kernel's queue.
+    let mut owed = Vec::new();
     loop {
-        let need = bytes_to_record_boundary(incoming);
-        if need == 0 && incoming.is_empty() && out.is_empty() {
-            break;
-        }
-        if need > 0 {
-            let buf = std::mem::take(incoming);
-            let len = buf.len();
-            let (res, buf) = stream.read_exact(buf.slice_mut(len..len + need)).await;
-            *incoming = buf.into_inner();
+        let opened = traffic.open(incoming, plaintext, &mut owed);
+        if !owed.is_empty() {
+            // Until the keys are installed the socket still sends as is.
+            let (res, _) = stream.write_all(std::mem::take(&mut owed)).await;
             res?;
         }
-        match drive(&mut conn, incoming, &mut out, plaintext)? {
-            Progress::Transmit => write_out(stream, &mut out).await?,
-            Progress::PeerClosed => {
-                write_out(stream, &mut out).await?;
-                let why = "peer closed during handover".to_string();
-                return Ok(Moved::Userspace(conn, why, true));
-            }
-            Progress::Complete | Progress::NeedInput => {}
+        if opened? {
+            let why = "peer closed during handover".to_string();
+            return Ok(Moved::Userspace(traffic, why, true));
         }
+        let need = bytes_to_record_boundary(incoming);
+        if need == 0 {
+            break;
+        }
+        let buf = std::mem::take(incoming);
+        let len = buf.len();
+        let (res, buf) = stream.read_exact(buf.slice_mut(len..len + need)).await;
+        *incoming = buf.into_inner();
+        res?;
     }
 
-    let (secrets, kernel) = conn.into_kernel()?;
+    let (secrets, kernel) = traffic.into_secrets();
     let fd = stream.as_raw_fd();
     let tx = crypto_info::build(version, secrets.tx.0, &secrets.tx.1, Direction::Tx)?;
     let rx = crypto_info::build(version, secrets.rx.0, &secrets.rx.1, Direction::Rx)?;
@@ -207,35 +205,31 @@ async fn move_to_kernel<C: Unbuffered>(
 
 /// Moves the client's session to the kernel if this kernel can take it.
 pub async fn handover(
-    established: Established,
+    session: ClientSession,
     stream: &mut TcpStream,
     caps: &Capabilities,
 ) -> Result<Handover, HandoverError> {
-    if established.client_closed {
+    if session.client_closed {
         return Ok(Handover::Userspace(
-            Box::new(established),
+            Box::new(session),
             "client already closed".into(),
         ));
     }
-    let Established {
-        conn,
-        hello,
+    let ClientSession {
+        traffic,
         mut incoming,
         mut early_plaintext,
         client_closed,
-        verdict,
-    } = established;
-    let moved = move_to_kernel(conn, &mut incoming, &mut early_plaintext, stream, caps).await?;
+    } = session;
+    let moved = move_to_kernel(traffic, &mut incoming, &mut early_plaintext, stream, caps).await?;
     Ok(match moved {
         Moved::Kernel(session) => Handover::Kernel(session),
-        Moved::Userspace(conn, why, closed) => Handover::Userspace(
-            Box::new(Established {
-                conn,
-                hello,
+        Moved::Userspace(traffic, why, closed) => Handover::Userspace(
+            Box::new(ClientSession {
+                traffic,
                 incoming,
                 early_plaintext,
                 client_closed: client_closed || closed,
-                verdict,
             }),
             why.replace("peer closed", "client closed"),
         ),
@@ -261,17 +255,17 @@ pub async fn handover_backend(
     caps: &Capabilities,
 ) -> Result<BackendHandover, HandoverError> {
     let Upstream {
-        conn,
+        traffic,
         mut incoming,
         mut early_plaintext,
         resumed,
     } = upstream;
-    let moved = move_to_kernel(conn, &mut incoming, &mut early_plaintext, stream, caps).await?;
+    let moved = move_to_kernel(traffic, &mut incoming, &mut early_plaintext, stream, caps).await?;
     Ok(match moved {
         Moved::Kernel(session) => BackendHandover::Kernel(session),
-        Moved::Userspace(conn, why, _) => BackendHandover::Userspace(
+        Moved::Userspace(traffic, why, _) => BackendHandover::Userspace(
             Box::new(Upstream {
-                conn,
+                traffic,
                 incoming,
                 early_plaintext,
                 resumed,

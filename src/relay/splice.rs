@@ -45,6 +45,7 @@ use crate::ktls::socket::{
 };
 use crate::pool::PipePool;
 use crate::relay::http_head::HeadRewriter;
+use crate::tls::traffic::{handshake_messages, HANDSHAKE_KEY_UPDATE, HANDSHAKE_NEW_SESSION_TICKET};
 use crate::trigger::Trigger;
 
 /// Bytes asked of one splice; a pipe holds 64 KiB.
@@ -567,7 +568,9 @@ fn backend_control(
             Err(format!("backend sent alert {desc} (level {level})"))
         }
         (RECORD_HANDSHAKE, _) => {
-            for message in handshake_messages(body)? {
+            let messages =
+                handshake_messages(body).map_err(|e| format!("from the backend: {e}"))?;
+            for message in messages {
                 match message {
                     (HANDSHAKE_NEW_SESSION_TICKET, payload) => kernel
                         .handle_new_session_ticket(payload)
@@ -587,30 +590,6 @@ fn backend_control(
         }
         (kind, _) => Err(format!("unexpected record type {kind} from the backend")),
     }
-}
-
-/// TLS 1.3 NewSessionTicket handshake type.
-const HANDSHAKE_NEW_SESSION_TICKET: u8 = 4;
-/// TLS 1.3 KeyUpdate handshake type.
-const HANDSHAKE_KEY_UPDATE: u8 = 24;
-
-/// Splits a handshake record's body into its messages: (type, payload).
-fn handshake_messages(mut body: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
-    let mut messages = Vec::new();
-    while !body.is_empty() {
-        let [kind, a, b, c, rest @ ..] = body else {
-            return Err("truncated handshake message header from the backend".into());
-        };
-        let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
-        if rest.len() < len {
-            // Messages split across records do not happen with tickets.
-            return Err("handshake message split across records from the backend".into());
-        }
-        let (payload, after) = rest.split_at(len);
-        messages.push((*kind, payload));
-        body = after;
-    }
-    Ok(messages)
 }
 
 /// Writes plaintext read in userspace (already paced) toward `dir`'s

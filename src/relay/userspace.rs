@@ -1,12 +1,13 @@
-//! The userspace path: rustls records between the client and the backend.
+//! The userspace path: TLS records between the client and the backend,
+//! sealed and opened by our record layer ([`Traffic`]).
 //!
-//! Two pumps run concurrently in the connection's task and share the rustls
-//! connection through a `RefCell`, never holding the borrow across an await:
+//! Two pumps run concurrently in the connection's task and share the record
+//! layer through a `RefCell`, never holding the borrow across an await:
 //! - client -> backend: read ciphertext, decrypt, write plaintext;
 //! - backend -> client: read plaintext, encrypt, write ciphertext.
 //!
-//! Records rustls produces while decrypting (a KeyUpdate answer) are queued
-//! and written by the backend -> client pump ahead of its next data, which is
+//! Records owed while decrypting (a KeyUpdate answer) are queued and
+//! written by the backend -> client pump ahead of its next data, which is
 //! where TLS requires them. A watchdog ends the connection on idle timeout or
 //! when the worker's drain runs out, by cancelling the pumps' pending I/O.
 //!
@@ -25,18 +26,17 @@ use monoio::io::{
     OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
-use rustls::server::UnbufferedServerConnection;
+use rustls::server::ServerConnectionData;
 
 use super::{pace, watchdog, RelayOutcome};
 use crate::admit::{Direction, Pacer};
 use crate::close::CloseReason;
-use crate::handshake::{Established, INCOMING_CAPACITY};
+use crate::handshake::{ClientSession, INCOMING_CAPACITY};
 use crate::ktls::handover::bytes_to_record_boundary;
 use crate::ktls::policy::{OffloadPolicy, OffloadTrigger};
 use crate::pool::{BufferPool, Buffers, ElasticBuf};
 use crate::relay::http_head::HeadRewriter;
-use crate::tls::records::TlsOut;
-use crate::tls::unbuffered;
+use crate::tls::traffic::{Traffic, TrafficError};
 use crate::trigger::Trigger;
 use crate::upstream::leg::{self, BackendLeg, LegReader, LegWriter};
 
@@ -80,9 +80,10 @@ struct Shared {
 }
 
 struct Session {
-    conn: UnbufferedServerConnection,
-    /// Control records produced while reading, to send before more data.
-    control: TlsOut,
+    traffic: Traffic<ServerConnectionData>,
+    /// Records owed while reading (a KeyUpdate answer, an alert), to send
+    /// before more data.
+    control: Vec<u8>,
     close_notify_sent: bool,
 }
 
@@ -173,11 +174,11 @@ pub struct Pause {
 }
 
 /// A relay stopped at a safe point: nothing is left to write to either
-/// side, and the client's stream is consumed up to `established.incoming`
+/// side, and the client's stream is consumed up to `session.incoming`
 /// (at most a partial record), so `ktls::handover` can continue it.
 pub struct Paused {
     /// The session, with the unprocessed partial record in `incoming`.
-    pub established: Established,
+    pub session: ClientSession,
     /// The client connection.
     pub client: TcpStream,
     /// The backend connection.
@@ -208,7 +209,7 @@ pub enum Relayed {
 /// reached.
 #[allow(clippy::too_many_arguments)] // each is a distinct part of the connection
 pub async fn run(
-    established: Established,
+    session: ClientSession,
     client: TcpStream,
     backend: BackendLeg,
     heads: Option<HeadRewriter>,
@@ -218,14 +219,12 @@ pub async fn run(
     pacer: Option<Pacer>,
     pause: Option<Pause>,
 ) -> Relayed {
-    let Established {
-        conn,
-        hello,
+    let ClientSession {
+        traffic,
         incoming,
         early_plaintext,
         client_closed,
-        ..
-    } = established;
+    } = session;
     // Every buffer starts small or lets go of its pooled memory when its
     // direction idles: the connection's steady state is waiting.
     let mut incoming = ElasticBuf::from_pooled(&buffers.records, incoming, IDLE_READ);
@@ -241,8 +240,8 @@ pub async fn run(
 
     let shared = Shared {
         session: RefCell::new(Session {
-            conn,
-            control: TlsOut::with_capacity(256),
+            traffic,
+            control: Vec::new(),
             close_notify_sent: false,
         }),
         activity: Cell::new(Instant::now()),
@@ -362,15 +361,12 @@ pub async fn run(
             )
             .await;
             return match ended {
-                Ok((conn, client, backend)) => Relayed::Paused(Box::new(Paused {
-                    established: Established {
-                        conn,
-                        hello,
+                Ok((traffic, client, backend)) => Relayed::Paused(Box::new(Paused {
+                    session: ClientSession {
+                        traffic,
                         incoming,
                         early_plaintext: Vec::new(),
                         client_closed: false,
-                        // Admission was decided at the handshake.
-                        verdict: None,
                     },
                     client,
                     backend,
@@ -389,9 +385,9 @@ pub async fn run(
         .borrow_mut()
         .take()
         .unwrap_or(CloseReason::Done);
-    // Whatever the client is still owed: a fatal alert rustls queued, or a
+    // Whatever the client is still owed: a fatal alert queued, or a
     // close_notify when we end the connection ourselves.
-    let mut out = TlsOut::with_capacity(256);
+    let mut out = Vec::new();
     let reply = std::mem::take(&mut *shared.reply.borrow_mut());
     let owes_close_notify = (!reply.is_empty()
         || matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown))
@@ -408,8 +404,7 @@ pub async fn run(
     }
     if !out.is_empty() {
         let _ = monoio::time::timeout(FINAL_WRITE_TIMEOUT, async {
-            let (res, _) =
-                monoio::io::AsyncWriteRentExt::write_all(&mut client_wr, out.take()).await;
+            let (res, _) = monoio::io::AsyncWriteRentExt::write_all(&mut client_wr, out).await;
             res
         })
         .await;
@@ -422,17 +417,17 @@ pub async fn run(
     })
 }
 
-/// Finishes a pause: writes the control records rustls still holds (a
-/// KeyUpdate answer) and puts the connections back together.
+/// Finishes a pause: writes the control records still owed (a KeyUpdate
+/// answer) and puts the connections back together.
 async fn paused(
     mut session: Session,
     (client_rd, mut client_wr): (OwnedReadHalf<TcpStream>, OwnedWriteHalf<TcpStream>),
     (backend_rd, backend_wr): (LegReader, LegWriter),
     [bytes_up, bytes_down]: [u64; 2],
-) -> Result<(UnbufferedServerConnection, TcpStream, TcpStream), RelayOutcome> {
+) -> Result<(Traffic<ServerConnectionData>, TcpStream, TcpStream), RelayOutcome> {
     if !session.control.is_empty() {
-        let (res, _) =
-            monoio::io::AsyncWriteRentExt::write_all(&mut client_wr, session.control.take()).await;
+        let control = std::mem::take(&mut session.control);
+        let (res, _) = monoio::io::AsyncWriteRentExt::write_all(&mut client_wr, control).await;
         if let Err(e) = res {
             return Err(RelayOutcome {
                 bytes_up,
@@ -454,7 +449,7 @@ async fn paused(
             path: "userspace",
         });
     };
-    Ok((session.conn, client, backend))
+    Ok((session.traffic, client, backend))
 }
 
 /// Client ciphertext -> backend plaintext. Returns plaintext bytes written.
@@ -569,10 +564,12 @@ fn decrypt(
     shared: &Shared,
     incoming: &mut Vec<u8>,
     plain: &mut Vec<u8>,
-) -> Result<bool, rustls::Error> {
+) -> Result<bool, TrafficError> {
     let mut s = shared.session.borrow_mut();
-    let Session { conn, control, .. } = &mut *s;
-    unbuffered::decrypt(conn, incoming, plain, control)
+    let Session {
+        traffic, control, ..
+    } = &mut *s;
+    traffic.open(incoming, plain, control)
 }
 
 /// Backend plaintext -> client ciphertext. Returns plaintext bytes relayed.
@@ -604,14 +601,13 @@ async fn backend_to_client(
             shared.touch();
             pace(shared.pacer.as_ref(), Direction::Down, n).await;
         }
-        let mut out = TlsOut::from_vec(ciphertext.take_initialized(), CLIENT_WRITE);
+        let mut out = ciphertext.take();
         if let Err(e) = encrypt(shared, &plain.vec()[..n], &mut out) {
             shared.fail(CloseReason::ClientError(format!("TLS: {e}")));
             return total;
         }
-        let (res, buf) = client.write_all(out.take(), cancel.clone()).await;
-        out.restore(buf);
-        ciphertext.give(out.into_vec());
+        let (res, buf) = client.write_all(out, cancel.clone()).await;
+        ciphertext.give(buf);
         if let Err(e) = res {
             shared.fail(stopped_or(&e, || {
                 CloseReason::ClientError(format!("write: {e}"))
@@ -645,17 +641,24 @@ async fn backend_to_client(
     }
 }
 
-/// Encrypts `plain` (or, when empty, a close_notify) into `out`, after any
-/// queued control records.
-fn encrypt(shared: &Shared, plain: &[u8], out: &mut TlsOut) -> Result<(), rustls::Error> {
+/// Appends to `out` the queued control records, then `plain` sealed (or,
+/// when empty, a close_notify, once).
+fn encrypt(shared: &Shared, plain: &[u8], out: &mut Vec<u8>) -> Result<(), TrafficError> {
     let mut s = shared.session.borrow_mut();
     let Session {
-        conn,
+        traffic,
         control,
         close_notify_sent,
     } = &mut *s;
-    *close_notify_sent |= unbuffered::encrypt(conn, plain, control, out)?;
-    Ok(())
+    out.append(control);
+    if !plain.is_empty() {
+        traffic.seal(plain, out)
+    } else if !*close_notify_sent {
+        *close_notify_sent = true;
+        traffic.close_notify(out)
+    } else {
+        Ok(())
+    }
 }
 
 async fn backend_shutdown(backend: &mut LegWriter, cancel: &CancelHandle) -> io::Result<()> {

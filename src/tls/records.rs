@@ -65,15 +65,6 @@ impl TlsOut {
         )
     }
 
-    /// Appends `plaintext` encrypted as application data records.
-    pub fn encrypt<Data>(
-        &mut self,
-        state: &mut WriteTraffic<'_, Data>,
-        plaintext: &[u8],
-    ) -> Result<(), EncryptError> {
-        self.fill(|buf| state.encrypt(plaintext, buf), encrypt_room)
-    }
-
     /// Appends a close_notify alert.
     pub fn close_notify<Data>(
         &mut self,

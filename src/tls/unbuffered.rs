@@ -3,9 +3,9 @@
 //! rustls implements `process_tls_records` separately for the server
 //! (`UnbufferedServerConnection`, the client's leg) and the client
 //! (`UnbufferedClientConnection`, the backend leg with upstream TLS). The
-//! [`Unbuffered`] trait names what both share, so the handshake driver, the
-//! record encryption and decryption of the userspace relay are written once
-//! for both legs.
+//! [`Unbuffered`] trait names what both share, so the handshake driver and
+//! the hand-off to our record layer ([`crate::tls::traffic`]) are written
+//! once for both legs.
 
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::kernel::KernelConnection;
@@ -133,101 +133,5 @@ pub fn flush_alert<C: Unbuffered>(conn: &mut C, incoming: &mut [u8], out: &mut T
     let UnbufferedStatus { state, .. } = conn.process(incoming);
     if let Ok(ConnectionState::EncodeTlsData(mut e)) = state {
         let _ = out.encode(&mut e);
-    }
-}
-
-/// Decrypts every complete record in `incoming` into `plain` after the
-/// handshake. Records rustls produces meanwhile (a KeyUpdate answer, or the
-/// alert for a failure) go to `control`, to be sent before more data.
-/// Returns whether the peer sent close_notify.
-pub(crate) fn decrypt<C: Unbuffered>(
-    conn: &mut C,
-    incoming: &mut Vec<u8>,
-    plain: &mut Vec<u8>,
-    control: &mut TlsOut,
-) -> Result<bool, rustls::Error> {
-    let mut peer_closed = false;
-    // Records are consumed by moving this offset; only the partial record
-    // left at the end moves to the front, once per call.
-    let mut done = 0;
-    let result = loop {
-        let UnbufferedStatus { discard, state } = conn.process(&mut incoming[done..]);
-        let step = match state {
-            Ok(ConnectionState::ReadTraffic(mut r)) => {
-                let mut result = Ok(false);
-                while let Some(record) = r.next_record() {
-                    match record {
-                        Ok(record) => plain.extend_from_slice(record.payload),
-                        Err(e) => result = Err(e),
-                    }
-                }
-                result
-            }
-            Ok(ConnectionState::EncodeTlsData(mut e)) => control
-                .encode(&mut e)
-                .map(|()| false)
-                .map_err(|e| rustls::Error::General(e.to_string())),
-            // Queued in `control`; the sending side writes it before its next data.
-            Ok(ConnectionState::TransmitTlsData(t)) => {
-                t.done();
-                Ok(false)
-            }
-            Ok(ConnectionState::PeerClosed) => {
-                peer_closed = true;
-                Ok(false)
-            }
-            Ok(_) => Ok(true),
-            Err(e) => Err(e),
-        };
-        done += discard;
-        match step {
-            Ok(false) => {}
-            Ok(true) => break Ok(peer_closed),
-            Err(e) => break Err(e),
-        }
-    };
-    incoming.drain(..done);
-    if result.is_err() {
-        // The fatal alert rustls queued goes out with the control records.
-        flush_alert(conn, incoming, control);
-    }
-    result
-}
-
-/// Encrypts `plain` (or, when empty, a close_notify) into `out`, after the
-/// queued `control` records. Returns whether a close_notify was queued.
-pub(crate) fn encrypt<C: Unbuffered>(
-    conn: &mut C,
-    plain: &[u8],
-    control: &mut TlsOut,
-    out: &mut TlsOut,
-) -> Result<bool, rustls::Error> {
-    out.append(control);
-    loop {
-        let UnbufferedStatus { state, .. } = conn.process(&mut []);
-        match state? {
-            ConnectionState::EncodeTlsData(mut e) => out
-                .encode(&mut e)
-                .map_err(|e| rustls::Error::General(e.to_string()))?,
-            ConnectionState::TransmitTlsData(t) => t.done(),
-            ConnectionState::WriteTraffic(mut w) => {
-                return if plain.is_empty() {
-                    out.close_notify(&mut w)
-                        .map_err(|e| rustls::Error::General(e.to_string()))?;
-                    Ok(true)
-                } else {
-                    out.encrypt(&mut w, plain)
-                        .map_err(|e| rustls::Error::General(e.to_string()))?;
-                    Ok(false)
-                };
-            }
-            // Both sides already closed: nothing more may be sent.
-            ConnectionState::Closed => return Ok(false),
-            other => {
-                return Err(rustls::Error::General(format!(
-                    "unexpected state while sending: {other:?}"
-                )))
-            }
-        }
     }
 }

@@ -2,10 +2,10 @@
 //!
 //! The relay reads plaintext from and writes plaintext to the backend
 //! through [`LegReader`] and [`LegWriter`], whichever the leg is. With
-//! upstream TLS both halves share the rustls client connection (never
-//! borrowed across an await): the reader decrypts, the writer encrypts.
-//! Records rustls produces while reading (a KeyUpdate answer) are queued and
-//! sent by the writer ahead of its next data, as on the client leg.
+//! upstream TLS both halves share the session's record layer (never
+//! borrowed across an await): the reader opens, the writer seals. Records
+//! owed while reading (a KeyUpdate answer) are queued and sent by the
+//! writer ahead of its next data, as on the client leg.
 
 use std::cell::RefCell;
 use std::io;
@@ -19,12 +19,11 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 use monoio::BufResult;
-use rustls::client::UnbufferedClientConnection;
+use rustls::client::ClientConnectionData;
 
 use super::Upstream;
 use crate::handshake::INCOMING_CAPACITY;
-use crate::tls::records::TlsOut;
-use crate::tls::unbuffered;
+use crate::tls::traffic::{Traffic, TrafficError};
 
 /// The connection to a backend, as the relay receives it.
 pub enum BackendLeg {
@@ -35,9 +34,10 @@ pub enum BackendLeg {
 }
 
 struct TlsState {
-    conn: UnbufferedClientConnection,
-    /// Records produced while reading, to send before more data.
-    control: TlsOut,
+    traffic: Traffic<ClientConnectionData>,
+    /// Records owed while reading (a KeyUpdate answer, an alert), to send
+    /// before more data.
+    control: Vec<u8>,
 }
 
 /// The reading side's TLS state.
@@ -64,7 +64,7 @@ pub struct LegReader {
 /// Writes plaintext to the backend.
 pub struct LegWriter {
     wr: OwnedWriteHalf<TcpStream>,
-    tls: Option<(Rc<RefCell<TlsState>>, TlsOut)>,
+    tls: Option<(Rc<RefCell<TlsState>>, Vec<u8>)>,
 }
 
 impl BackendLeg {
@@ -78,7 +78,7 @@ impl BackendLeg {
             }
             BackendLeg::Tls(stream, upstream) => {
                 let Upstream {
-                    conn,
+                    traffic,
                     mut incoming,
                     early_plaintext,
                     ..
@@ -87,8 +87,8 @@ impl BackendLeg {
                     incoming.reserve(INCOMING_CAPACITY - incoming.len());
                 }
                 let state = Rc::new(RefCell::new(TlsState {
-                    conn,
-                    control: TlsOut::with_capacity(0),
+                    traffic,
+                    control: Vec::new(),
                 }));
                 let fd = stream.as_raw_fd();
                 let (rd, wr) = stream.into_split();
@@ -107,7 +107,7 @@ impl BackendLeg {
                     },
                     LegWriter {
                         wr,
-                        tls: Some((state, TlsOut::with_capacity(0))),
+                        tls: Some((state, Vec::new())),
                     },
                 )
             }
@@ -142,7 +142,7 @@ fn bytes_queued(fd: RawFd) -> usize {
     }
 }
 
-fn tls_error(e: rustls::Error) -> io::Error {
+fn tls_error(e: TrafficError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("backend TLS: {e}"))
 }
 
@@ -187,8 +187,8 @@ impl LegReader {
             tls.pending_at = 0;
             tls.closed = {
                 let mut s = tls.state.borrow_mut();
-                let TlsState { conn, control } = &mut *s;
-                match unbuffered::decrypt(conn, &mut tls.incoming, &mut tls.pending, control) {
+                let TlsState { traffic, control } = &mut *s;
+                match traffic.open(&mut tls.incoming, &mut tls.pending, control) {
                     Ok(closed) => closed,
                     Err(e) => return (Err(tls_error(e)), buf),
                 }
@@ -235,8 +235,8 @@ impl LegWriter {
         if let Err(e) = seal(state, &buf, out) {
             return (Err(e), buf);
         }
-        let (res, written) = self.wr.write_all(out.take(), cancel).await;
-        out.restore(written);
+        let (res, written) = self.wr.write_all(std::mem::take(out), cancel).await;
+        *out = written;
         (res.map(|_| buf.len()), buf)
     }
 
@@ -244,19 +244,25 @@ impl LegWriter {
     pub async fn cancelable_shutdown(&mut self, cancel: CancelHandle) -> io::Result<()> {
         if let Some((state, out)) = &mut self.tls {
             seal(state, &[], out)?;
-            let (res, written) = self.wr.write_all(out.take(), cancel.clone()).await;
-            out.restore(written);
+            let (res, written) = self.wr.write_all(std::mem::take(out), cancel.clone()).await;
+            *out = written;
             res?;
         }
         self.wr.cancelable_shutdown(cancel).await
     }
 }
 
-/// Encrypts `plain` (a close_notify when empty) after the queued control records.
-fn seal(state: &RefCell<TlsState>, plain: &[u8], out: &mut TlsOut) -> io::Result<()> {
+/// Replaces `out` with the queued control records, then `plain` sealed (a
+/// close_notify when empty).
+fn seal(state: &RefCell<TlsState>, plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     let mut s = state.borrow_mut();
-    let TlsState { conn, control } = &mut *s;
-    unbuffered::encrypt(conn, plain, control, out)
-        .map(|_| ())
-        .map_err(tls_error)
+    let TlsState { traffic, control } = &mut *s;
+    out.clear();
+    out.append(control);
+    if plain.is_empty() {
+        traffic.close_notify(out)
+    } else {
+        traffic.seal(plain, out)
+    }
+    .map_err(tls_error)
 }

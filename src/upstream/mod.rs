@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use monoio::net::TcpStream;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::UnbufferedClientConnection;
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
@@ -29,6 +29,7 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStor
 use crate::config::{Backend, BackendTls};
 use crate::handshake::{read_more, write_out, INCOMING_CAPACITY};
 use crate::tls::records::TlsOut;
+use crate::tls::traffic::{Traffic, TrafficError};
 use crate::tls::unbuffered::{drive, flush_alert, Progress};
 
 /// Largest server flight buffered during the upstream handshake (large
@@ -279,9 +280,9 @@ impl ServerCertVerifier for Unverified {
 
 /// A finished upstream handshake and what the relay continues with.
 pub struct Upstream {
-    /// The rustls client connection, past the handshake.
-    pub conn: UnbufferedClientConnection,
-    /// Ciphertext read but not yet processed.
+    /// The record layer, with rustls' remaining state (session tickets).
+    pub traffic: Traffic<ClientConnectionData>,
+    /// Ciphertext read but not yet opened.
     pub incoming: Vec<u8>,
     /// Application data the backend sent with its last handshake flight.
     pub early_plaintext: Vec<u8>,
@@ -306,6 +307,9 @@ pub enum UpstreamError {
     /// rustls refused the backend (its certificate, or the handshake).
     #[error("backend TLS: {}", describe(.0))]
     Tls(#[from] rustls::Error),
+    /// The finished session could not move to our record layer.
+    #[error("backend TLS: {0}")]
+    Traffic(#[from] TrafficError),
     /// The backend closed the connection during the handshake.
     #[error("backend TLS: connection closed during the handshake")]
     Closed,
@@ -377,7 +381,7 @@ pub async fn handshake(
     }
     let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
     Ok(Upstream {
-        conn,
+        traffic: Traffic::from_rustls(conn)?,
         incoming,
         early_plaintext,
         resumed,
