@@ -127,7 +127,7 @@ where
 enum Moved<Data> {
     Kernel(Box<KernelSession<Data>>),
     /// Still in userspace, for the reason given; `true` when the peer closed.
-    Userspace(Traffic<Data>, String, bool),
+    Userspace(Box<Traffic<Data>>, String, bool),
 }
 
 /// Moves `traffic` to the kernel on `stream`: reads the peer's stream
@@ -147,11 +147,11 @@ where
 {
     let (version, cipher) = match kernel_can_take(&traffic, caps) {
         Ok(both) => both,
-        Err(why) => return Ok(Moved::Userspace(traffic, why, false)),
+        Err(why) => return Ok(Moved::Userspace(Box::new(traffic), why, false)),
     };
     if let Err(e) = ulp_fault().map_or_else(|| enable_ulp(stream.as_raw_fd()), Err) {
         return Ok(Moved::Userspace(
-            traffic,
+            Box::new(traffic),
             format!("TCP_ULP tls: {e}"),
             false,
         ));
@@ -169,7 +169,7 @@ where
         }
         if opened? {
             let why = "peer closed during handover".to_string();
-            return Ok(Moved::Userspace(traffic, why, true));
+            return Ok(Moved::Userspace(Box::new(traffic), why, true));
         }
         let need = bytes_to_record_boundary(incoming);
         if need == 0 {
@@ -226,7 +226,7 @@ pub async fn handover(
         Moved::Kernel(session) => Handover::Kernel(session),
         Moved::Userspace(traffic, why, closed) => Handover::Userspace(
             Box::new(ClientSession {
-                traffic,
+                traffic: *traffic,
                 incoming,
                 early_plaintext,
                 client_closed: client_closed || closed,
@@ -265,7 +265,7 @@ pub async fn handover_backend(
         Moved::Kernel(session) => BackendHandover::Kernel(session),
         Moved::Userspace(traffic, why, _) => BackendHandover::Userspace(
             Box::new(Upstream {
-                traffic,
+                traffic: *traffic,
                 incoming,
                 early_plaintext,
                 resumed,
