@@ -1,7 +1,8 @@
 //! Server-side TLS cost in memory (no sockets): full and resumed TLS 1.3
 //! handshakes with ECDSA P-256 and RSA-2048 server keys, with and without a
-//! client certificate; record encryption and decryption of 16 KiB through
-//! rustls' unbuffered API (the userspace relay's path); PROXY v2 encoding.
+//! client certificate; record encryption and decryption of 16 KiB, by
+//! rustls' own record layer and by ours (`tls::traffic`, the userspace
+//! relay's path); PROXY v2 encoding.
 //!
 //! Only the server's work is timed in the handshake benches: the client's
 //! messages are produced outside the measured section.
@@ -21,12 +22,15 @@ use rcgen::{
 use rustls::client::Resumption;
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection, WebPkiClientVerifier};
 use rustls::{
     ClientConfig, ClientConnection, ConnectionCommon, RootCertStore, ServerConfig, ServerConnection,
 };
 use tlsplice::connect::proxy_protocol::{self, ClientInfo, Version};
 use tlsplice::relay::http_head::{HeadRewriter, DEFAULT_MAX_HEAD};
+use tlsplice::tls::records::TlsOut;
+use tlsplice::tls::traffic::Traffic;
+use tlsplice::tls::unbuffered::{drive, Progress};
 
 struct Pki {
     ca: CertificateDer<'static>,
@@ -187,23 +191,68 @@ fn handshakes(c: &mut Criterion) {
     group.finish();
 }
 
+/// Our server side of a finished handshake with `client`, in our record
+/// layer (as the relay runs it).
+fn traffic_server(
+    server_cfg: &Arc<ServerConfig>,
+    client: &mut ClientConnection,
+) -> Traffic<ServerConnectionData> {
+    let mut server = UnbufferedServerConnection::new(server_cfg.clone()).unwrap();
+    let (mut incoming, mut out, mut plain) = (Vec::new(), TlsOut::with_capacity(0), Vec::new());
+    loop {
+        while client.wants_write() {
+            client.write_tls(&mut incoming).unwrap();
+        }
+        let progress = drive(&mut server, &mut incoming, &mut out, &mut plain).unwrap();
+        let mut rd = out.pending();
+        while !rd.is_empty() {
+            client.read_tls(&mut rd).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        out.take();
+        if matches!(progress, Progress::Complete) && !client.is_handshaking() {
+            return Traffic::from_rustls(server).unwrap();
+        }
+    }
+}
+
 fn records(c: &mut Criterion) {
+    use std::io::{Read, Write};
     let pki = pki(&PKCS_ECDSA_P256_SHA256);
     let (server_cfg, client_cfg) = configs(&pki, false);
-    let mut client =
-        ClientConnection::new(client_cfg, ServerName::try_from("localhost").unwrap()).unwrap();
-    let mut server = ServerConnection::new(server_cfg).unwrap();
+    let new_client = || {
+        ClientConnection::new(
+            client_cfg.clone(),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap()
+    };
+    let mut client = new_client();
+    let mut server = ServerConnection::new(server_cfg.clone()).unwrap();
     while client.is_handshaking() || server.is_handshaking() {
         transfer(&mut client, &mut server);
         transfer(&mut server, &mut client);
     }
+    let mut ours_client = new_client();
+    let mut ours = traffic_server(&server_cfg, &mut ours_client);
     let payload = vec![0x5a_u8; 16 * 1024];
+    // Each iteration's record comes from the client outside the timed
+    // section; the server decrypts the stream in order.
+    let client_records = |client: &mut ClientConnection, n: u64| {
+        let mut wire = Vec::new();
+        for _ in 0..n {
+            client.writer().write_all(&payload).unwrap();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+        }
+        wire
+    };
     let mut group = c.benchmark_group("record_16k_tls13_aes128gcm");
     group.throughput(Throughput::Bytes(payload.len() as u64));
-    group.bench_function("encrypt", |b| {
+    group.bench_function("encrypt/rustls", |b| {
         let mut out = Vec::with_capacity(32 * 1024);
         b.iter(|| {
-            use std::io::Write;
             server.writer().write_all(black_box(&payload)).unwrap();
             out.clear();
             while server.wants_write() {
@@ -212,25 +261,42 @@ fn records(c: &mut Criterion) {
             black_box(out.len())
         })
     });
-    group.bench_function("decrypt", |b| {
-        use std::io::{Read, Write};
-        // Each iteration's record comes from the client outside the timed
-        // section; the server decrypts the stream in order.
+    group.bench_function("encrypt/tlsplice", |b| {
+        let mut out = Vec::with_capacity(32 * 1024);
+        b.iter(|| {
+            out.clear();
+            ours.seal(black_box(&payload), &mut out).unwrap();
+            black_box(out.len())
+        })
+    });
+    group.bench_function("decrypt/rustls", |b| {
         let mut plain = vec![0u8; payload.len()];
         b.iter_custom(|n| {
-            let mut wire = Vec::new();
-            for _ in 0..n {
-                client.writer().write_all(&payload).unwrap();
-                while client.wants_write() {
-                    client.write_tls(&mut wire).unwrap();
-                }
-            }
+            let wire = client_records(&mut client, n);
             let start = Instant::now();
             let mut rd = &wire[..];
             while !rd.is_empty() {
                 server.read_tls(&mut rd).unwrap();
                 server.process_new_packets().unwrap();
                 while server.reader().read(&mut plain).is_ok_and(|n| n > 0) {}
+            }
+            start.elapsed()
+        })
+    });
+    group.bench_function("decrypt/tlsplice", |b| {
+        let (mut plain, mut control) = (Vec::with_capacity(payload.len()), Vec::new());
+        b.iter_custom(|n| {
+            let wire = client_records(&mut ours_client, n);
+            // Four records per read, as the relay reads.
+            let reads: Vec<Vec<u8>> = wire
+                .chunks(4 * (payload.len() + 22))
+                .map(<[u8]>::to_vec)
+                .collect();
+            let start = Instant::now();
+            for mut chunk in reads {
+                plain.clear();
+                ours.open(&mut chunk, &mut plain, &mut control).unwrap();
+                black_box(plain.len());
             }
             start.elapsed()
         })

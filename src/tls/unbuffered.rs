@@ -64,7 +64,7 @@ unbuffered_side!(UnbufferedServerConnection, ServerConnectionData);
 unbuffered_side!(UnbufferedClientConnection, ClientConnectionData);
 
 /// What a connection in its handshake needs next.
-pub(crate) enum Progress {
+pub enum Progress {
     /// `out` holds records that must reach the peer now.
     Transmit,
     /// More bytes from the peer are needed.
@@ -76,7 +76,7 @@ pub(crate) enum Progress {
 }
 
 /// Advances the connection over the buffered input without I/O.
-pub(crate) fn drive<C: Unbuffered>(
+pub fn drive<C: Unbuffered>(
     conn: &mut C,
     incoming: &mut Vec<u8>,
     out: &mut TlsOut,
