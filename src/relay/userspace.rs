@@ -20,7 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::time::{Duration, Instant};
 
-use monoio::buf::IoBufMut;
+use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{
     CancelHandle, CancelableAsyncReadRent, CancelableAsyncWriteRentExt, Canceller, OwnedReadHalf,
     OwnedWriteHalf, Splitable,
@@ -392,13 +392,16 @@ pub async fn run(
     let owes_close_notify = (!reply.is_empty()
         || matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown))
         && !shared.session.borrow().close_notify_sent;
+    // Queued control records go first; a failure here only means the
+    // connection can no longer send anything.
+    let mut scratch = Vec::new();
     if !reply.is_empty() && !shared.session.borrow().close_notify_sent {
-        let _ = encrypt(&shared, &reply, &mut out);
+        let sealed = encrypt(&shared, &reply, &mut scratch).unwrap_or(0);
+        out.extend_from_slice(&scratch[..sealed]);
     }
     if owes_close_notify {
-        // Queued control records go first; a failure here only means the
-        // connection can no longer send anything.
-        let _ = encrypt(&shared, &[], &mut out);
+        let sealed = encrypt(&shared, &[], &mut scratch).unwrap_or(0);
+        out.extend_from_slice(&scratch[..sealed]);
     } else {
         out.append(&mut shared.session.borrow_mut().control);
     }
@@ -601,13 +604,16 @@ async fn backend_to_client(
             shared.touch();
             pace(shared.pacer.as_ref(), Direction::Down, n).await;
         }
-        let mut out = ciphertext.take();
-        if let Err(e) = encrypt(shared, &plain.vec()[..n], &mut out) {
-            shared.fail(CloseReason::ClientError(format!("TLS: {e}")));
-            return total;
-        }
-        let (res, buf) = client.write_all(out, cancel.clone()).await;
-        ciphertext.give(buf);
+        let mut out = ciphertext.take_initialized();
+        let sealed = match encrypt(shared, &plain.vec()[..n], &mut out) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                shared.fail(CloseReason::ClientError(format!("TLS: {e}")));
+                return total;
+            }
+        };
+        let (res, buf) = client.write_all(out.slice(..sealed), cancel.clone()).await;
+        ciphertext.give(buf.into_inner());
         if let Err(e) = res {
             shared.fail(stopped_or(&e, || {
                 CloseReason::ClientError(format!("write: {e}"))
@@ -641,24 +647,33 @@ async fn backend_to_client(
     }
 }
 
-/// Appends to `out` the queued control records, then `plain` sealed (or,
-/// when empty, a close_notify, once).
-fn encrypt(shared: &Shared, plain: &[u8], out: &mut Vec<u8>) -> Result<(), TrafficError> {
+/// Puts at the front of `out` the queued control records, then `plain`
+/// sealed (or, when empty, a close_notify, once); returns the bytes to
+/// send. `out`'s whole length is scratch space, grown (zeroed) only when
+/// too short, so a pooled buffer is never zeroed again.
+fn encrypt(shared: &Shared, plain: &[u8], out: &mut Vec<u8>) -> Result<usize, TrafficError> {
     let mut s = shared.session.borrow_mut();
     let Session {
         traffic,
         control,
         close_notify_sent,
     } = &mut *s;
-    out.append(control);
-    if !plain.is_empty() {
-        traffic.seal(plain, out)
+    let at = control.len();
+    let need = at + traffic.sealed_len(plain.len());
+    if out.len() < need {
+        out.resize(need, 0);
+    }
+    out[..at].copy_from_slice(control);
+    control.clear();
+    let sealed = if !plain.is_empty() {
+        traffic.seal_into(plain, &mut out[at..])?
     } else if !*close_notify_sent {
         *close_notify_sent = true;
-        traffic.close_notify(out)
+        traffic.close_notify_into(&mut out[at..])?
     } else {
-        Ok(())
-    }
+        0
+    };
+    Ok(at + sealed)
 }
 
 async fn backend_shutdown(backend: &mut LegWriter, cancel: &CancelHandle) -> io::Result<()> {

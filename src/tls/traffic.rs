@@ -37,6 +37,10 @@ const MAX_EXPANSION_13: usize = 256;
 const MAX_EXPANSION_12: usize = 2048;
 /// Largest room one record takes in an output buffer beyond its plaintext.
 pub const RECORD_OVERHEAD: usize = HEADER + EXPLICIT_NONCE + 1 + TAG;
+/// A TLS 1.3 KeyUpdate message that does not ask for one back.
+const KEY_UPDATE_NOT_REQUESTED: [u8; 5] = [HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0];
+/// A sealed KeyUpdate record.
+const KEY_UPDATE_RECORD: usize = HEADER + KEY_UPDATE_NOT_REQUESTED.len() + 1 + TAG;
 
 const CONTENT_CHANGE_CIPHER_SPEC: u8 = 20;
 const CONTENT_ALERT: u8 = 21;
@@ -48,6 +52,7 @@ pub const HANDSHAKE_NEW_SESSION_TICKET: u8 = 4;
 pub const HANDSHAKE_KEY_UPDATE: u8 = 24;
 const ALERT_WARNING: u8 = 1;
 const ALERT_FATAL: u8 = 2;
+const CLOSE_NOTIFY: [u8; 2] = [ALERT_WARNING, 0];
 
 /// Why a session's records could not be sealed or opened. Each names the
 /// alert the peer gets, if any ([`TrafficError::alert`]).
@@ -243,25 +248,52 @@ where
         (secrets, self.kernel)
     }
 
+    /// The most room [`Traffic::seal_into`] needs for `plain_len` bytes.
+    pub fn sealed_len(&self, plain_len: usize) -> usize {
+        let records = plain_len.div_ceil(MAX_PLAINTEXT).max(1);
+        let rekey = if self.tx.seq.saturating_add(records as u64) >= self.limit {
+            KEY_UPDATE_RECORD
+        } else {
+            0
+        };
+        plain_len + records * self.record_overhead() + rekey
+    }
+
+    /// Seals `plain` as application data records into the front of `out`,
+    /// which must hold [`Traffic::sealed_len`] bytes; returns how many it
+    /// wrote. The plaintext is encrypted straight into `out`: no copy.
+    pub fn seal_into(&mut self, plain: &[u8], out: &mut [u8]) -> Result<usize, TrafficError> {
+        let mut at = 0;
+        for chunk in plain.chunks(MAX_PLAINTEXT) {
+            at += self.seal_record(CONTENT_APPLICATION_DATA, chunk, &mut out[at..])?;
+        }
+        Ok(at)
+    }
+
     /// Appends `plain` to `out` as application data records.
     pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), TrafficError> {
-        let records = plain.len().div_ceil(MAX_PLAINTEXT);
-        out.reserve(plain.len() + records * RECORD_OVERHEAD);
-        for chunk in plain.chunks(MAX_PLAINTEXT) {
-            self.seal_record(CONTENT_APPLICATION_DATA, chunk, out)?;
-        }
-        Ok(())
+        let start = out.len();
+        out.resize(start + self.sealed_len(plain.len()), 0);
+        let sealed = self.seal_into(plain, &mut out[start..]);
+        out.truncate(start + *sealed.as_ref().unwrap_or(&0));
+        sealed.map(|_| ())
     }
 
     /// Appends a close_notify alert to `out`.
     pub fn close_notify(&mut self, out: &mut Vec<u8>) -> Result<(), TrafficError> {
-        self.seal_record(CONTENT_ALERT, &[ALERT_WARNING, 0], out)
+        self.push_record(CONTENT_ALERT, &CLOSE_NOTIFY, out)
+    }
+
+    /// Seals a close_notify alert into the front of `out`, which must hold
+    /// `sealed_len(2)` bytes; returns how many it wrote.
+    pub fn close_notify_into(&mut self, out: &mut [u8]) -> Result<usize, TrafficError> {
+        self.seal_record(CONTENT_ALERT, &CLOSE_NOTIFY, out)
     }
 
     /// Appends a fatal alert to `out`; failing to seal it only means the
     /// peer does not learn why.
     pub fn fatal_alert(&mut self, description: AlertDescription, out: &mut Vec<u8>) {
-        let _ = self.seal_record(CONTENT_ALERT, &[ALERT_FATAL, description.into()], out);
+        let _ = self.push_record(CONTENT_ALERT, &[ALERT_FATAL, description.into()], out);
     }
 
     /// Opens every complete record at the front of `incoming`, appending
@@ -446,67 +478,100 @@ where
     /// Sends KeyUpdate (not requesting one back) and moves to the next
     /// sending secret.
     fn key_update(&mut self, out: &mut Vec<u8>) -> Result<(), TrafficError> {
-        self.seal_one(CONTENT_HANDSHAKE, &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0], out);
-        self.tx = Keys::new(self.kernel.update_tx_secret()?)?;
+        let start = out.len();
+        out.resize(start + KEY_UPDATE_RECORD, 0);
+        let n = self.key_update_into(&mut out[start..])?;
+        out.truncate(start + n);
         Ok(())
     }
 
-    /// Seals one record, re-keying first when the key is used up.
-    fn seal_record(
+    fn key_update_into(&mut self, out: &mut [u8]) -> Result<usize, TrafficError> {
+        let n = self.seal_one(CONTENT_HANDSHAKE, &KEY_UPDATE_NOT_REQUESTED, out);
+        self.tx = Keys::new(self.kernel.update_tx_secret()?)?;
+        Ok(n)
+    }
+
+    /// Appends one record to `out`.
+    fn push_record(
         &mut self,
         kind: u8,
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), TrafficError> {
+        let start = out.len();
+        out.resize(start + self.sealed_len(payload.len()), 0);
+        let sealed = self.seal_record(kind, payload, &mut out[start..]);
+        out.truncate(start + *sealed.as_ref().unwrap_or(&0));
+        sealed.map(|_| ())
+    }
+
+    /// Seals one record into the front of `out`, re-keying first when the
+    /// key is used up; returns the bytes written.
+    fn seal_record(
+        &mut self,
+        kind: u8,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, TrafficError> {
+        let mut at = 0;
         if self.tx.seq >= self.limit {
             if !self.tls13 {
                 return Err(TrafficError::Exhausted);
             }
-            self.key_update(out)?;
+            at = self.key_update_into(out)?;
         }
-        self.seal_one(kind, payload, out);
-        Ok(())
+        Ok(at + self.seal_one(kind, payload, &mut out[at..]))
     }
 
-    fn seal_one(&mut self, kind: u8, payload: &[u8], out: &mut Vec<u8>) {
-        let tx = &mut self.tx;
-        let start = out.len();
-        let nonce = tx.nonce();
+    /// Bytes a record adds to its plaintext.
+    fn record_overhead(&self) -> usize {
         if self.tls13 {
-            let len = payload.len() + 1 + TAG;
-            out.extend_from_slice(&record_header(CONTENT_APPLICATION_DATA, len));
-            out.extend_from_slice(payload);
-            out.push(kind);
-            let (header, body) = out[start..].split_at_mut(HEADER);
-            let tag = seal_in_place(&tx.aead, nonce, Aad::from(&*header), body);
-            out.extend_from_slice(tag.as_ref());
+            HEADER + 1 + TAG
+        } else if self.tx.is_gcm() {
+            HEADER + EXPLICIT_NONCE + TAG
+        } else {
+            HEADER + TAG
+        }
+    }
+
+    fn seal_one(&mut self, kind: u8, payload: &[u8], out: &mut [u8]) -> usize {
+        let overhead = self.record_overhead();
+        let tx = &mut self.tx;
+        let raw_nonce = tx.nonce();
+        let nonce = Nonce::assume_unique_for_key(raw_nonce);
+        let len = payload.len() + overhead;
+        let (header, body) = out[..len].split_at_mut(HEADER);
+        // Sealing fails only for lengths beyond the AEAD's limits (GiB) or
+        // mismatched buffers, which these exact slices rule out.
+        const SEALS: &str = "a record's slices fit the AEAD";
+        if self.tls13 {
+            header.copy_from_slice(&record_header(CONTENT_APPLICATION_DATA, len - HEADER));
+            let (ciphertext, type_and_tag) = body.split_at_mut(payload.len());
+            tx.aead
+                .seal_out_of_place_scatter(
+                    nonce,
+                    Aad::from(&*header),
+                    payload,
+                    ciphertext,
+                    &[kind],
+                    type_and_tag,
+                )
+                .expect(SEALS);
         } else {
             let explicit = if tx.is_gcm() { EXPLICIT_NONCE } else { 0 };
-            out.extend_from_slice(&record_header(kind, explicit + payload.len() + TAG));
+            header.copy_from_slice(&record_header(kind, len - HEADER));
             // rustls sends the XORed nonce's last 8 bytes: unique per record.
-            out.extend_from_slice(&nonce[12 - explicit..]);
-            out.extend_from_slice(payload);
+            let (explicit_nonce, body) = body.split_at_mut(explicit);
+            explicit_nonce.copy_from_slice(&raw_nonce[12 - explicit..]);
+            let (ciphertext, tag) = body.split_at_mut(payload.len());
             let aad = tls12_aad(tx.seq, kind, payload.len());
-            let body = &mut out[start + HEADER + explicit..];
-            let tag = seal_in_place(&tx.aead, nonce, Aad::from(aad), body);
-            out.extend_from_slice(tag.as_ref());
+            tx.aead
+                .seal_out_of_place_scatter(nonce, Aad::from(aad), payload, ciphertext, &[], tag)
+                .expect(SEALS);
         }
         tx.seq += 1;
+        len
     }
-}
-
-/// Seals `body` in place; returns its tag.
-fn seal_in_place<A: AsRef<[u8]>>(
-    key: &LessSafeKey,
-    nonce: [u8; 12],
-    aad: Aad<A>,
-    body: &mut [u8],
-) -> aead::Tag {
-    let nonce = Nonce::assume_unique_for_key(nonce);
-    // Sealing fails only for inputs beyond the AEAD's limits (GiB), which a
-    // 16 KiB record never reaches.
-    key.seal_in_place_separate_tag(nonce, aad, body)
-        .expect("a TLS record is within the AEAD's input limit")
 }
 
 fn record_header(kind: u8, len: usize) -> [u8; HEADER] {
