@@ -80,12 +80,14 @@ fn configs(pki: &Pki, client_auth: bool) -> (Arc<ServerConfig>, Arc<ClientConfig
     } else {
         WebPkiClientVerifier::no_client_auth()
     };
-    let server = ServerConfig::builder_with_provider(provider.clone())
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_client_cert_verifier(verifier)
         .with_single_cert(pki.server.0.clone(), pki.server.1.clone_key())
         .unwrap();
+    // As tlsplice configures it: the record layer takes the secrets.
+    server.enable_secret_extraction = true;
     let client = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()

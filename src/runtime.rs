@@ -600,21 +600,31 @@ fn worker_thread(setup: WorkerSetup) -> anyhow::Result<()> {
     }
     // Completions are collected when the worker next enters the kernel,
     // which it does after every turn of its loop: the kernel need not
-    // interrupt the thread to run io_uring's task work (Linux 5.19+; older
-    // kernels refuse the flag and get a plain ring).
+    // interrupt the thread to run io_uring's task work.
     let mut ring = io_uring::IoUring::builder();
-    ring.setup_coop_taskrun();
-    let build = |ring| {
-        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-            .enable_timer()
-            .with_entries(RING_ENTRIES)
-            .uring_builder(ring)
-            .build()
-    };
-    let mut rt = build(ring)
-        .or_else(|_| build(io_uring::IoUring::builder()))
+    if coop_taskrun() {
+        ring.setup_coop_taskrun();
+    }
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(RING_ENTRIES)
+        .uring_builder(ring)
+        .build()
         .context("cannot start the worker runtime")?;
     rt.block_on(worker(setup))
+}
+
+/// Whether this kernel takes `IORING_SETUP_COOP_TASKRUN` (Linux 5.19+).
+/// Asked once with a small ring of its own: the runtime would fall back to
+/// epoll, not to a plain ring, if the flag were refused.
+fn coop_taskrun() -> bool {
+    static COOP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *COOP.get_or_init(|| {
+        io_uring::IoUring::<io_uring::squeue::Entry>::builder()
+            .setup_coop_taskrun()
+            .build(2)
+            .is_ok()
+    })
 }
 
 async fn worker(setup: WorkerSetup) -> anyhow::Result<()> {

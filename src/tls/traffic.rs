@@ -248,9 +248,11 @@ where
         (secrets, self.kernel)
     }
 
-    /// The most room [`Traffic::seal_into`] needs for `plain_len` bytes.
+    /// The most room [`Traffic::seal_into`] needs for `plain_len` bytes;
+    /// never less than an alert record takes.
     pub fn sealed_len(&self, plain_len: usize) -> usize {
-        let records = plain_len.div_ceil(MAX_PLAINTEXT).max(1);
+        let plain_len = plain_len.max(CLOSE_NOTIFY.len());
+        let records = plain_len.div_ceil(MAX_PLAINTEXT);
         let rekey = if self.tx.seq.saturating_add(records as u64) >= self.limit {
             KEY_UPDATE_RECORD
         } else {

@@ -17,7 +17,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -559,19 +559,30 @@ impl Backend {
             let bytes_in = bytes_in.clone();
             let stop = stop.clone();
             thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(sock) = conn else { continue };
+                let serve = |sock: TcpStream| {
                     accepted.fetch_add(1, Ordering::SeqCst);
-                    let mode = mode.clone();
-                    let tx: Sender<ConnReport> = tx.clone();
-                    let bytes_in = bytes_in.clone();
+                    let (mode, tx, bytes_in) = (mode.clone(), tx.clone(), bytes_in.clone());
                     thread::spawn(move || {
                         let report = serve_backend_conn(sock, &mode, &bytes_in);
                         let _ = tx.send(report);
                     });
+                };
+                for conn in listener.incoming() {
+                    let stopping = stop.load(Ordering::SeqCst);
+                    if let Ok(sock) = conn {
+                        serve(sock);
+                    }
+                    if stopping {
+                        // Like a process finishing its accept queue before
+                        // it exits: what the kernel already accepted is
+                        // served, only later connects are refused.
+                        let _ = listener.set_nonblocking(true);
+                        while let Ok((sock, _)) = listener.accept() {
+                            let _ = sock.set_nonblocking(false);
+                            serve(sock);
+                        }
+                        break;
+                    }
                 }
             })
         };
