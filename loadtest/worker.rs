@@ -108,6 +108,7 @@ fn prepare(plan: &WorkerPlan) -> anyhow::Result<(Runtime, Arc<ClientConfig>)> {
     let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .with_entries(RING_ENTRIES)
+        .uring_builder(tlsplice::runtime::ring())
         .build()
         .context("cannot start the worker runtime")?;
     Ok((rt, config))
