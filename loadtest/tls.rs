@@ -1,10 +1,10 @@
 //! The client's TLS: configuration from the command line, a session store
-//! sized for the run, and a sans-IO driver over rustls' unbuffered API.
-//!
-//! The unbuffered API encrypts straight into our own output buffer and lets
-//! the caller own every buffer, so a request/response loop reuses the same
-//! two buffers for the life of a connection. (rustls itself still allocates
-//! per record while decrypting; that is outside our reach.)
+//! sized for the run, and a sans-IO driver: rustls' unbuffered API for the
+//! handshake, then tlsplice's own record layer (`tls::traffic`), which
+//! seals straight into our output buffer and opens in place, so a
+//! request/response loop reuses the same buffers for the life of a
+//! connection and the generator spends as little as the terminator per
+//! byte.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -12,12 +12,16 @@ use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::{
-    ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue,
-    UnbufferedClientConnection, WebPkiServerVerifier,
+    ClientConnectionData, ClientSessionStore, Resumption, Tls12ClientSessionValue,
+    Tls13ClientSessionValue, UnbufferedClientConnection, WebPkiServerVerifier,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
-use rustls::{CipherSuite, ClientConfig, NamedGroup, RootCertStore, SupportedProtocolVersion};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+use rustls::{
+    CipherSuite, ClientConfig, HandshakeKind, NamedGroup, ProtocolVersion, RootCertStore,
+    SupportedProtocolVersion,
+};
+use tlsplice::tls::traffic::{Traffic, TrafficError};
 
 /// Which symmetric cipher family to offer (`--cipher`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -165,6 +169,8 @@ pub fn client_config(setup: &ClientSetup) -> anyhow::Result<Arc<ClientConfig>> {
         None => Resumption::disabled(),
         Some(capacity) => Resumption::store(Arc::new(TicketStore::new(capacity))),
     };
+    // Once open, the record layer takes the session from rustls.
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
@@ -332,15 +338,38 @@ pub fn ciphertext_bound(len: usize) -> usize {
     len + len.div_ceil(RECORD).max(1) * OVERHEAD
 }
 
+/// What the handshake settled, kept once rustls hands over the session.
+#[derive(Debug, Clone, Copy)]
+pub struct Negotiated {
+    /// Full, resumed, or full after a HelloRetryRequest.
+    pub kind: Option<HandshakeKind>,
+    /// The protocol version.
+    pub version: Option<ProtocolVersion>,
+    /// The cipher suite.
+    pub suite: Option<CipherSuite>,
+    /// The key exchange group.
+    pub group: Option<NamedGroup>,
+}
+
+enum State {
+    /// rustls runs the handshake.
+    Handshaking(Box<UnbufferedClientConnection>),
+    /// tlsplice's record layer (`tls::traffic`, as the terminator runs it)
+    /// seals and opens, straight into and out of our buffers.
+    Open(Box<Traffic<ClientConnectionData>>),
+    /// Handed over failed or the session ended in error.
+    Failed,
+}
+
 /// One client connection's TLS state, without I/O.
 ///
 /// The caller owns the buffers: `incoming` holds ciphertext read but not yet
 /// consumed (its length is what is filled), `out` collects records to send.
 pub struct Engine {
-    conn: UnbufferedClientConnection,
-    /// Plaintext that surfaced while encrypting (cannot happen when callers
-    /// advance before writing, kept so nothing is ever dropped).
-    stash: Vec<u8>,
+    state: State,
+    negotiated: Negotiated,
+    /// Plaintext opened but not yet handed to a sink.
+    plain: Vec<u8>,
 }
 
 impl Engine {
@@ -351,14 +380,20 @@ impl Engine {
         name: ServerName<'static>,
     ) -> Result<Self, rustls::Error> {
         Ok(Self {
-            conn: UnbufferedClientConnection::new(config, name)?,
-            stash: Vec::new(),
+            state: State::Handshaking(Box::new(UnbufferedClientConnection::new(config, name)?)),
+            negotiated: Negotiated {
+                kind: None,
+                version: None,
+                suite: None,
+                group: None,
+            },
+            plain: Vec::new(),
         })
     }
 
-    /// The rustls connection (negotiated version, suite, handshake kind).
-    pub fn conn(&self) -> &UnbufferedClientConnection {
-        &self.conn
+    /// What the handshake settled (known once it is done).
+    pub fn negotiated(&self) -> Negotiated {
+        self.negotiated
     }
 
     /// Processes everything complete in `incoming`, queues what must be
@@ -369,126 +404,133 @@ impl Engine {
         out: &mut OutBuf,
         mut sink: impl FnMut(&[u8]),
     ) -> Result<Step, rustls::Error> {
-        if !self.stash.is_empty() {
-            sink(&self.stash);
-            self.stash.clear();
-        }
-        loop {
-            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(incoming);
-            let step = match state? {
-                ConnectionState::EncodeTlsData(mut e) => {
-                    encode(out, |buf| e.encode(buf))?;
-                    None
+        match &mut self.state {
+            State::Handshaking(conn) => {
+                let mut early = Vec::new();
+                let step = handshake(conn, incoming, out, &mut early)?;
+                if !early.is_empty() {
+                    sink(&early);
                 }
-                // `out` is written before the next read; nothing to do now.
-                ConnectionState::TransmitTlsData(t) => {
-                    t.done();
-                    None
+                if step != Step::Open {
+                    return Ok(step);
                 }
-                ConnectionState::ReadTraffic(mut r) => {
-                    while let Some(record) = r.next_record() {
-                        let record = record?;
-                        discard += record.discard;
-                        sink(record.payload);
-                    }
-                    None
-                }
-                ConnectionState::BlockedHandshake => Some(Step::Handshaking),
-                ConnectionState::WriteTraffic(_) => Some(Step::Open),
-                ConnectionState::PeerClosed => Some(Step::PeerClosed),
-                ConnectionState::Closed => Some(Step::Closed),
-                // Early data exists only on the server side.
-                _ => Some(Step::Handshaking),
-            };
-            incoming.drain(..discard);
-            if let Some(step) = step {
-                return Ok(step);
+                self.open()?;
+                // Records that came with the server's last flight.
+                self.advance(incoming, out, sink)
             }
+            State::Open(traffic) => {
+                let mut control = Vec::new();
+                self.plain.clear();
+                let opened = traffic.open(incoming, &mut self.plain, &mut control);
+                if !control.is_empty() {
+                    out.spare(control.len())[..control.len()].copy_from_slice(&control);
+                    out.len += control.len();
+                }
+                let closed = opened.map_err(traffic_error)?;
+                if !self.plain.is_empty() {
+                    sink(&self.plain);
+                }
+                Ok(if closed { Step::PeerClosed } else { Step::Open })
+            }
+            State::Failed => Err(rustls::Error::HandshakeNotComplete),
         }
+    }
+
+    /// Moves a finished handshake to the record layer.
+    fn open(&mut self) -> Result<(), rustls::Error> {
+        let State::Handshaking(conn) = std::mem::replace(&mut self.state, State::Failed) else {
+            return Err(rustls::Error::HandshakeNotComplete);
+        };
+        self.negotiated = Negotiated {
+            kind: conn.handshake_kind(),
+            version: conn.protocol_version(),
+            suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
+            group: conn.negotiated_key_exchange_group().map(|g| g.name()),
+        };
+        let traffic = Traffic::from_rustls(*conn).map_err(traffic_error)?;
+        self.state = State::Open(Box::new(traffic));
+        Ok(())
     }
 
     /// Encrypts `data` into `out`. Call only once the connection is open.
     pub fn encrypt(
         &mut self,
-        incoming: &mut Vec<u8>,
+        _incoming: &mut Vec<u8>,
         out: &mut OutBuf,
         data: &[u8],
     ) -> Result<(), rustls::Error> {
-        self.write_traffic(incoming, out, |w, out| {
-            let need = ciphertext_bound(data.len());
-            loop {
-                match w.encrypt(data, out.spare(need)) {
-                    Ok(n) => {
-                        out.len += n;
-                        return Ok(());
-                    }
-                    Err(EncryptError::InsufficientSize(s)) => {
-                        out.spare(s.required_size);
-                    }
-                    Err(e) => return Err(rustls::Error::General(e.to_string())),
-                }
-            }
-        })
+        let State::Open(traffic) = &mut self.state else {
+            return Err(rustls::Error::HandshakeNotComplete);
+        };
+        let n = traffic
+            .seal_into(data, out.spare(traffic.sealed_len(data.len())))
+            .map_err(traffic_error)?;
+        out.len += n;
+        Ok(())
     }
 
     /// Queues a close_notify alert in `out`.
     pub fn close_notify(
         &mut self,
-        incoming: &mut Vec<u8>,
+        _incoming: &mut Vec<u8>,
         out: &mut OutBuf,
     ) -> Result<(), rustls::Error> {
-        self.write_traffic(incoming, out, |w, out| {
-            let n = w
-                .queue_close_notify(out.spare(64))
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
-            out.len += n;
-            Ok(())
-        })
+        let State::Open(traffic) = &mut self.state else {
+            return Err(rustls::Error::HandshakeNotComplete);
+        };
+        let n = traffic
+            .close_notify_into(out.spare(traffic.sealed_len(0)))
+            .map_err(traffic_error)?;
+        out.len += n;
+        Ok(())
     }
+}
 
-    /// Runs `f` in the WriteTraffic state, first queueing any records
-    /// rustls has pending (a KeyUpdate answer) so they go out in order.
-    fn write_traffic(
-        &mut self,
-        incoming: &mut Vec<u8>,
-        out: &mut OutBuf,
-        f: impl FnOnce(
-            &mut rustls::unbuffered::WriteTraffic<'_, rustls::client::ClientConnectionData>,
-            &mut OutBuf,
-        ) -> Result<(), rustls::Error>,
-    ) -> Result<(), rustls::Error> {
-        let mut f = Some(f);
-        loop {
-            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(incoming);
-            let done = match state? {
-                ConnectionState::WriteTraffic(mut w) => {
-                    let f = f.take().ok_or(rustls::Error::HandshakeNotComplete)?;
-                    f(&mut w, out)?;
-                    true
-                }
-                ConnectionState::EncodeTlsData(mut e) => {
-                    encode(out, |buf| e.encode(buf))?;
-                    false
-                }
-                ConnectionState::TransmitTlsData(t) => {
-                    t.done();
-                    false
-                }
-                ConnectionState::ReadTraffic(mut r) => {
-                    while let Some(record) = r.next_record() {
-                        let record = record?;
-                        discard += record.discard;
-                        self.stash.extend_from_slice(record.payload);
-                    }
-                    false
-                }
-                // Not open (yet, or any more): nothing can be encrypted.
-                _ => return Err(rustls::Error::HandshakeNotComplete),
-            };
-            incoming.drain(..discard);
-            if done {
-                return Ok(());
+fn traffic_error(e: TrafficError) -> rustls::Error {
+    match e {
+        TrafficError::Rustls(e) => e,
+        TrafficError::PeerAlert(alert) => rustls::Error::AlertReceived(alert),
+        other => rustls::Error::General(other.to_string()),
+    }
+}
+
+/// Drives the handshake over what `incoming` holds.
+fn handshake(
+    conn: &mut UnbufferedClientConnection,
+    incoming: &mut Vec<u8>,
+    out: &mut OutBuf,
+    early: &mut Vec<u8>,
+) -> Result<Step, rustls::Error> {
+    loop {
+        let UnbufferedStatus { mut discard, state } = conn.process_tls_records(incoming);
+        let step = match state? {
+            ConnectionState::EncodeTlsData(mut e) => {
+                encode(out, |buf| e.encode(buf))?;
+                None
             }
+            // `out` is written before the next read; nothing to do now.
+            ConnectionState::TransmitTlsData(t) => {
+                t.done();
+                None
+            }
+            ConnectionState::ReadTraffic(mut r) => {
+                while let Some(record) = r.next_record() {
+                    let record = record?;
+                    discard += record.discard;
+                    early.extend_from_slice(record.payload);
+                }
+                None
+            }
+            ConnectionState::BlockedHandshake => Some(Step::Handshaking),
+            ConnectionState::WriteTraffic(_) => Some(Step::Open),
+            ConnectionState::PeerClosed => Some(Step::PeerClosed),
+            ConnectionState::Closed => Some(Step::Closed),
+            // Early data exists only on the server side.
+            _ => Some(Step::Handshaking),
+        };
+        incoming.drain(..discard);
+        if let Some(step) = step {
+            return Ok(step);
         }
     }
 }
@@ -660,13 +702,10 @@ mod tests {
         let mut first = Pair::new(client.clone(), server.clone());
         assert_eq!(first.run().unwrap(), Step::Open);
         assert_eq!(
-            first.engine.conn().protocol_version(),
+            first.engine.negotiated().version,
             Some(ProtocolVersion::TLSv1_3)
         );
-        assert_eq!(
-            first.engine.conn().handshake_kind(),
-            Some(HandshakeKind::Full)
-        );
+        assert_eq!(first.engine.negotiated().kind, Some(HandshakeKind::Full));
         first
             .engine
             .encrypt(&mut first.incoming, &mut first.out, b"ping")
@@ -678,7 +717,7 @@ mod tests {
         let mut second = Pair::new(client, server);
         assert_eq!(second.run().unwrap(), Step::Open);
         assert_eq!(
-            second.engine.conn().handshake_kind(),
+            second.engine.negotiated().kind,
             Some(HandshakeKind::Resumed)
         );
     }
@@ -690,7 +729,7 @@ mod tests {
         let mut pair = Pair::new(client, server_config(&pki));
         assert_eq!(pair.run().unwrap(), Step::Open);
         assert_eq!(
-            pair.engine.conn().protocol_version(),
+            pair.engine.negotiated().version,
             Some(ProtocolVersion::TLSv1_2)
         );
     }
@@ -728,12 +767,8 @@ mod tests {
         let mut pair = Pair::new(client, server_config(&pki));
         pair.run().unwrap();
         assert_eq!(
-            pair.engine
-                .conn()
-                .negotiated_cipher_suite()
-                .unwrap()
-                .suite(),
-            CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+            pair.engine.negotiated().suite,
+            Some(CipherSuite::TLS13_CHACHA20_POLY1305_SHA256)
         );
     }
 
@@ -762,7 +797,7 @@ mod tests {
         }
         for p in &mut pairs {
             p.run().unwrap();
-            if p.engine.conn().handshake_kind() == Some(HandshakeKind::Resumed) {
+            if p.engine.negotiated().kind == Some(HandshakeKind::Resumed) {
                 resumed += 1;
             }
         }

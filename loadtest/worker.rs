@@ -314,24 +314,18 @@ async fn connect(shared: &Shared) -> Result<TlsConn, OpError> {
         shared.sizes,
     )
     .await?;
-    let tls = conn.engine().conn();
+    let tls = conn.engine().negotiated();
     let mut stats = shared.stats.borrow_mut();
-    match tls.handshake_kind() {
+    match tls.kind {
         Some(HandshakeKind::Resumed) => stats.handshakes.resumed += 1,
         Some(HandshakeKind::FullWithHelloRetryRequest) => stats.handshakes.full_hrr += 1,
         _ => stats.handshakes.full += 1,
     }
     if stats.negotiated.is_none() {
         stats.negotiated = Some(Negotiated {
-            version: tls
-                .protocol_version()
-                .map_or_else(|| "?".into(), |v| format!("{v:?}")),
-            cipher_suite: tls
-                .negotiated_cipher_suite()
-                .map_or_else(|| "?".into(), |s| format!("{:?}", s.suite())),
-            key_exchange: tls
-                .negotiated_key_exchange_group()
-                .map_or_else(|| "?".into(), |g| format!("{:?}", g.name())),
+            version: tls.version.map_or_else(|| "?".into(), |v| format!("{v:?}")),
+            cipher_suite: tls.suite.map_or_else(|| "?".into(), |s| format!("{s:?}")),
+            key_exchange: tls.group.map_or_else(|| "?".into(), |g| format!("{g:?}")),
         });
     }
     Ok(conn)
