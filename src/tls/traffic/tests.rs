@@ -365,3 +365,142 @@ fn client_side_takes_data_and_secrets_continue_into_the_kernel_layout() {
         assert_eq!(secrets.tx.0, tx);
     }
 }
+
+/// A small deterministic generator (xorshift64*), so a failure reproduces.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+#[test]
+fn nothing_a_peer_sends_makes_it_panic() {
+    let mut noise = Noise(0x7153_9a2c_0bd1_e6f3);
+    for (version, suite) in every_suite() {
+        let (mut client, mut ours) = pair(version, suite);
+        let valid = client_sends(&mut client, &pattern(40_000));
+        for case in 0..400 {
+            let mut wire = if case % 4 == 3 {
+                // Headers that look like records, bodies of noise.
+                let mut w = Vec::new();
+                for _ in 0..1 + noise.below(4) {
+                    let len = noise.below(MAX_PLAINTEXT + 400);
+                    w.extend_from_slice(&[20 + noise.below(5) as u8, 3, noise.below(5) as u8]);
+                    w.extend_from_slice(&(len as u16).to_be_bytes());
+                    w.extend((0..len).map(|_| noise.next() as u8));
+                }
+                w
+            } else {
+                // Valid records with a few bytes changed, or cut short.
+                let mut w = valid.clone();
+                for _ in 0..1 + noise.below(3) {
+                    let at = noise.below(w.len());
+                    w[at] = noise.next() as u8;
+                }
+                w.truncate(noise.below(w.len() + 1));
+                w
+            };
+            // Arrives in pieces of any size, as reads deliver it.
+            let (mut incoming, mut plain, mut control) = (Vec::new(), Vec::new(), Vec::new());
+            while !wire.is_empty() {
+                let n = 1 + noise.below(wire.len().min(20_000));
+                incoming.extend(wire.drain(..n));
+                if ours.open(&mut incoming, &mut plain, &mut control).is_err() {
+                    break;
+                }
+            }
+        }
+        // Sealing still works after all of it.
+        let mut out = Vec::new();
+        ours.seal(b"still here", &mut out).unwrap();
+        assert!(!out.is_empty(), "{version:?} {suite:?}");
+    }
+}
+
+/// Both ends in our record layer: ours (server) and a peer whose sealing
+/// the test controls fully, inner content type included.
+fn both_ours(
+    version: &'static SupportedProtocolVersion,
+    suite: SupportedCipherSuite,
+) -> (Traffic<ClientConnectionData>, Traffic<ServerConnectionData>) {
+    let (client_cfg, server_cfg) = configs(version, suite);
+    let mut client = UnbufferedClientConnection::new(client_cfg, name()).unwrap();
+    let mut server = UnbufferedServerConnection::new(server_cfg).unwrap();
+    let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
+    let (mut out, mut plain) = (TlsOut::with_capacity(0), Vec::new());
+    let (mut client_done, mut server_done) = (false, false);
+    for _ in 0..20 {
+        let c = drive(&mut client, &mut to_client, &mut out, &mut plain).unwrap();
+        to_server.extend_from_slice(out.pending());
+        out.take();
+        let s = drive(&mut server, &mut to_server, &mut out, &mut plain).unwrap();
+        to_client.extend_from_slice(out.pending());
+        out.take();
+        client_done |= matches!(c, Progress::Complete);
+        server_done |= matches!(s, Progress::Complete);
+        if client_done && server_done && to_client.is_empty() && to_server.is_empty() {
+            return (
+                Traffic::from_rustls(client).unwrap(),
+                Traffic::from_rustls(server).unwrap(),
+            );
+        }
+    }
+    panic!("handshake did not finish");
+}
+
+#[test]
+fn nothing_inside_a_sealed_record_makes_it_panic() {
+    let mut noise = Noise(0x0dd5_eed5_1234_5678);
+    for (version, suite) in every_suite() {
+        // Both outcomes must occur, or the cases miss half the code.
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..60 {
+            let (mut peer, mut ours) = both_ours(version, suite);
+            let mut wire = vec![0; 4 * (MAX_PLAINTEXT + RECORD_OVERHEAD)];
+            let mut at = 0;
+            for _ in 0..1 + noise.below(4) {
+                // Any inner type, and content shaped like what each type
+                // carries: alerts, handshake headers, KeyUpdate values.
+                let kind = [20, 21, 22, 23, 23, 23, 23, 23, 24, 0, 255][noise.below(11)];
+                let len = [0, 1, 2, 3, 4, 5, 6, 100, MAX_PLAINTEXT][noise.below(9)];
+                let mut payload: Vec<u8> = (0..len).map(|_| noise.next() as u8).collect();
+                if len >= 4 && noise.below(2) == 0 {
+                    payload[0] =
+                        [HANDSHAKE_KEY_UPDATE, HANDSHAKE_NEW_SESSION_TICKET][noise.below(2)];
+                    payload[1..4].copy_from_slice(&[0, 0, noise.below(4) as u8]);
+                }
+                at += peer.seal_one(kind, &payload, &mut wire[at..]);
+            }
+            wire.truncate(at);
+            let (mut plain, mut control) = (Vec::new(), Vec::new());
+            match ours.open(&mut wire, &mut plain, &mut control) {
+                Ok(_) => accepted += 1,
+                Err(e) => {
+                    assert!(!matches!(e, TrafficError::BadRecordMac), "{e}");
+                    refused += 1;
+                    // Every refusal but the peer's own alert answers with one.
+                    assert_eq!(
+                        control.is_empty(),
+                        matches!(e, TrafficError::PeerAlert(_)),
+                        "{e}"
+                    );
+                }
+            }
+            let mut out = Vec::new();
+            let _ = ours.seal(b"after", &mut out);
+        }
+        assert!(
+            accepted > 0 && refused > 0,
+            "{version:?} {suite:?}: {accepted} {refused}"
+        );
+    }
+}
