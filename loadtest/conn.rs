@@ -9,7 +9,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use monoio::buf::{IoBuf, IoBufMut};
+use monoio::buf::IoBufMut;
 use monoio::io::{
     AsyncReadRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent, Canceller,
     OwnedReadHalf, OwnedWriteHalf, Splitable,
@@ -19,7 +19,8 @@ use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
 use crate::stats::ErrorKind;
-use crate::tls::{Engine, OutBuf, Step};
+use crate::tls::{Engine, Step};
+use tlsplice::tls::records::TlsOut;
 
 /// Room kept free for reading: one maximal TLS record plus its header.
 const RECORD_ROOM: usize = (1 << 14) + 512;
@@ -85,7 +86,7 @@ pub struct TlsConn {
     wr: OwnedWriteHalf<TcpStream>,
     engine: Engine,
     incoming: Vec<u8>,
-    out: OutBuf,
+    out: TlsOut,
 }
 
 /// How a receive ended.
@@ -127,7 +128,7 @@ impl TlsConn {
             wr,
             engine: Engine::new(config, name)?,
             incoming: Vec::with_capacity(sizes.incoming.max(2 * RECORD_ROOM)),
-            out: OutBuf::with_capacity(sizes.outgoing.max(4096)),
+            out: TlsOut::with_capacity(sizes.outgoing.max(4096)),
         };
         loop {
             let step = conn
@@ -141,9 +142,7 @@ impl TlsConn {
                         return Err(OpError::eof("during the handshake"));
                     }
                 }
-                Step::PeerClosed | Step::Closed => {
-                    return Err(OpError::eof("during the handshake"))
-                }
+                Step::PeerClosed => return Err(OpError::eof("during the handshake")),
             }
         }
     }
@@ -171,18 +170,19 @@ impl TlsConn {
             incoming,
             out,
         } = self;
-        let (buf, len) = out.take();
+        let pending = (!out.is_empty()).then(|| out.take());
         let write = async {
-            if len == 0 {
-                return (Ok(()), buf);
+            match pending {
+                Some(slice) => Some(wr.write_all(slice).await),
+                None => None,
             }
-            let (res, slice) = wr.write_all(buf.slice(..len)).await;
-            (res.map(|_| ()), slice.into_inner())
         };
         let read = receive(rd, engine, incoming, &mut sink, None);
-        let ((written, buf), received) = monoio::join!(write, read);
-        out.restore(buf);
-        written.map_err(OpError::io)?;
+        let (written, received) = monoio::join!(write, read);
+        if let Some((res, slice)) = written {
+            out.restore(slice);
+            res.map_err(OpError::io)?;
+        }
         let (end, control) = received?;
         // Records rustls produced while reading (a KeyUpdate answer) go out now.
         if let Some(control) = control {
@@ -206,15 +206,13 @@ impl TlsConn {
             incoming,
             out,
         } = self;
-        let (buf, len) = out.take();
+        let pending = (!out.is_empty()).then(|| out.take());
         let canceller = Canceller::new();
         let handle = canceller.handle();
         let write = async {
-            let result = if len == 0 {
-                (Ok(()), buf)
-            } else {
-                let (res, slice) = wr.write_all(buf.slice(..len)).await;
-                (res.map(|_| ()), slice.into_inner())
+            let result = match pending {
+                Some(slice) => Some(wr.write_all(slice).await),
+                None => None,
             };
             // The write is done: stop the read that waits beside it. A read
             // that already completed still returns its bytes.
@@ -226,9 +224,11 @@ impl TlsConn {
             false
         };
         let read = receive(rd, engine, incoming, &mut take_all, Some(handle));
-        let ((written, buf), received) = monoio::join!(write, read);
-        out.restore(buf);
-        written.map_err(OpError::io)?;
+        let (written, received) = monoio::join!(write, read);
+        if let Some((res, slice)) = written {
+            out.restore(slice);
+            res.map_err(OpError::io)?;
+        }
         let (end, control) = received?;
         if let Some(control) = control {
             self.send_raw(control).await?;
@@ -280,9 +280,8 @@ impl TlsConn {
         if self.out.is_empty() {
             return Ok(());
         }
-        let (buf, len) = self.out.take();
-        let (res, slice) = self.wr.write_all(buf.slice(..len)).await;
-        self.out.restore(slice.into_inner());
+        let (res, slice) = self.wr.write_all(self.out.take()).await;
+        self.out.restore(slice);
         res.map(|_| ()).map_err(OpError::io)
     }
 
@@ -310,7 +309,7 @@ async fn receive(
     cancel: Option<CancelHandle>,
 ) -> Result<(RecvEnd, Option<Vec<u8>>), OpError> {
     // Rare: only KeyUpdate answers; allocates only when they happen.
-    let mut control = OutBuf::with_capacity(0);
+    let mut control = TlsOut::with_capacity(0);
     let end = loop {
         let mut done = false;
         let step = engine.advance(incoming, &mut control, |p| {
@@ -321,7 +320,7 @@ async fn receive(
         if done {
             break RecvEnd::Done;
         }
-        if matches!(step, Step::PeerClosed | Step::Closed) {
+        if matches!(step, Step::PeerClosed) {
             break RecvEnd::CloseNotify;
         }
         match read_more(rd, incoming, cancel.clone()).await {

@@ -16,12 +16,13 @@ use rustls::client::{
     Tls13ClientSessionValue, UnbufferedClientConnection, WebPkiServerVerifier,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{
     CipherSuite, ClientConfig, HandshakeKind, NamedGroup, ProtocolVersion, RootCertStore,
     SupportedProtocolVersion,
 };
+use tlsplice::tls::records::TlsOut;
 use tlsplice::tls::traffic::{Traffic, TrafficError};
+use tlsplice::tls::unbuffered::{drive, Progress};
 
 /// Which symmetric cipher family to offer (`--cipher`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -267,56 +268,6 @@ impl ClientSessionStore for TicketStore {
     }
 }
 
-/// Ciphertext waiting to be written: a buffer kept fully initialised so
-/// rustls can encrypt into it without zeroing it first, and how much of it
-/// is in use.
-#[derive(Debug)]
-pub struct OutBuf {
-    buf: Vec<u8>,
-    len: usize,
-}
-
-impl OutBuf {
-    /// An empty buffer with room for `capacity` bytes.
-    pub fn with_capacity(capacity: usize) -> Self {
-        Self {
-            buf: vec![0; capacity],
-            len: 0,
-        }
-    }
-
-    /// The bytes to send.
-    pub fn pending(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-
-    /// Whether nothing is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Lends the buffer and its used length to an owned-buffer write.
-    pub fn take(&mut self) -> (Vec<u8>, usize) {
-        let len = std::mem::take(&mut self.len);
-        (std::mem::take(&mut self.buf), len)
-    }
-
-    /// Returns the buffer after the write; its contents are spent.
-    pub fn restore(&mut self, buf: Vec<u8>) {
-        self.buf = buf;
-        self.len = 0;
-    }
-
-    /// Space for at least `extra` more bytes; returns the free tail.
-    fn spare(&mut self, extra: usize) -> &mut [u8] {
-        if self.buf.len() - self.len < extra {
-            // Only grows when a caller writes more than it sized us for.
-            self.buf.resize(self.len + extra, 0);
-        }
-        &mut self.buf[self.len..]
-    }
-}
-
 /// Where a connection stands after all buffered input was processed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -326,8 +277,6 @@ pub enum Step {
     Open,
     /// The server sent close_notify.
     PeerClosed,
-    /// Both sides sent close_notify.
-    Closed,
 }
 
 /// Upper bound of ciphertext for `len` plaintext bytes: full records of
@@ -401,30 +350,41 @@ impl Engine {
     pub fn advance(
         &mut self,
         incoming: &mut Vec<u8>,
-        out: &mut OutBuf,
+        out: &mut TlsOut,
         mut sink: impl FnMut(&[u8]),
     ) -> Result<Step, rustls::Error> {
         match &mut self.state {
             State::Handshaking(conn) => {
                 let mut early = Vec::new();
-                let step = handshake(conn, incoming, out, &mut early)?;
+                let progress = loop {
+                    // `out` is written before the next read: keep going.
+                    match drive(conn.as_mut(), incoming, out, &mut early)? {
+                        Progress::Transmit => continue,
+                        other => break other,
+                    }
+                };
                 if !early.is_empty() {
                     sink(&early);
                 }
-                if step != Step::Open {
-                    return Ok(step);
+                match progress {
+                    Progress::NeedInput => Ok(Step::Handshaking),
+                    Progress::PeerClosed => Ok(Step::PeerClosed),
+                    Progress::Complete | Progress::Transmit => {
+                        self.open()?;
+                        // Records that came with the server's last flight.
+                        self.advance(incoming, out, sink)
+                    }
                 }
-                self.open()?;
-                // Records that came with the server's last flight.
-                self.advance(incoming, out, sink)
             }
             State::Open(traffic) => {
                 let mut control = Vec::new();
                 self.plain.clear();
                 let opened = traffic.open(incoming, &mut self.plain, &mut control);
                 if !control.is_empty() {
-                    out.spare(control.len())[..control.len()].copy_from_slice(&control);
-                    out.len += control.len();
+                    out.append_with(control.len(), |room| {
+                        room[..control.len()].copy_from_slice(&control);
+                        Ok::<_, rustls::Error>(control.len())
+                    })?;
                 }
                 let closed = opened.map_err(traffic_error)?;
                 if !self.plain.is_empty() {
@@ -456,33 +416,29 @@ impl Engine {
     pub fn encrypt(
         &mut self,
         _incoming: &mut Vec<u8>,
-        out: &mut OutBuf,
+        out: &mut TlsOut,
         data: &[u8],
     ) -> Result<(), rustls::Error> {
         let State::Open(traffic) = &mut self.state else {
             return Err(rustls::Error::HandshakeNotComplete);
         };
-        let n = traffic
-            .seal_into(data, out.spare(traffic.sealed_len(data.len())))
-            .map_err(traffic_error)?;
-        out.len += n;
-        Ok(())
+        let room = traffic.sealed_len(data.len());
+        out.append_with(room, |buf| traffic.seal_into(data, buf))
+            .map_err(traffic_error)
     }
 
     /// Queues a close_notify alert in `out`.
     pub fn close_notify(
         &mut self,
         _incoming: &mut Vec<u8>,
-        out: &mut OutBuf,
+        out: &mut TlsOut,
     ) -> Result<(), rustls::Error> {
         let State::Open(traffic) = &mut self.state else {
             return Err(rustls::Error::HandshakeNotComplete);
         };
-        let n = traffic
-            .close_notify_into(out.spare(traffic.sealed_len(0)))
-            .map_err(traffic_error)?;
-        out.len += n;
-        Ok(())
+        let room = traffic.sealed_len(0);
+        out.append_with(room, |buf| traffic.close_notify_into(buf))
+            .map_err(traffic_error)
     }
 }
 
@@ -491,65 +447,6 @@ fn traffic_error(e: TrafficError) -> rustls::Error {
         TrafficError::Rustls(e) => e,
         TrafficError::PeerAlert(alert) => rustls::Error::AlertReceived(alert),
         other => rustls::Error::General(other.to_string()),
-    }
-}
-
-/// Drives the handshake over what `incoming` holds.
-fn handshake(
-    conn: &mut UnbufferedClientConnection,
-    incoming: &mut Vec<u8>,
-    out: &mut OutBuf,
-    early: &mut Vec<u8>,
-) -> Result<Step, rustls::Error> {
-    loop {
-        let UnbufferedStatus { mut discard, state } = conn.process_tls_records(incoming);
-        let step = match state? {
-            ConnectionState::EncodeTlsData(mut e) => {
-                encode(out, |buf| e.encode(buf))?;
-                None
-            }
-            // `out` is written before the next read; nothing to do now.
-            ConnectionState::TransmitTlsData(t) => {
-                t.done();
-                None
-            }
-            ConnectionState::ReadTraffic(mut r) => {
-                while let Some(record) = r.next_record() {
-                    let record = record?;
-                    discard += record.discard;
-                    early.extend_from_slice(record.payload);
-                }
-                None
-            }
-            ConnectionState::BlockedHandshake => Some(Step::Handshaking),
-            ConnectionState::WriteTraffic(_) => Some(Step::Open),
-            ConnectionState::PeerClosed => Some(Step::PeerClosed),
-            ConnectionState::Closed => Some(Step::Closed),
-            // Early data exists only on the server side.
-            _ => Some(Step::Handshaking),
-        };
-        incoming.drain(..discard);
-        if let Some(step) = step {
-            return Ok(step);
-        }
-    }
-}
-
-/// Appends one handshake record to `out`, growing it if rustls asks for more.
-fn encode(
-    out: &mut OutBuf,
-    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
-) -> Result<(), rustls::Error> {
-    let mut want = 4096;
-    loop {
-        match encode(out.spare(want)) {
-            Ok(n) => {
-                out.len += n;
-                return Ok(());
-            }
-            Err(EncodeError::InsufficientSize(s)) => want = s.required_size,
-            Err(e) => return Err(rustls::Error::General(e.to_string())),
-        }
     }
 }
 
@@ -626,7 +523,7 @@ mod tests {
     struct Pair {
         engine: Engine,
         incoming: Vec<u8>,
-        out: OutBuf,
+        out: TlsOut,
         server: ServerConnection,
         received: Vec<u8>,
     }
@@ -636,7 +533,7 @@ mod tests {
             Self {
                 engine: Engine::new(client, ServerName::try_from("localhost").unwrap()).unwrap(),
                 incoming: Vec::new(),
-                out: OutBuf::with_capacity(64),
+                out: TlsOut::with_capacity(64),
                 server: ServerConnection::new(server).unwrap(),
                 received: Vec::new(),
             }
@@ -657,7 +554,7 @@ mod tests {
                 if !self.out.is_empty() {
                     let mut pending = self.out.pending();
                     self.server.read_tls(&mut pending).unwrap();
-                    self.out.len = 0;
+                    self.out.clear();
                     let state = self.server.process_new_packets();
                     // Let the alert reach the client before reporting.
                     let alert = state.err().map(|e| format!("server: {e}"));
@@ -755,7 +652,7 @@ mod tests {
             .unwrap();
         pair.server.send_close_notify();
         let step = pair.run().unwrap();
-        assert!(matches!(step, Step::PeerClosed | Step::Closed), "{step:?}");
+        assert!(matches!(step, Step::PeerClosed), "{step:?}");
     }
 
     #[test]

@@ -94,6 +94,25 @@ impl TlsOut {
         }
     }
 
+    /// Appends what `write` puts at the front of the free space, which
+    /// has at least `room` bytes; `write` returns how many it wrote.
+    pub fn append_with<E>(
+        &mut self,
+        room: usize,
+        write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<(), E> {
+        if self.buf.len() - self.filled < room {
+            self.grow(room);
+        }
+        self.filled += write(&mut self.buf[self.filled..])?;
+        Ok(())
+    }
+
+    /// Discards what waits to be written.
+    pub fn clear(&mut self) {
+        self.filled = 0;
+    }
+
     /// Appends bytes that are not TLS at all (a plain HTTP error answer).
     pub fn extend_plain(&mut self, bytes: &[u8]) {
         if self.buf.len() - self.filled < bytes.len() {
