@@ -13,6 +13,8 @@ pub mod config;
 pub mod connect;
 pub mod handshake;
 pub mod ktls;
+#[cfg(test)]
+mod noise;
 pub mod pool;
 pub mod quickstart;
 pub mod relay;

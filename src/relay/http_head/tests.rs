@@ -1,4 +1,5 @@
 use super::*;
+use crate::noise::Noise;
 
 const INSERT: &[u8] = b"Client-Cert: :AAEC:\r\n";
 
@@ -238,27 +239,12 @@ fn connect_and_upgrade_pass_the_rest_through() {
     assert!(find(&out, b"Client-Cert: s").is_none());
 }
 
-/// xorshift64*: deterministic, so a failure names its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 #[test]
 fn mutated_input_never_panics_and_splits_never_change_the_result() {
     let (base, _) = pipelined();
     let alphabet = b"\r\n:; \t0123456789abcdefABCDEF,-\x00\x7fGETPOSTchunkedContent-Length";
     for seed in 1..=3000u64 {
-        let mut rng = Rng(seed);
+        let mut rng = Noise(seed);
         let mut input = base.clone();
         for _ in 0..=rng.below(6) {
             let at = rng.below(input.len());

@@ -12,6 +12,7 @@ use rustls::{
 };
 
 use super::*;
+use crate::noise::Noise;
 use crate::tls::records::TlsOut;
 use crate::tls::unbuffered::{drive, Progress};
 use rustls::client::UnbufferedClientConnection;
@@ -363,22 +364,6 @@ fn client_side_takes_data_and_secrets_continue_into_the_kernel_layout() {
         let (secrets, _) = ours.into_secrets();
         assert_eq!(secrets.rx.0, rx + 1, "{version:?} {suite:?}");
         assert_eq!(secrets.tx.0, tx);
-    }
-}
-
-/// A small deterministic generator (xorshift64*), so a failure reproduces.
-struct Noise(u64);
-
-impl Noise {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
     }
 }
 
