@@ -28,11 +28,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Dev PKI: quickstart generates it; stop it once it is listening.
-"$bin" quickstart --dir "$work/pki" --port 0 >/dev/null 2>"$work/qs.log" &
-qs=$!
-for _ in $(seq 100); do grep -q "listening on" "$work/qs.log" && break; sleep 0.1; done
-kill -INT "$qs"; wait "$qs" || true
+source scripts/lib/dev-pki.sh
+dev_pki "$bin" "$work/pki" "$work/qs.log"
 
 # Echo backend on the server's core (its CPU is not counted).
 python3 - "$work/backend.port" <<'PY' &
@@ -104,7 +101,7 @@ for mode in "${modes[@]}"; do
   python3 - "$mode" ${results[$mode]} <<'PY'
 import statistics, sys
 mode, rows = sys.argv[1], [r.split(",") for r in sys.argv[2:]]
-name = {"off": "userspace (rustls)", "require": "kernel TLS + splice"}[mode]
+name = {"off": "userspace (tls::traffic)", "require": "kernel TLS + splice"}[mode]
 print(f"| {name} | {statistics.median(float(r[0]) for r in rows):.3f} | {statistics.median(float(r[1]) for r in rows):.1f} |")
 PY
 done

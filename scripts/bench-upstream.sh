@@ -37,10 +37,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$bin" quickstart --dir "$work/pki" --port 0 >/dev/null 2>"$work/qs.log" &
-qs=$!
-for _ in $(seq 100); do grep -q "listening on" "$work/qs.log" && break; sleep 0.1; done
-kill -INT "$qs"; wait "$qs" || true
+source scripts/lib/dev-pki.sh
+dev_pki "$bin" "$work/pki" "$work/qs.log"
 pki=$work/pki
 
 gcc -O2 -o "$work/echo-backend" scripts/compare/echo-backend.c

@@ -127,13 +127,8 @@ trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- PKI
 pki=$work/pki
-"$bin" quickstart --dir "$pki" --port 0 >/dev/null 2>"$work/quickstart.log" &
-qs=$!
-for _ in $(seq 100); do grep -q "listening on" "$work/quickstart.log" && break; sleep 0.1; done
-kill -INT "$qs" 2>/dev/null || true
-for _ in $(seq 50); do kill -0 "$qs" 2>/dev/null || break; sleep 0.1; done
-kill -KILL "$qs" 2>/dev/null || true
-wait "$qs" 2>/dev/null || true
+source scripts/lib/dev-pki.sh
+dev_pki "$bin" "$pki" "$work/quickstart.log"
 for f in ca.crt server.crt server.key client.crt client.key; do
   [ -s "$pki/$f" ] || { say "quickstart did not create $pki/$f"; cat "$work/quickstart.log" >&2; exit 1; }
 done

@@ -58,10 +58,8 @@ wait_for() {
 # The dev PKI, made by `tlsplice quickstart` (which then stops).
 pki="$out/pki"
 if [ ! -f "$pki/client.key" ]; then
-  "$bin/tlsplice" quickstart --dir "$pki" --port 0 >"$out/quickstart.out" 2>&1 &
-  qs=$!
-  wait_for "$out/quickstart.out" "serving mutual TLS"
-  kill "$qs"; wait "$qs" 2>/dev/null || true
+  source scripts/lib/dev-pki.sh
+  dev_pki "$bin/tlsplice" "$pki" "$out/quickstart.out"
 fi
 
 "$out/echo-backend" "$out/backend.port" &
