@@ -126,7 +126,7 @@ pub struct AccessRecord {
     pub backend: Option<String>,
     /// The TLS handshake with the backend: `full` or `resumed` (none: plaintext).
     pub upstream: Option<&'static str>,
-    /// Data path: `userspace` (rustls records) or `ktls`.
+    /// Data path: `userspace` (`tls::traffic` records) or `ktls`.
     pub path: &'static str,
     /// Why a connection that could have used kernel TLS did not.
     pub ktls_fallback: Option<String>,

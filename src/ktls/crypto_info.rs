@@ -165,10 +165,11 @@ pub fn build(
 /// TLS 1.3 (and RX in general): the kernel XORs the sequence number into
 /// salt‖iv itself, as rustls does, so it gets rustls' IV tail unchanged.
 /// TLS 1.2 TX: the kernel sends `iv` as the explicit nonce of the first
-/// record and then increments it, while rustls used `iv[4..12] XOR seq` for
-/// the records it sent. Starting the kernel at `iv[4..12] + seq` keeps every
-/// kernel nonce above every nonce rustls used (x XOR j <= x + j), so no nonce
-/// repeats under the same key.
+/// record and then increments it, while userspace (rustls, then
+/// `tls::traffic`, which forms nonces the same way) used `iv[4..12] XOR seq`
+/// for the records it sent. Starting the kernel at `iv[4..12] + seq` keeps
+/// every kernel nonce above every nonce userspace used (x XOR j <= x + j),
+/// so no nonce repeats under the same key.
 fn gcm_explicit_iv(version: ProtocolVersion, iv: &[u8], seq: u64, direction: Direction) -> [u8; 8] {
     let mut tail = [0u8; 8];
     tail.copy_from_slice(&iv[4..12]);

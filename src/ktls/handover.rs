@@ -56,7 +56,7 @@ pub enum Handover {
 /// cannot continue on either path.
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
-    /// Reading the rest of a record or writing rustls' output failed.
+    /// Reading the rest of a record or writing what was owed failed.
     #[error("I/O during handover: {0}")]
     Io(#[from] io::Error),
     /// The buffered records could not be finished.

@@ -1,5 +1,6 @@
-//! Relaying bytes once the handshake is done: the userspace path (rustls
-//! records) and the kernel path (kTLS sockets and splice).
+//! Relaying bytes once the handshake is done: the userspace path (records
+//! sealed and opened by `tls::traffic`) and the kernel path (kTLS sockets
+//! and splice).
 
 pub mod http_head;
 pub mod splice;
