@@ -380,12 +380,7 @@ impl Engine {
                 let mut control = Vec::new();
                 self.plain.clear();
                 let opened = traffic.open(incoming, &mut self.plain, &mut control);
-                if !control.is_empty() {
-                    out.append_with(control.len(), |room| {
-                        room[..control.len()].copy_from_slice(&control);
-                        Ok::<_, rustls::Error>(control.len())
-                    })?;
-                }
+                out.extend_from_slice(&control);
                 let closed = opened.map_err(traffic_error)?;
                 if !self.plain.is_empty() {
                     sink(&self.plain);

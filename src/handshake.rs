@@ -148,7 +148,7 @@ pub async fn accept(
             // A plaintext fatal alert: nothing is encrypted yet.
             let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, u8::from(refusal.alert)];
             let mut out = TlsOut::from_vec(buffers.ciphertext.take_initialized(), alert.len());
-            out.extend_plain(&alert);
+            out.extend_from_slice(&alert);
             let _ = write_out(stream, &mut out).await;
             return Err(HandshakeError::Refused(refusal));
         }
@@ -161,7 +161,7 @@ pub async fn accept(
     if let Err(e) = hello {
         if e.is_plaintext_http() {
             // A TLS alert would be unreadable to an http:// client; say it plainly.
-            out.extend_plain(PLAIN_HTTP_RESPONSE);
+            out.extend_from_slice(PLAIN_HTTP_RESPONSE);
             let _ = write_out(stream, &mut out).await;
             return Err(e.into());
         }

@@ -20,7 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::time::{Duration, Instant};
 
-use monoio::buf::{IoBuf, IoBufMut};
+use monoio::buf::IoBufMut;
 use monoio::io::{
     CancelHandle, CancelableAsyncReadRent, CancelableAsyncWriteRentExt, Canceller, OwnedReadHalf,
     OwnedWriteHalf, Splitable,
@@ -36,6 +36,7 @@ use crate::ktls::handover::bytes_to_record_boundary;
 use crate::ktls::policy::{OffloadPolicy, OffloadTrigger};
 use crate::pool::{BufferPool, Buffers, ElasticBuf};
 use crate::relay::http_head::HeadRewriter;
+use crate::tls::records::TlsOut;
 use crate::tls::traffic::{Traffic, TrafficError};
 use crate::trigger::Trigger;
 use crate::upstream::leg::{self, BackendLeg, LegReader, LegWriter};
@@ -387,27 +388,25 @@ pub async fn run(
         .unwrap_or(CloseReason::Done);
     // Whatever the client is still owed: a fatal alert queued, or a
     // close_notify when we end the connection ourselves.
-    let mut out = Vec::new();
+    let mut out = TlsOut::with_capacity(0);
     let reply = std::mem::take(&mut *shared.reply.borrow_mut());
     let owes_close_notify = (!reply.is_empty()
         || matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown))
         && !shared.session.borrow().close_notify_sent;
     // Queued control records go first; a failure here only means the
     // connection can no longer send anything.
-    let mut scratch = Vec::new();
     if !reply.is_empty() && !shared.session.borrow().close_notify_sent {
-        let sealed = encrypt(&shared, &reply, &mut scratch).unwrap_or(0);
-        out.extend_from_slice(&scratch[..sealed]);
+        let _ = encrypt(&shared, &reply, &mut out);
     }
     if owes_close_notify {
-        let sealed = encrypt(&shared, &[], &mut scratch).unwrap_or(0);
-        out.extend_from_slice(&scratch[..sealed]);
+        let _ = encrypt(&shared, &[], &mut out);
     } else {
-        out.append(&mut shared.session.borrow_mut().control);
+        out.extend_from_slice(&std::mem::take(&mut shared.session.borrow_mut().control));
     }
     if !out.is_empty() {
         let _ = monoio::time::timeout(FINAL_WRITE_TIMEOUT, async {
-            let (res, _) = monoio::io::AsyncWriteRentExt::write_all(&mut client_wr, out).await;
+            let (res, _) =
+                monoio::io::AsyncWriteRentExt::write_all(&mut client_wr, out.take()).await;
             res
         })
         .await;
@@ -604,16 +603,14 @@ async fn backend_to_client(
             shared.touch();
             pace(shared.pacer.as_ref(), Direction::Down, n).await;
         }
-        let mut out = ciphertext.take_initialized();
-        let sealed = match encrypt(shared, &plain.vec()[..n], &mut out) {
-            Ok(sealed) => sealed,
-            Err(e) => {
-                shared.fail(CloseReason::ClientError(format!("TLS: {e}")));
-                return total;
-            }
-        };
-        let (res, buf) = client.write_all(out.slice(..sealed), cancel.clone()).await;
-        ciphertext.give(buf.into_inner());
+        let mut out = TlsOut::from_vec(ciphertext.take_initialized(), CLIENT_WRITE);
+        if let Err(e) = encrypt(shared, &plain.vec()[..n], &mut out) {
+            shared.fail(CloseReason::ClientError(format!("TLS: {e}")));
+            return total;
+        }
+        let (res, buf) = client.write_all(out.take(), cancel.clone()).await;
+        out.restore(buf);
+        ciphertext.give(out.into_vec());
         if let Err(e) = res {
             shared.fail(stopped_or(&e, || {
                 CloseReason::ClientError(format!("write: {e}"))
@@ -647,33 +644,27 @@ async fn backend_to_client(
     }
 }
 
-/// Puts at the front of `out` the queued control records, then `plain`
-/// sealed (or, when empty, a close_notify, once); returns the bytes to
-/// send. `out`'s whole length is scratch space, grown (zeroed) only when
-/// too short, so a pooled buffer is never zeroed again.
-fn encrypt(shared: &Shared, plain: &[u8], out: &mut Vec<u8>) -> Result<usize, TrafficError> {
+/// Appends to `out` the queued control records, then `plain` sealed
+/// straight into it (or, when empty, a close_notify, once).
+fn encrypt(shared: &Shared, plain: &[u8], out: &mut TlsOut) -> Result<(), TrafficError> {
     let mut s = shared.session.borrow_mut();
     let Session {
         traffic,
         control,
         close_notify_sent,
     } = &mut *s;
-    let at = control.len();
-    let need = at + traffic.sealed_len(plain.len());
-    if out.len() < need {
-        out.resize(need, 0);
-    }
-    out[..at].copy_from_slice(control);
+    out.extend_from_slice(control);
     control.clear();
-    let sealed = if !plain.is_empty() {
-        traffic.seal_into(plain, &mut out[at..])?
+    if !plain.is_empty() {
+        let room = traffic.sealed_len(plain.len());
+        out.append_with(room, |buf| traffic.seal_into(plain, buf))
     } else if !*close_notify_sent {
         *close_notify_sent = true;
-        traffic.close_notify_into(&mut out[at..])?
+        let room = traffic.sealed_len(0);
+        out.append_with(room, |buf| traffic.close_notify_into(buf))
     } else {
-        0
-    };
-    Ok(at + sealed)
+        Ok(())
+    }
 }
 
 async fn backend_shutdown(backend: &mut LegWriter, cancel: &CancelHandle) -> io::Result<()> {

@@ -113,8 +113,9 @@ impl TlsOut {
         self.filled = 0;
     }
 
-    /// Appends bytes that are not TLS at all (a plain HTTP error answer).
-    pub fn extend_plain(&mut self, bytes: &[u8]) {
+    /// Appends bytes as they are: records already sealed, or bytes that
+    /// are not TLS at all (a plain HTTP error answer).
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
         if self.buf.len() - self.filled < bytes.len() {
             self.grow(bytes.len());
         }
@@ -124,7 +125,7 @@ impl TlsOut {
 
     /// Moves the bytes of `other` to the end of this buffer.
     pub fn append(&mut self, other: &mut TlsOut) {
-        self.extend_plain(other.pending());
+        self.extend_from_slice(other.pending());
         other.filled = 0;
     }
 

@@ -274,11 +274,8 @@ where
 
     /// Appends `plain` to `out` as application data records.
     pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), TrafficError> {
-        let start = out.len();
-        out.resize(start + self.sealed_len(plain.len()), 0);
-        let sealed = self.seal_into(plain, &mut out[start..]);
-        out.truncate(start + *sealed.as_ref().unwrap_or(&0));
-        sealed.map(|_| ())
+        let room = self.sealed_len(plain.len());
+        self.append(out, room, |this, buf| this.seal_into(plain, buf))
     }
 
     /// Appends a close_notify alert to `out`.
@@ -480,11 +477,7 @@ where
     /// Sends KeyUpdate (not requesting one back) and moves to the next
     /// sending secret.
     fn key_update(&mut self, out: &mut Vec<u8>) -> Result<(), TrafficError> {
-        let start = out.len();
-        out.resize(start + KEY_UPDATE_RECORD, 0);
-        let n = self.key_update_into(&mut out[start..])?;
-        out.truncate(start + n);
-        Ok(())
+        self.append(out, KEY_UPDATE_RECORD, Self::key_update_into)
     }
 
     fn key_update_into(&mut self, out: &mut [u8]) -> Result<usize, TrafficError> {
@@ -500,9 +493,21 @@ where
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), TrafficError> {
+        let room = self.sealed_len(payload.len());
+        self.append(out, room, |this, buf| this.seal_record(kind, payload, buf))
+    }
+
+    /// Appends to `out` what `seal` writes into `room` bytes at its end;
+    /// on failure `out` is left as it was.
+    fn append(
+        &mut self,
+        out: &mut Vec<u8>,
+        room: usize,
+        seal: impl FnOnce(&mut Self, &mut [u8]) -> Result<usize, TrafficError>,
+    ) -> Result<(), TrafficError> {
         let start = out.len();
-        out.resize(start + self.sealed_len(payload.len()), 0);
-        let sealed = self.seal_record(kind, payload, &mut out[start..]);
+        out.resize(start + room, 0);
+        let sealed = seal(self, &mut out[start..]);
         out.truncate(start + *sealed.as_ref().unwrap_or(&0));
         sealed.map(|_| ())
     }
